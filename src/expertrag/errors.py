@@ -1,0 +1,38 @@
+"""Typed errors: every bad input names what was wrong."""
+
+from __future__ import annotations
+
+
+class ExpertRAGError(Exception):
+    """Base class of all expertrag errors."""
+
+
+class InputError(ExpertRAGError, ValueError):
+    """An argument or input document is invalid (empty, unreadable, wrong type)."""
+
+
+class ModelNotFoundError(ExpertRAGError, FileNotFoundError):
+    """A model alias, path or id could not be resolved to loadable weights."""
+
+
+class ExpertError(ExpertRAGError, ValueError):
+    """An expert adapter cannot be attached (missing files, wrong base, bad config)."""
+
+
+class UnknownExpertError(ExpertError, KeyError):
+    """A call named an expert that is not attached."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown expert"
+
+
+class ContextWindowExceededError(ExpertRAGError, ValueError):
+    """The prompt does not fit in the model's context window."""
+
+
+class StructuredOutputError(ExpertRAGError, ValueError):
+    """A JSON schema or tool definition cannot be compiled, or output failed validation."""
+
+
+class EmptyCollectionError(ExpertRAGError, LookupError):
+    """A question was asked of a vector collection that holds no documents."""

@@ -1,0 +1,770 @@
+"""ExpertLLM: one base causal LM carrying named LoRA experts, chosen per call.
+
+All model work runs on one dedicated worker thread (see ``worker.py``), which makes the
+per-call expert choice safe under concurrency: peft's active adapter is global state, and the
+worker sets it for each call before that call runs. A batch may mix experts (peft's
+``adapter_names``), generation is truly batched (left padding, one ``generate``), and
+structured output / tool calls are constrained by a grammar so they always parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from expertrag.errors import (
+    ContextWindowExceededError,
+    ExpertError,
+    InputError,
+    StructuredOutputError,
+    UnknownExpertError,
+)
+from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
+from expertrag.models.structured import (
+    GrammarFactory,
+    ToolCall,
+    call_key,
+    normalize_tool,
+    parse_json,
+    parse_tool_calls,
+)
+from expertrag.models.worker import ModelWorker
+
+logger = logging.getLogger(__name__)
+
+EXPERT_METADATA = "expertrag_expert.json"
+_BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Messages = list[dict[str, Any]]
+_SHARED: dict[str, ExpertLLM] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of one generation: text or tool calls or parsed JSON, plus usage."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    model_name: str
+    expert: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    parsed: Any = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class StreamChunk:
+    """A piece of streamed text; the last chunk has ``final`` set to the full result."""
+
+    text: str
+    final: GenerationResult | None = None
+
+
+@dataclass
+class _Options:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    json_schema: dict[str, Any] | None
+    json_mode: bool
+    tools: list[dict[str, Any]]
+    tool_choice: str
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.json_schema is not None or self.json_mode or self.tools)
+
+
+class ExpertLLM:
+    """A local causal LM with named LoRA experts; weights load lazily on first use.
+
+    >>> llm = ExpertLLM()                        # embedded SmolLM2-135M-Instruct
+    >>> llm.add_expert("grounded-qa", "path/to/adapter")
+    >>> llm.generate([{"role": "user", "content": "Hi"}], expert="grounded-qa").text
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        dtype: Any = None,
+        device: str | None = None,
+        quantization: str | None = None,
+        trust_remote_code: bool = False,
+        experts: dict[str, str] | None = None,
+    ) -> None:
+        self.model_id = model
+        self._load_kwargs = {"dtype": dtype, "device": device, "quantization": quantization,
+                             "trust_remote_code": trust_remote_code}
+        self._loaded: LoadedModel | None = None
+        self._peft: Any = None
+        self._experts: dict[str, dict[str, Any]] = {}
+        self._serving: str | None = None  # expert kept merged into the base weights
+        self._merged: str | None = None
+        self._grammars: GrammarFactory | None = None
+        self._fingerprint: str | None = None
+        self._worker = ModelWorker()
+        self._pending_experts = dict(experts or {})
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, **kwargs: Any) -> ExpertLLM:
+        """Build and load now (rather than on first use)."""
+        return cls(model, **kwargs).load()
+
+    @classmethod
+    def shared(cls, model: str = DEFAULT_MODEL, **kwargs: Any) -> ExpertLLM:
+        """A process-wide instance per (model, load options), so framework wrappers that are
+        built many times (one per chain, per test) share one set of weights and one worker.
+        Experts attached to it are visible to every holder."""
+        key = json.dumps([model, {k: str(v) for k, v in sorted(kwargs.items())}])
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = cls(model, **kwargs)
+            return _SHARED[key]
+
+    @classmethod
+    def from_model(cls, hf_model: Any, tokenizer: Any, name: str = "custom") -> ExpertLLM:
+        """Wrap an already-loaded transformers model and tokenizer (tests, custom set-ups)."""
+        from expertrag.models.loading import ModelSource
+
+        llm = cls(name)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        hf_model.eval()
+        llm._loaded = LoadedModel(hf_model, tokenizer, ModelSource(name, "dir", name), 0.0, False)
+        return llm
+
+    def load(self) -> ExpertLLM:
+        """Load the base model (idempotent) and attach experts given to the constructor."""
+        if self._loaded is None:
+            self._loaded = self._worker.run(
+                lambda: load_base_model(self.model_id, **self._load_kwargs)
+            )
+        pending, self._pending_experts = self._pending_experts, {}
+        for name, path in pending.items():
+            self.add_expert(name, path)
+        return self
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self.load()
+        assert self._loaded is not None
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def base_model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def model_name(self) -> str:
+        return self._loaded.name if self._loaded else self.model_id
+
+    @property
+    def context_window(self) -> int:
+        config = self.base_model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if getattr(config, key, None):
+                return int(getattr(config, key))
+        return int(getattr(self.tokenizer, "model_max_length", 2048))
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the base model; experts record it and are refused elsewhere."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.base_model)
+        return self._fingerprint
+
+    @property
+    def _model(self) -> Any:
+        return self._peft if self._peft is not None else self.base_model
+
+    @property
+    def grammars(self) -> GrammarFactory:
+        if self._grammars is None:
+            vocab = int(self.base_model.config.vocab_size)
+            self._grammars = GrammarFactory(self.tokenizer, vocab)
+        return self._grammars
+
+    # ------------------------------------------------------------------ experts
+    @property
+    def experts(self) -> list[str]:
+        """Names of the attached experts."""
+        return list(self._experts) + list(self._pending_experts)
+
+    def expert_info(self, name: str) -> dict[str, Any]:
+        """The adapter's path, peft config and expertrag metadata."""
+        self._check_expert(name)
+        return dict(self._experts[name])
+
+    def add_expert(self, name: str, path: str | Path, *, check_base: bool = True) -> None:
+        """Attach the PEFT LoRA/DoRA adapter at `path` under `name`.
+
+        Fails with ExpertError when files are missing, the adapter is not LoRA, it uses
+        pickle weights, or it was trained for another base (recorded fingerprint or shapes).
+        """
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name == _BASE:
+            raise ExpertError(f"invalid expert name {name!r}: use letters, digits, '-', '_', '.'")
+        if name in self._experts:
+            raise ExpertError(f"an expert named {name!r} is already attached; remove it first")
+        info = self._inspect_adapter(name, Path(path))
+        self._worker.run(lambda: self._attach(name, info))
+        self._experts[name] = info
+
+    def _inspect_adapter(self, name: str, folder: Path) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        if not folder.is_dir():
+            raise ExpertError(f"expert {name!r}: adapter folder not found: {folder}")
+        config_file = folder / "adapter_config.json"
+        weights = folder / "adapter_model.safetensors"
+        if not config_file.is_file():
+            raise ExpertError(f"expert {name!r}: {folder} has no adapter_config.json")
+        if not weights.is_file():
+            hint = " (pickle-based adapter_model.bin is refused)" if (
+                folder / "adapter_model.bin").exists() else ""
+            raise ExpertError(f"expert {name!r}: {folder} has no adapter_model.safetensors{hint}")
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExpertError(f"expert {name!r}: unreadable adapter_config.json: {exc}") from exc
+        if config.get("peft_type") != "LORA":
+            raise ExpertError(
+                f"expert {name!r}: peft_type {config.get('peft_type')!r} is not supported (LORA)"
+            )
+        meta: dict[str, Any] = {}
+        if (folder / EXPERT_METADATA).is_file():
+            meta = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8"))
+            recorded = meta.get("base", {}).get("fingerprint")
+            if recorded and recorded != self.fingerprint:
+                raise ExpertError(
+                    f"expert {name!r} was trained for base {meta['base'].get('name')!r} "
+                    f"(fingerprint {recorded}); this model is {self.model_name!r} "
+                    f"(fingerprint {self.fingerprint})"
+                )
+        modules = dict(self.base_model.named_modules())
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                if ".lora_A" not in key and ".lora_B" not in key:
+                    continue
+                module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+                module = modules.get(module_name)
+                if module is None:
+                    raise ExpertError(
+                        f"expert {name!r} targets module {module_name!r}, which base "
+                        f"{self.model_name!r} does not have: it was trained for another base"
+                    )
+                shape = handle.get_slice(key).get_shape()
+                in_f = getattr(module, "in_features", None)
+                out_f = getattr(module, "out_features", None)
+                ok = (shape[-1] == in_f) if ".lora_A" in key else (shape[0] == out_f)
+                if in_f is not None and out_f is not None and not ok:
+                    raise ExpertError(
+                        f"expert {name!r}: weight {key} has shape {list(shape)} but module "
+                        f"{module_name} is {in_f}->{out_f}: it was trained for another base"
+                    )
+        return {"path": str(folder), "config": config, "metadata": meta,
+                "dora": bool(config.get("use_dora"))}
+
+    def _attach(self, name: str, info: dict[str, Any]) -> None:
+        from peft import PeftModel
+
+        self._unmerge()
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(
+                self.base_model, info["path"], adapter_name=name, is_trainable=False
+            )
+        else:
+            self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
+        self._peft.eval()
+
+    def remove_expert(self, name: str) -> None:
+        """Detach an expert and free its weights."""
+        self._check_expert(name)
+
+        def detach() -> None:
+            self._unmerge()
+            if self._serving == name:
+                self._serving = None
+            if len(self._experts) == 1:
+                self._loaded.model = self._peft.unload()  # type: ignore[union-attr]
+                self._peft = None
+            else:
+                self._peft.delete_adapter(name)
+
+        self._worker.run(detach)
+        del self._experts[name]
+
+    def merge(self, name: str | None) -> None:
+        """Serve `name` from merged weights (full speed); None returns to unmerged serving.
+        Calls that ask for another expert still work: they unmerge first (slower)."""
+        if name is not None:
+            self._check_expert(name)
+            if self._experts[name]["dora"]:
+                logger.info("expert %r is DoRA: merging is exact but slow to undo", name)
+        self._serving = name
+        self._worker.run(lambda: self._prepare([name]))
+
+    def _check_expert(self, name: str | None) -> None:
+        if name is None:
+            return
+        if self._pending_experts:
+            self.load()
+        if name not in self._experts:
+            known = ", ".join(self._experts) or "none attached"
+            raise UnknownExpertError(f"unknown expert {name!r} (attached: {known})")
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            self._peft.base_model.unmerge_adapter()
+            self._merged = None
+
+    def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
+        """Put the model in the state for this set of experts (on the worker). Returns the
+        extra generate kwargs (``adapter_names`` for a mixed batch)."""
+        if self._peft is None:
+            return {}
+        wanted = set(experts)
+        if len(wanted) > 1:
+            self._unmerge()
+            self._peft.base_model.enable_adapter_layers()
+            return {"adapter_names": [_BASE if e is None else e for e in experts]}
+        (expert,) = wanted
+        if self._merged is not None and self._merged != expert:
+            self._unmerge()
+        if expert is None:
+            self._peft.base_model.disable_adapter_layers()
+            return {}
+        self._peft.base_model.enable_adapter_layers()
+        if self._peft.active_adapter != expert:
+            self._peft.set_adapter(expert)
+        if expert == self._serving and self._merged is None:
+            self._peft.base_model.merge_adapter([expert])
+            self._merged = expert
+        return {}
+
+    # ------------------------------------------------------------------ requests
+    def _options(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                 stop: str | list[str] | None, json_schema: dict[str, Any] | None,
+                 json_mode: bool, tools: list[dict[str, Any]] | None,
+                 tool_choice: str | None) -> _Options:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise InputError(
+                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+            )
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise InputError(f"stop sequences must be non-empty strings, got {stops!r}")
+        norm_tools = [normalize_tool(t) for t in tools or []]
+        choice = tool_choice or "auto"
+        if choice == "required":
+            choice = "any"
+        if norm_tools:
+            names = {t["name"] for t in norm_tools}
+            if choice not in ("auto", "none", "any") and choice not in names:
+                raise InputError(f"tool_choice {choice!r} names no bound tool ({sorted(names)})")
+            if choice == "none":
+                norm_tools = []
+            elif choice not in ("auto", "any"):
+                norm_tools = [t for t in norm_tools if t["name"] == choice]
+        if norm_tools and (json_schema is not None or json_mode):
+            raise InputError("tools and json_schema/json_mode cannot be combined in one call")
+        return _Options(max_new_tokens, float(temperature), float(top_p), seed, stops,
+                        json_schema, bool(json_mode), norm_tools, choice)
+
+    @staticmethod
+    def _as_batch(messages: Any) -> tuple[list[Messages], bool]:
+        if isinstance(messages, str):
+            return [validate_messages(messages)], False
+        if isinstance(messages, list) and messages and all(
+            isinstance(m, list | str) for m in messages
+        ):
+            return [validate_messages(m) for m in messages], True
+        return [validate_messages(messages)], False
+
+    def _experts_for(self, expert: str | list[str | None] | None, n: int) -> list[str | None]:
+        experts = list(expert) if isinstance(expert, list | tuple) else [expert] * n
+        if len(experts) != n:
+            raise InputError(f"got {len(experts)} experts for a batch of {n} conversations")
+        for e in set(experts):
+            self._check_expert(e)
+        return experts
+
+    def render(self, messages: Messages, tools: list[dict[str, Any]] | None = None) -> str:
+        """The exact prompt string sent to the model for `messages`."""
+        return render_prompt(self.tokenizer, messages, tools)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _request(self, messages: Any, expert: Any, kwargs: dict[str, Any]):
+        batch, is_batch = self._as_batch(messages)
+        opts = self._options(**kwargs)
+        experts = self._experts_for(expert, len(batch))
+        return batch, experts, opts, is_batch
+
+    def generate(
+        self,
+        messages: Any,
+        *,
+        expert: str | list[str | None] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        json_schema: dict[str, Any] | None = None,
+        json_mode: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
+    ) -> Any:
+        """Generate for one conversation (returns a GenerationResult) or a batch
+        (a list of conversations; returns a list), in one batched forward pass.
+
+        `expert` names the expert (None = bare base) or gives one per conversation.
+        Greedy when temperature is 0. `json_schema` / `json_mode` / `tools` constrain the
+        output by grammar so it always parses.
+        """
+        prompts, experts, opts, is_batch = self._request(messages, expert, dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop, json_schema=json_schema, json_mode=json_mode, tools=tools,
+            tool_choice=tool_choice))
+        results = self._worker.run(lambda: self._generate_rows(prompts, experts, opts))
+        return results if is_batch else results[0]
+
+    async def agenerate(self, messages: Any, **kwargs: Any) -> Any:
+        """Async :meth:`generate`: the event loop stays free while the worker generates."""
+        expert = kwargs.pop("expert", None)
+        if self._loaded is None:
+            await self._worker.arun(self.load)
+        prompts, experts, opts, is_batch = self._request(messages, expert, _defaults(kwargs))
+        results = await self._worker.arun(lambda: self._generate_rows(prompts, experts, opts))
+        return results if is_batch else results[0]
+
+    def stream(self, messages: Messages, **kwargs: Any) -> Iterator[StreamChunk]:
+        """Yield text chunks as they are generated; the last chunk carries the result."""
+        expert = kwargs.pop("expert", None)
+        prompts, experts, opts, _ = self._request(messages, expert, _defaults(kwargs))
+        tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        future = self._worker.submit(
+            lambda: self._generate_rows(prompts, experts, opts, on_tokens=tokens.put)
+        )
+        decoder = _StreamDecoder(self.tokenizer, opts)
+        while (item := tokens.get()) is not None:
+            if text := decoder.feed(item):
+                yield StreamChunk(text)
+        result = future.result()[0]
+        yield StreamChunk(decoder.finish(result), final=result)
+
+    async def astream(self, messages: Messages, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """Async :meth:`stream`."""
+        expert = kwargs.pop("expert", None)
+        if self._loaded is None:
+            await self._worker.arun(self.load)
+        prompts, experts, opts, _ = self._request(messages, expert, _defaults(kwargs))
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[Any] = asyncio.Queue()
+
+        def push(item: Any) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, item)
+
+        future = self._worker.submit(
+            lambda: self._generate_rows(prompts, experts, opts, on_tokens=push)
+        )
+        decoder = _StreamDecoder(self.tokenizer, opts)
+        while (item := await tokens.get()) is not None:
+            if text := decoder.feed(item):
+                yield StreamChunk(text)
+        result = (await asyncio.wrap_future(future))[0]
+        yield StreamChunk(decoder.finish(result), final=result)
+
+    def label_probabilities(
+        self,
+        batch: list[Messages],
+        labels: tuple[str, ...] = ("yes", "no"),
+        *,
+        expert: str | list[str | None] | None = None,
+        batch_size: int = 16,
+    ) -> list[dict[str, float]]:
+        """P(label) for the first generated token of each conversation, from one forward
+        pass per conversation and no generation: a calibrated score for grading/reranking."""
+        if not labels or len(set(labels)) != len(labels):
+            raise InputError(f"labels must be distinct non-empty strings, got {labels!r}")
+        convs = [validate_messages(m) for m in batch]
+        experts = self._experts_for(expert, len(convs))
+        prompts = [render_prompt(self.tokenizer, m) for m in convs]
+        return self._worker.run(lambda: self._label_probs(prompts, experts, labels, batch_size))
+
+    # ------------------------------------------------------------------ worker side
+    def _encode(self, prompts: list[str]) -> Any:
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        window = self.context_window
+        for i, n in enumerate(lengths):
+            if n >= window:
+                raise ContextWindowExceededError(
+                    f"prompt {i} has {n} tokens; model {self.model_name!r} has a context "
+                    f"window of {window} tokens (leave room for the answer)"
+                )
+        return enc.to(self.base_model.device), lengths
+
+    def _label_probs(self, prompts: list[str], experts: list[str | None],
+                     labels: tuple[str, ...], batch_size: int) -> list[dict[str, float]]:
+        import torch
+
+        ids = []
+        for label in labels:
+            toks = self.tokenizer(label, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise InputError(f"label {label!r} encodes to no tokens")
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise InputError(f"labels {labels!r} share their first token; pick distinct words")
+        out: list[dict[str, float]] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            extra = self._prepare(experts[start:start + batch_size])
+            enc, _ = self._encode(chunk)
+            with torch.inference_mode():
+                logits = self._model(**enc, **extra).logits[:, -1, :]
+            probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
+            out.extend(dict(zip(labels, row, strict=True)) for row in probs)
+        return out
+
+    def _generate_rows(self, convs: list[Messages], experts: list[str | None], opts: _Options,
+                       on_tokens: Callable[[Any], None] | None = None) -> list[GenerationResult]:
+        """Render and generate a batch. With tools bound, the model first writes a grammar-
+        constrained list of calls; under tool_choice="auto" an empty list (or one that only
+        repeats calls already answered in the conversation) means it answers in text,
+        generated in a second pass without the tool instructions. Only that text streams."""
+        tok = self.tokenizer
+        try:
+            if not opts.tools:
+                prompts = [render_prompt(tok, c) for c in convs]
+                return self._grouped(prompts, experts, opts, on_tokens)
+            prompts = [render_prompt(tok, c, opts.tools) for c in convs]
+            decided = self._grouped(prompts, experts, opts, None)
+            if opts.tool_choice != "auto":
+                return decided
+            text_rows = []
+            for i, (conv, res) in enumerate(zip(convs, decided, strict=True)):
+                seen = {call_key(c["name"], c.get("arguments") or {}) for m in conv
+                        if m["role"] == "assistant" for c in m.get("tool_calls") or []}
+                fresh = []
+                for call in res.tool_calls:
+                    key = call_key(call.name, call.arguments)
+                    if key not in seen:
+                        seen.add(key)
+                        fresh.append(call)
+                res.tool_calls = fresh
+                if not fresh:
+                    text_rows.append(i)
+            if text_rows:
+                text_opts = replace(opts, tools=[], tool_choice="none")
+                texts = self._grouped([render_prompt(tok, convs[i]) for i in text_rows],
+                                      [experts[i] for i in text_rows], text_opts, on_tokens)
+                for i, res in zip(text_rows, texts, strict=True):
+                    res.prompt_tokens += decided[i].prompt_tokens
+                    res.completion_tokens += decided[i].completion_tokens
+                    decided[i] = res
+            return decided
+        finally:
+            if on_tokens is not None:
+                on_tokens(None)
+
+    def _grouped(self, prompts: list[str], experts: list[str | None], opts: _Options,
+                 on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        for rows in self._groups(experts):
+            sub = self._generate_group([prompts[i] for i in rows], [experts[i] for i in rows],
+                                       opts, on_tokens)
+            for i, res in zip(rows, sub, strict=True):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _groups(self, experts: list[str | None]) -> list[list[int]]:
+        """One group for the whole batch unless it mixes experts that peft cannot serve in
+        one mixed batch (DoRA); then one group per expert."""
+        mixed = len(set(experts)) > 1
+        if mixed and any(self._experts[e]["dora"] for e in set(experts) if e is not None):
+            order: dict[str | None, list[int]] = {}
+            for i, e in enumerate(experts):
+                order.setdefault(e, []).append(i)
+            return list(order.values())
+        return [list(range(len(experts)))]
+
+    def _generate_group(self, prompts: list[str], experts: list[str | None], opts: _Options,
+                        on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        enc, lengths = self._encode(prompts)
+        width = enc["input_ids"].shape[1]
+        max_new = min(opts.max_new_tokens, self.context_window - width)
+        tok = self.tokenizer
+        eos = _eos_ids(self.base_model, tok)
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=opts.temperature > 0,
+            temperature=opts.temperature if opts.temperature > 0 else None,
+            top_p=opts.top_p if opts.temperature > 0 else None,
+            top_k=None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=eos,
+            stop_strings=opts.stop or None,
+        )
+        kwargs: dict[str, Any] = {"generation_config": config}
+        if opts.stop:
+            kwargs["tokenizer"] = tok
+        if opts.constrained:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [self.grammars.logits_processor([self._grammar(opts)] * len(prompts))]
+            )
+        if on_tokens is not None:
+            kwargs["streamer"] = _TokenStreamer(on_tokens)
+        if opts.seed is not None:
+            torch.manual_seed(opts.seed)
+        kwargs.update(self._prepare(experts))
+        with torch.inference_mode():
+            output = self._model.generate(**enc, **kwargs)
+        new_tokens = output[:, width:].tolist()
+        return [self._result(row, n, e, opts, set(eos))
+                for row, n, e in zip(new_tokens, lengths, experts, strict=True)]
+
+    def _grammar(self, opts: _Options) -> Any:
+        if opts.tools:
+            return self.grammars.tool_calls(opts.tools, required=opts.tool_choice != "auto")
+        if opts.json_schema is not None:
+            return self.grammars.json_schema(opts.json_schema)
+        return self.grammars.json_object()
+
+    def _result(self, ids: list[int], prompt_tokens: int, expert: str | None, opts: _Options,
+                eos: set[int]) -> GenerationResult:
+        end = next((i for i, t in enumerate(ids) if t in eos), None)
+        finish = "stop" if end is not None else "length"
+        used = ids if end is None else ids[: end + 1]
+        text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        cut = _first_stop(text, opts.stop)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        result = GenerationResult(text=text, prompt_tokens=int(prompt_tokens),
+                                  completion_tokens=len(used), finish_reason=finish,
+                                  model_name=self.model_name, expert=expert)
+        if opts.tools:
+            result.text, result.tool_calls = "", parse_tool_calls(text)
+            if result.tool_calls:
+                result.finish_reason = "tool_calls"
+        elif opts.json_schema is not None or opts.json_mode:
+            if finish == "length":
+                raise StructuredOutputError(
+                    f"structured output was cut off at max_new_tokens={opts.max_new_tokens}; "
+                    f"raise it. Partial output: {text[:200]!r}"
+                )
+            result.parsed = parse_json(text, opts.json_schema)
+        return result
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._worker.close()
+
+
+def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None,
+               "stop": None, "json_schema": None, "json_mode": False, "tools": None,
+               "tool_choice": None}
+    unknown = set(kwargs) - set(allowed)
+    if unknown:
+        raise InputError(f"unknown generation arguments: {sorted(unknown)}")
+    return {**allowed, **kwargs}
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(special)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            found.add(tid)
+    return sorted(found)
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+class _TokenStreamer:
+    """transformers streamer protocol: the first put() is the prompt, later ones new ids."""
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._callback(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class _StreamDecoder:
+    """Incremental detokenisation with stop-string hold-back: never emits text that a stop
+    sequence would later cut, nor a half-decoded character."""
+
+    def __init__(self, tokenizer: Any, opts: _Options) -> None:
+        self._tok = tokenizer
+        self._stops = opts.stop
+        self._ids: list[int] = []
+        self._emitted = 0
+        self._stopped = False
+
+    def feed(self, ids: list[int]) -> str:
+        if self._stopped:
+            return ""
+        self._ids.extend(ids)
+        text = self._tok.decode(self._ids, skip_special_tokens=True)
+        cut = _first_stop(text, self._stops)
+        if cut is not None:
+            self._stopped, text = True, text[:cut]
+        else:
+            hold = max((k for s in self._stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                       default=0)
+            text = text[: len(text) - hold]
+            text = text[:-1] if text.endswith("\ufffd") else text
+        delta = text[self._emitted:]
+        self._emitted = max(self._emitted, len(text))
+        return delta
+
+    def finish(self, result: GenerationResult) -> str:
+        return result.text[self._emitted:]

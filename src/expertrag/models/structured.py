@@ -1,0 +1,186 @@
+"""Constrained decoding with xgrammar: JSON Schema, JSON mode and tool calls always parse.
+
+xgrammar was chosen after measuring it on SmolLM2-135M on 2 CPU cores: schema compilation
+takes milliseconds and the per-token mask costs no measurable throughput (17.9 vs 17.8 tok/s
+unconstrained in the probe; see benchmarks/bench_llm.py for the maintained figure), where
+lm-format-enforcer took ~86 s per JSON call. Tool calls reuse the same mechanism: a grammar
+that is either free text or ``<tool_call>`` + a JSON object matching one tool's schema.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from expertrag.errors import InputError, StructuredOutputError
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+_SEPARATORS = (", ", ": ")
+
+
+@dataclass
+class ToolCall:
+    """One parsed tool call."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def normalize_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """Accept OpenAI-style ``{"type": "function", "function": {...}}`` or a bare
+    ``{"name", "description", "parameters"}`` dict; return the bare form."""
+    if not isinstance(tool, dict):
+        raise InputError(f"a tool must be a dict, got {type(tool).__name__}")
+    spec = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"tool has no name: {tool!r}")
+    params = spec.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(params, dict):
+        raise InputError(f"tool {name!r}: parameters must be a JSON Schema object")
+    return {"name": name, "description": spec.get("description", ""), "parameters": params}
+
+
+def _strip_titles(schema: Any) -> Any:
+    """Drop cosmetic keys that confuse nothing but bloat prompts."""
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+def tool_call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of one call of `tool`: {"name": const, "arguments": parameters}."""
+    params = _strip_titles(tool["parameters"])
+    params = {**params, "type": "object"}
+    params.setdefault("properties", {})
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool["name"]}, "arguments": params},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_list_schema(tools: list[dict[str, Any]], required: bool) -> dict[str, Any]:
+    """The JSON Schema of a list of calls of any of `tools`."""
+    calls = [tool_call_schema(t) for t in tools]
+    items = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return {"type": "array", "items": items, "minItems": 1 if required else 0}
+
+
+class GrammarFactory:
+    """Compiles and caches grammars for one tokenizer; makes HF logits processors."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self._info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(self._info)
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    def _cached(self, key: str, build: Any) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    self._cache[key] = self._compiler.compile_grammar(build())
+                except (RuntimeError, ValueError) as exc:
+                    raise StructuredOutputError(f"cannot compile grammar: {exc}") from exc
+            return self._cache[key]
+
+    def _schema_grammar(self, schema: dict[str, Any]) -> Any:
+        return self._xgr.Grammar.from_json_schema(
+            json.dumps(schema), any_whitespace=False, separators=_SEPARATORS, strict_mode=True
+        )
+
+    def json_schema(self, schema: dict[str, Any]) -> Any:
+        """A compiled grammar for exactly one JSON value matching `schema`."""
+        if not isinstance(schema, dict):
+            raise StructuredOutputError(f"json_schema must be a dict, got {type(schema).__name__}")
+        key = "schema:" + json.dumps(schema, sort_keys=True)
+        return self._cached(key, lambda: self._schema_grammar(schema))
+
+    def json_object(self) -> Any:
+        """JSON mode: any JSON object."""
+        return self._cached("json_object", lambda: self._schema_grammar({"type": "object"}))
+
+    def tool_calls(self, tools: list[dict[str, Any]], required: bool) -> Any:
+        """``<tool_call>[call, ...]</tool_call>``: a JSON list of calls, each matching one
+        tool's schema. With `required` the list holds at least one call; otherwise the
+        model may answer ``[]`` (no tool needed)."""
+        xgr = self._xgr
+        key = "tools:" + json.dumps([tools, required], sort_keys=True)
+        schema = tool_list_schema(tools, required)
+
+        def build() -> Any:
+            return xgr.Grammar.concat(
+                xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_OPEN}"'),
+                self._schema_grammar(schema),
+                xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_CLOSE}"'),
+            )
+
+        return self._cached(key, build)
+
+    def logits_processor(self, compiled: list[Any]) -> Any:
+        """A transformers LogitsProcessor applying one compiled grammar per batch row."""
+        return self._xgr.contrib.hf.LogitsProcessor(compiled)
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def parse_json(text: str, schema: dict[str, Any] | None) -> Any:
+    """Parse and validate constrained output; raise StructuredOutputError if it fails
+    (only possible when generation was cut off by max_new_tokens)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StructuredOutputError(
+            f"output is not complete JSON ({exc}); raise max_new_tokens. Output: {text[:200]!r}"
+        ) from exc
+    if schema is not None:
+        errors = sorted(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value), key=str)
+        if errors:
+            raise StructuredOutputError(f"output does not match the schema: {errors[0].message}")
+    return value
+
+
+def parse_tool_calls(text: str) -> list[ToolCall]:
+    """The tool calls in generated ``<tool_call>[...]</tool_call>`` text (may be empty)."""
+    body = text.strip()
+    if not body.startswith(TOOL_CALL_OPEN):
+        return []
+    body = body[len(TOOL_CALL_OPEN):]
+    if not body.endswith(TOOL_CALL_CLOSE):
+        raise StructuredOutputError(
+            f"tool call was cut off before {TOOL_CALL_CLOSE}; raise max_new_tokens. "
+            f"Output: {text[:200]!r}"
+        )
+    payload = parse_json(body[: -len(TOOL_CALL_CLOSE)], None)
+    calls = payload if isinstance(payload, list) else [payload]
+    return [ToolCall(name=c["name"], arguments=c.get("arguments") or {}) for c in calls]
+
+
+def render_tool_calls(calls: list[dict[str, Any]]) -> str:
+    """How an assistant turn with tool calls appears in the prompt (same format as output)."""
+    payload = [{"name": c["name"], "arguments": c.get("arguments") or {}} for c in calls]
+    return TOOL_CALL_OPEN + json.dumps(payload, ensure_ascii=False) + TOOL_CALL_CLOSE
+
+
+def call_key(name: str, arguments: dict[str, Any]) -> str:
+    """A canonical key for a call, to recognise a repeat of an already answered call."""
+    return name + json.dumps(arguments, sort_keys=True, ensure_ascii=False)
