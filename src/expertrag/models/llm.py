@@ -24,7 +24,6 @@ from expertrag.errors import (
     ContextWindowExceededError,
     ExpertError,
     InputError,
-    StructuredOutputError,
     UnknownExpertError,
 )
 from expertrag.models.chat import render_prompt, validate_messages
@@ -622,7 +621,7 @@ class ExpertLLM:
     def _generate_group(self, prompts: list[str], experts: list[str | None], opts: _Options,
                         on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         enc, lengths = self._encode(prompts)
         width = enc["input_ids"].shape[1]
@@ -637,11 +636,12 @@ class ExpertLLM:
             top_k=None,
             pad_token_id=tok.pad_token_id,
             eos_token_id=eos,
-            stop_strings=opts.stop or None,
         )
         kwargs: dict[str, Any] = {"generation_config": config}
         if opts.stop:
-            kwargs["tokenizer"] = tok
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [_StopStrings(tok, opts.stop, width)]
+            )
         if opts.constrained:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [self.grammars.logits_processor([self._grammar(opts)] * len(prompts))]
@@ -654,7 +654,8 @@ class ExpertLLM:
         with torch.inference_mode():
             output = self._model.generate(**enc, **kwargs)
         new_tokens = output[:, width:].tolist()
-        return [self._result(row, n, e, opts, set(eos))
+        grammar = self._grammar(opts) if opts.constrained else None
+        return [self._result(row, n, e, opts, set(eos), grammar)
                 for row, n, e in zip(new_tokens, lengths, experts, strict=True)]
 
     def _grammar(self, opts: _Options) -> Any:
@@ -665,9 +666,12 @@ class ExpertLLM:
         return self.grammars.json_object()
 
     def _result(self, ids: list[int], prompt_tokens: int, expert: str | None, opts: _Options,
-                eos: set[int]) -> GenerationResult:
+                eos: set[int], grammar: Any = None) -> GenerationResult:
         end = next((i for i, t in enumerate(ids) if t in eos), None)
         finish = "stop" if end is not None else "length"
+        if end is None and grammar is not None:
+            # out of tokens inside a constrained value: close it by grammar, so it parses
+            ids = ids + self.grammars.complete(grammar, ids)
         used = ids if end is None else ids[: end + 1]
         text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
         cut = _first_stop(text, opts.stop)
@@ -681,11 +685,6 @@ class ExpertLLM:
             if result.tool_calls:
                 result.finish_reason = "tool_calls"
         elif opts.json_schema is not None or opts.json_mode:
-            if finish == "length":
-                raise StructuredOutputError(
-                    f"structured output was cut off at max_new_tokens={opts.max_new_tokens}; "
-                    f"raise it. Partial output: {text[:200]!r}"
-                )
             result.parsed = parse_json(text, opts.json_schema)
         return result
 
@@ -719,6 +718,26 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 def _first_stop(text: str, stops: list[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+class _StopStrings:
+    """Stop a row once its decoded new text contains a stop string. Decoding the tail of
+    each row is exact for stop strings of any token length and any tokenizer, where
+    matching token pieces is not (byte-level and whitespace merges)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_width: int) -> None:
+        self._tok = tokenizer
+        self._stops = stops
+        self._width = prompt_width
+        self._window = max(len(s) for s in stops) + 4  # tokens: each decodes to >= 1 char
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        tails = input_ids[:, self._width:][:, -self._window:].tolist()
+        texts = self._tok.batch_decode(tails, skip_special_tokens=True)
+        done = [any(s in t for s in self._stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _TokenStreamer:

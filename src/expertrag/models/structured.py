@@ -87,6 +87,7 @@ class GrammarFactory:
         self._compiler = xgr.GrammarCompiler(self._info)
         self._lock = threading.Lock()
         self._cache: dict[str, Any] = {}
+        self._closing: Any = None
 
     def _cached(self, key: str, build: Any) -> Any:
         with self._lock:
@@ -129,6 +130,56 @@ class GrammarFactory:
             )
 
         return self._cached(key, build)
+
+    def _closing_scores(self) -> Any:
+        """Per-token preference for finishing a JSON value fast, computed once: a token that
+        starts with '"' (closes a string, or opens an empty one), then ']', '}', ','; any
+        other token costs its length. Only the first character counts, because inside a
+        string every later character is content."""
+        import torch
+
+        if self._closing is None:
+            rank = {'"': 3.0, "]": 2.0, "}": 1.0, ",": 0.5}
+            scores = []
+            for piece in self._info.decoded_vocab:
+                text = piece.decode("utf-8", "replace") if isinstance(piece, bytes) else piece
+                text = text.lstrip(" ")
+                first = rank.get(text[:1])
+                scores.append(first - 0.01 * len(text) if first is not None else -len(text))
+            self._closing = torch.tensor(scores, dtype=torch.float32)
+        return self._closing
+
+    def complete(self, compiled: Any, ids: list[int], max_steps: int = 256) -> list[int]:
+        """Tokens that close an unfinished constrained output as fast as the grammar allows.
+
+        Used when generation hits max_new_tokens inside a value (small models can loop in
+        a string or a number): no model call, only the grammar and a preference for closing
+        tokens, so the result still parses and validates."""
+        import torch
+
+        xgr = self._xgr
+        matcher = xgr.GrammarMatcher(compiled)
+        for token in ids:
+            if not matcher.accept_token(token):
+                raise StructuredOutputError("generated tokens do not match the grammar")
+        stops = set(self._info.stop_token_ids)
+        bitmask = xgr.allocate_token_bitmask(1, self._info.vocab_size)
+        base = self._closing_scores()
+        extra: list[int] = []
+        for _ in range(max_steps):
+            if matcher.is_terminated():
+                return extra
+            matcher.fill_next_token_bitmask(bitmask)
+            scores = base.clone().unsqueeze(0)
+            xgr.apply_token_bitmask_inplace(scores, bitmask)
+            for stop in stops:  # ending is always the best choice once allowed
+                if scores[0, stop] > float("-inf"):
+                    return extra
+            token = int(torch.argmax(scores[0]))
+            if not matcher.accept_token(token):
+                break
+            extra.append(token)
+        raise StructuredOutputError(f"could not close the output within {max_steps} tokens")
 
     def logits_processor(self, compiled: list[Any]) -> Any:
         """A transformers LogitsProcessor applying one compiled grammar per batch row."""

@@ -1,0 +1,254 @@
+"""Side-by-side LLM benchmark: expertrag vs langchain-huggingface vs llama-index-llms-huggingface.
+
+Same model (the embedded SmolLM2-135M-Instruct, from expertrag's safetensors cache), same
+prompts, greedy decoding, one run. Each system runs in its own fresh process so that one
+side's OpenMP thread pools cannot slow the other. Prints a table of tokens/s and ratios.
+
+    python benchmarks/bench_llm.py            # full run (~10 min on 2 cores)
+    python benchmarks/bench_llm.py --quick    # fewer repetitions
+
+Needs: pip install -e ".[bench]" (langchain-huggingface, llama-index-llms-huggingface).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROMPTS = [
+    "Explain in three sentences why the sky is blue.",
+    "Write a short paragraph about the history of bread.",
+    "Give three tips for learning a new language.",
+    "Describe how a bicycle works.",
+    "What are the main causes of ocean tides?",
+    "Summarise the water cycle for a child.",
+    "List some benefits of regular exercise.",
+    "Why do leaves change colour in autumn?",
+]
+MAX_NEW = 64
+
+
+def _model_dir() -> str:
+    from expertrag.models.loading import _smollm2_gguf, gguf_cache_dir, load_base_model
+
+    load_base_model("smollm2-135m-instruct")  # make sure the cache exists
+    return str(gguf_cache_dir(_smollm2_gguf()))
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _timeit(fn: Any, reps: int) -> tuple[float, Any]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(reps):
+        started = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), out
+
+
+# ------------------------------------------------------------------ systems
+def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
+    from expertrag import ExpertLLM
+
+    llm = ExpertLLM(model_dir).load()
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    single_t, single = _timeit(lambda: llm.generate(msgs[0], max_new_tokens=MAX_NEW), reps)
+    batch_t, batch = _timeit(lambda: llm.generate(msgs, max_new_tokens=MAX_NEW), reps)
+    return {
+        "single_tps": single.completion_tokens / single_t,
+        "batch_tps": sum(r.completion_tokens for r in batch) / batch_t,
+    }
+
+
+def run_langchain(model_dir: str, reps: int) -> dict[str, Any]:
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+
+    pipe = HuggingFacePipeline.from_model_id(
+        model_id=model_dir, task="text-generation",
+        pipeline_kwargs={"max_new_tokens": MAX_NEW, "do_sample": False,
+                         "return_full_text": False},
+    )
+    chat = ChatHuggingFace(llm=pipe, model_id=model_dir)
+    tok = pipe.pipeline.tokenizer
+    single_t, single = _timeit(lambda: chat.invoke(PROMPTS[0]), reps)
+    batch_t, batch = _timeit(lambda: chat.batch(PROMPTS), reps)
+    return {
+        "single_tps": _count(tok, single.content) / single_t,
+        "batch_tps": sum(_count(tok, m.content) for m in batch) / batch_t,
+    }
+
+
+def run_llama_index(model_dir: str, reps: int) -> dict[str, Any]:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.huggingface import HuggingFaceLLM
+
+    llm = HuggingFaceLLM(model_name=model_dir, tokenizer_name=model_dir,
+                         max_new_tokens=MAX_NEW, generate_kwargs={"do_sample": False},
+                         device_map="cpu", is_chat_model=True)
+    tok = llm._tokenizer
+
+    def one(p: str) -> str:
+        return llm.chat([ChatMessage(role="user", content=p)]).message.content or ""
+
+    single_t, single = _timeit(lambda: one(PROMPTS[0]), reps)
+    # HuggingFaceLLM has no batch: a batch is a loop (what a user gets)
+    batch_t, batch = _timeit(lambda: [one(p) for p in PROMPTS], reps)
+    return {
+        "single_tps": _count(tok, single) / single_t,
+        "batch_tps": sum(_count(tok, t) for t in batch) / batch_t,
+    }
+
+
+def make_random_adapter(model_dir: str, out: str, seed: int, r: int = 8) -> None:
+    """A LoRA adapter with random (non-zero) weights, to measure serving costs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=False,
+                                           target_modules=["q_proj", "k_proj", "v_proj",
+                                                           "o_proj"]))
+    peft.save_pretrained(out)
+
+
+def run_experts(model_dir: str, reps: int) -> dict[str, Any]:
+    """Expert switching overhead, mixed-expert batches and constrained decoding cost."""
+    from expertrag import ExpertLLM
+
+    llm = ExpertLLM(model_dir).load()
+    tmp = tempfile.mkdtemp()
+    names = [f"e{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        make_random_adapter(model_dir, f"{tmp}/{name}", seed=i)
+        llm.add_expert(name, f"{tmp}/{name}")
+    msg = [{"role": "user", "content": PROMPTS[0]}]
+
+    def latency(experts: list[str]) -> float:
+        times = []
+        for e in experts:
+            started = time.perf_counter()
+            llm.generate(msg, expert=e, max_new_tokens=1)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    latency(names * 2)
+    same = latency(["e0"] * 24)
+    switching = latency(names * 6)
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    single_t, single = _timeit(lambda: llm.generate(msgs, expert="e0", max_new_tokens=MAX_NEW),
+                               reps)
+    mixed_experts = [names[i % 4] for i in range(len(PROMPTS))]
+    mixed_t, mixed = _timeit(
+        lambda: llm.generate(msgs, expert=mixed_experts, max_new_tokens=MAX_NEW), reps)
+
+    schema = {"type": "object", "properties": {
+        "title": {"type": "string"}, "year": {"type": "integer"},
+        "keywords": {"type": "array", "items": {"type": "string"}}},
+        "required": ["title", "year", "keywords"]}
+    prompt = [{"role": "user", "content": "Describe a famous book as JSON with its title, "
+                                          "year and a few keywords."}]
+    json_t, json_r = _timeit(lambda: llm.generate(prompt, json_schema=schema,
+                                                  max_new_tokens=200), reps)
+    free_t, free_r = _timeit(lambda: llm.generate(prompt, max_new_tokens=json_r.completion_tokens),
+                             reps)
+    return {
+        "switch_overhead_ms": (switching - same) * 1000,
+        "single_expert_batch_tps": sum(r.completion_tokens for r in single) / single_t,
+        "mixed_expert_batch_tps": sum(r.completion_tokens for r in mixed) / mixed_t,
+        "json_ms_per_token": json_t / json_r.completion_tokens * 1000,
+        "free_ms_per_token": free_t / free_r.completion_tokens * 1000,
+        "json_tokens": json_r.completion_tokens,
+        "free_tokens": free_r.completion_tokens,
+    }
+
+
+def run_load(_: str, reps: int) -> dict[str, Any]:
+    """First load (de-quantize GGUF, write cache) vs cached load, in a fresh cache."""
+    from expertrag.models.loading import load_base_model
+
+    os.environ["EXPERTRAG_CACHE"] = tempfile.mkdtemp()
+    first = load_base_model("smollm2-135m-instruct")
+    assert not first.from_cache
+    cached = [load_base_model("smollm2-135m-instruct") for _ in range(max(1, reps))]
+    assert all(c.from_cache for c in cached)
+    return {"first_load_s": first.load_seconds,
+            "cached_load_s": statistics.median(c.load_seconds for c in cached)}
+
+
+SYSTEMS = {"ours": run_ours, "langchain-huggingface": run_langchain,
+           "llama-index-llms-huggingface": run_llama_index, "experts": run_experts,
+           "load": run_load}
+
+
+def _child(name: str, model_dir: str, reps: int, conn: Any) -> None:
+    try:
+        conn.send(SYSTEMS[name](model_dir, reps))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _isolated(name: str, model_dir: str, reps: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(name, model_dir, reps, child))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    reps = 1 if args.quick else 3
+    model_dir = _model_dir()
+    res = {}
+    for name in SYSTEMS:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        res[name] = _isolated(name, model_dir, reps)
+    ours, lc, li, ex, ld = (res[k] for k in SYSTEMS)
+    for k, v in res.items():
+        if "error" in v:
+            print(f"{k}: {v['error']}")
+    print("\n| measure | expertrag | langchain-hf | llama-index-hf | ours / lc | ours / li |")
+    print("|---|---|---|---|---|---|")
+    for key, label in (("single_tps", "single-stream tok/s"), ("batch_tps", "batch of 8 tok/s")):
+        print(f"| {label} | {ours[key]:.1f} | {lc[key]:.1f} | {li[key]:.1f} | "
+              f"{ours[key] / lc[key]:.2f}x | {ours[key] / li[key]:.2f}x |")
+    print("\n| measure | value | target |")
+    print("|---|---|---|")
+    print(f"| expert switch overhead per call | {ex['switch_overhead_ms']:.2f} ms | < 10 ms |")
+    print(f"| batch of 8, one expert | {ex['single_expert_batch_tps']:.1f} tok/s | |")
+    ratio = ex["mixed_expert_batch_tps"] / ex["single_expert_batch_tps"]
+    print(f"| batch of 8 mixing 4 experts | {ex['mixed_expert_batch_tps']:.1f} tok/s "
+          f"({ratio:.2f}x) | >= 0.7x |")
+    slow = ex["json_ms_per_token"] / ex["free_ms_per_token"] - 1
+    print(f"| JSON-schema decoding | {ex['json_ms_per_token']:.1f} ms/token vs "
+          f"{ex['free_ms_per_token']:.1f} unconstrained ({slow:+.0%}) | <= +15% |")
+    print(f"| first GGUF load (de-quantize + cache) | {ld['first_load_s']:.1f} s | |")
+    print(f"| cached load | {ld['cached_load_s']:.2f} s "
+          f"({ld['first_load_s'] / ld['cached_load_s']:.0f}x faster) | |")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

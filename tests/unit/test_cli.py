@@ -1,0 +1,177 @@
+"""The ``expertrag`` command with a fake embedder and a fake LLM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from expertrag import cli
+from expertrag.errors import UnknownExpertError
+from expertrag.retrieval import VectorStore
+
+
+class HashEmbedder:
+    def _vec(self, text: str) -> list[float]:
+        v = [0.0] * 32
+        for word in re.findall(r"\w+", text.lower()):
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % 32] += 1.0
+        v[0] += 1e-3
+        return v
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._vec(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vec(text)
+
+
+@dataclass
+class FakeResult:
+    text: str
+    expert: str | None
+    prompt_tokens: int = 50
+    completion_tokens: int = 5
+    finish_reason: str = "stop"
+
+
+class FakeLLM:
+    def __init__(self, experts: list[str] | None = None) -> None:
+        self.experts = list(experts or [])
+        self.attached: list[tuple[str, object]] = []
+        self.batches: list[int] = []
+
+    def attach_expert(self, name: str, source: object) -> None:
+        self.attached.append((name, source))
+        self.experts.append(name)
+
+    def generate(self, messages_or_batch, *, expert=None, **_kwargs):
+        if expert is not None and expert not in self.experts:
+            raise UnknownExpertError(f"expert {expert!r} is not attached")
+        if isinstance(messages_or_batch[0], list):
+            self.batches.append(len(messages_or_batch))
+            return [FakeResult("Answer [1].", expert) for _ in messages_or_batch]
+        return FakeResult("Answer [1].", expert)
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    llms: list[FakeLLM] = []
+
+    def make_llm(model: str) -> FakeLLM:
+        llms.append(FakeLLM())
+        return llms[-1]
+
+    def make_store(db: str, collection: str) -> VectorStore:
+        return VectorStore(path=db, collection=collection, embedder=HashEmbedder())
+
+    monkeypatch.setattr(cli, "make_store", make_store)
+    monkeypatch.setattr(cli, "make_llm", make_llm)
+    monkeypatch.setattr(cli, "shipped_experts", dict)
+    return llms
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "fees.md").write_text("# Fees\n\nThe annual fee is 45 euros.", encoding="utf-8")
+    (folder / "steps.md").write_text("There are 117 steps in the tower.", encoding="utf-8")
+    return folder
+
+
+def _assert_one_line_error(capsys, *needles: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+
+
+def test_ask_without_database_exits_2(tmp_path, capsys):
+    assert cli.main(["ask", "What?", "--db", str(tmp_path / "nodb")]) == 2
+    _assert_one_line_error(capsys, "ingest")
+    assert not (tmp_path / "nodb").exists()
+
+
+def test_ask_on_empty_collection_exits_2(tmp_path, capsys, fakes):
+    VectorStore(path=tmp_path / "db", embedder=HashEmbedder())  # creates an empty db
+    assert cli.main(["ask", "What?", "--db", str(tmp_path / "db")]) == 2
+    _assert_one_line_error(capsys, "empty", "ingest")
+    assert fakes == []  # no model was built
+
+
+def test_ingest_errors_exit_2(tmp_path, capsys, fakes):
+    assert cli.main(["ingest", str(tmp_path / "missing"), "--db", str(tmp_path / "db")]) == 2
+    _assert_one_line_error(capsys, "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.txt").write_bytes(b"\xff\xfe\xfa")
+    assert cli.main(["ingest", str(tmp_path / "bad"), "--db", str(tmp_path / "db")]) == 2
+    _assert_one_line_error(capsys, "broken.txt", "UTF-8")
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["ask"])
+    assert info.value.code == 2
+
+
+def test_ingest_then_ask(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--chunk-size", "200"]) == 0
+    assert "ingested 2 files as 2 chunks" in capsys.readouterr().out
+
+    assert cli.main(["ask", "What is the annual fee?", "--db", db, "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Q: What is the annual fee?" in out
+    assert "A: Answer [1]." in out
+    assert '[1] fees.md, chunk 0: "# Fees The annual fee is 45 euros."' in out
+    assert "base model" in out
+
+    assert cli.main(["ask", "fee?", "steps?", "--db", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["question"] for d in data] == ["fee?", "steps?"]
+    assert data[0]["citations"][0]["source"] in {"fees.md", "steps.md"}
+    assert data[0]["citations"][0]["cited"] is True
+    assert fakes[-1].batches == [2]  # two questions -> one batched generate call
+
+
+def test_unknown_expert_exits_2(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    cli.main(["ingest", str(corpus), "--db", db, "--quiet"])
+    capsys.readouterr()
+    assert cli.main(["ask", "fee?", "--db", db, "--expert", "nope"]) == 2
+    _assert_one_line_error(capsys, "nope")
+
+
+def test_demo_answers_the_sample_questions(tmp_path, capsys, fakes):
+    assert cli.main(["demo", "--db", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    questions = cli.sample_questions()
+    assert len(questions) == 5
+    assert out.count("Q: ") == 5
+    assert "demo: ingested 7 sample documents" in out
+    assert fakes[-1].batches == [5]
+
+
+def test_demo_in_a_temporary_db(capsys, fakes):
+    assert cli.main(["demo", "--quiet", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+
+
+def test_choose_expert(monkeypatch):
+    assert cli.choose_expert(FakeLLM(["grounded-qa"]), None) == "grounded-qa"
+    monkeypatch.setattr(cli, "shipped_experts", dict)
+    assert cli.choose_expert(FakeLLM(), None) is None
+    assert cli.choose_expert(FakeLLM(), "custom") == "custom"
+    monkeypatch.setattr(cli, "shipped_experts", lambda: {"grounded-qa": "/experts/gqa"})
+    llm = FakeLLM()
+    assert cli.choose_expert(llm, None) == "grounded-qa"
+    assert llm.attached == [("grounded-qa", "/experts/gqa")]
+
+
+def test_shipped_experts_is_empty_without_the_module():
+    assert isinstance(cli.shipped_experts(), dict)

@@ -1,0 +1,378 @@
+"""The model layer on tiny random models: batching, stops, streaming, experts, grammars."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from tiny_models import save_tiny_lora, tiny_causal_lm, tiny_llm, tiny_tokenizer
+
+from expertrag.errors import (
+    ContextWindowExceededError,
+    ExpertError,
+    InputError,
+    ModelNotFoundError,
+    UnknownExpertError,
+)
+from expertrag.models import ExpertLLM
+from expertrag.models.loading import resolve_source
+
+HELLO = [{"role": "user", "content": "Hello, how are you today?"}]
+PROMPTS = [
+    [{"role": "user", "content": "The quick brown fox"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": "Retrieval augmented generation answers questions"}],
+]
+
+
+def _lively(model: ExpertLLM) -> ExpertLLM:
+    """Widen the random weights so the tiny model writes varied (not repeated) tokens."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.base_model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llm() -> ExpertLLM:
+    return _lively(tiny_llm())
+
+
+@pytest.fixture(scope="module")
+def plain() -> ExpertLLM:
+    return tiny_llm(name="plain")
+
+
+@pytest.fixture(scope="module")
+def expert_llm(tmp_path_factory: pytest.TempPathFactory) -> ExpertLLM:
+    model = tiny_llm(name="tiny-experts")
+    root = tmp_path_factory.mktemp("adapters")
+    for i, name in enumerate(["alpha", "beta"]):
+        model.add_expert(name, save_tiny_lora(model, str(root / name), seed=i + 1))
+    return model
+
+
+# ------------------------------------------------------------------ sources
+def test_resolve_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        resolve_source("no-such-alias")
+    with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
+        resolve_source(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(InputError):
+        resolve_source("")
+    assert resolve_source("owner/name").kind == "hub"
+
+
+# ------------------------------------------------------------------ generation
+def test_generate_reports_usage(llm: ExpertLLM) -> None:
+    res = llm.generate(HELLO, max_new_tokens=12)
+    assert res.prompt_tokens == llm.count_tokens(llm.render(HELLO))
+    assert 1 <= res.completion_tokens <= 12
+    assert res.finish_reason in ("stop", "length")
+    assert res.model_name == "tiny"
+
+
+def test_batch_is_one_forward_pass_and_matches_single(llm: ExpertLLM, monkeypatch) -> None:
+    singles = [llm.generate(p, max_new_tokens=10).text for p in PROMPTS]
+    calls = []
+    original = llm.base_model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llm.base_model, "generate", counting)
+    batch = llm.generate(PROMPTS, max_new_tokens=10)
+    assert calls == [3]  # one generate call for the whole batch
+    assert [r.text for r in batch] == singles  # left padding changes nothing
+
+
+def test_multi_token_stop_sequence(llm: ExpertLLM) -> None:
+    import re
+
+    full = llm.generate(HELLO, max_new_tokens=40).text
+    match = re.search(r"[A-Za-z0-9 ]{4,}", full[3:])
+    assert match, full
+    stop = match.group(0)[:4]  # a few characters, usually several tokens, mid-output
+    res = llm.generate(HELLO, max_new_tokens=40, stop=[stop])
+    assert res.text == full[: full.index(stop)]
+    assert res.finish_reason == "stop"
+    streamed = "".join(c.text for c in llm.stream(HELLO, max_new_tokens=40, stop=[stop]))
+    assert streamed == res.text
+
+
+def test_stream_matches_generate_and_ends_with_usage(llm: ExpertLLM) -> None:
+    chunks = list(llm.stream(HELLO, max_new_tokens=20))
+    assert len(chunks) > 2
+    assert chunks[-1].final is not None
+    assert "".join(c.text for c in chunks) == llm.generate(HELLO, max_new_tokens=20).text
+    assert chunks[-1].final.completion_tokens > 0
+
+
+def test_sampling_is_reproducible_with_seed(llm: ExpertLLM) -> None:
+    a = llm.generate(HELLO, temperature=1.0, top_p=0.9, seed=7, max_new_tokens=15).text
+    b = llm.generate(HELLO, temperature=1.0, top_p=0.9, seed=7, max_new_tokens=15).text
+    assert a == b
+
+
+def test_prompt_over_context_window_is_a_clear_error() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    model.config.max_position_embeddings = 32
+    small = ExpertLLM.from_model(model, tok, name="short")
+    with pytest.raises(ContextWindowExceededError, match="context window of 32"):
+        small.generate([{"role": "user", "content": "word " * 100}])
+
+
+@pytest.mark.parametrize("bad", [[], [{"role": "robot", "content": "x"}], [{"content": 3}]])
+def test_bad_messages_are_typed_errors(llm: ExpertLLM, bad) -> None:
+    with pytest.raises(InputError):
+        llm.generate(bad)
+
+
+def test_bad_arguments(llm: ExpertLLM) -> None:
+    with pytest.raises(InputError, match="max_new_tokens"):
+        llm.generate(HELLO, max_new_tokens=0)
+    with pytest.raises(InputError, match="stop"):
+        llm.generate(HELLO, stop=[""])
+    with pytest.raises(InputError, match="unknown generation arguments"):
+        list(llm.stream(HELLO, temprature=0.1))
+
+
+async def test_async_does_not_block_event_loop(llm: ExpertLLM) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    res = await llm.agenerate(HELLO, max_new_tokens=30)
+    chunks = [c async for c in llm.astream(HELLO, max_new_tokens=10)]
+    task.cancel()
+    assert res.completion_tokens > 0 and chunks[-1].final is not None
+    assert ticks > 0
+
+
+# ------------------------------------------------------------------ structured output
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+     "required": ["name", "age"]},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                               "maxItems": 3},
+                                      "ok": {"type": "boolean"}}, "required": ["tags", "ok"]},
+    {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}},
+     "required": ["color"]},
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_json_schema_output_always_validates(plain: ExpertLLM, schema) -> None:
+    import jsonschema
+
+    for prompt in (HELLO, *PROMPTS):
+        res = plain.generate(prompt, json_schema=schema, max_new_tokens=400)
+        jsonschema.validate(res.parsed, schema)
+        assert json.loads(res.text) == res.parsed
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_json_closes_even_when_tokens_run_out(llm: ExpertLLM, schema) -> None:
+    """A rambling model (random weights, sampling) cut off by max_new_tokens mid-value
+    still returns JSON that parses and validates: the grammar closes it."""
+    import jsonschema
+
+    for seed in range(3):
+        res = llm.generate(HELLO, json_schema=schema, temperature=1.0, seed=seed,
+                           max_new_tokens=12)
+        jsonschema.validate(res.parsed, schema)
+
+
+def test_json_mode_gives_an_object(plain: ExpertLLM) -> None:
+    res = plain.generate(HELLO, json_mode=True, max_new_tokens=400)
+    assert isinstance(res.parsed, dict)
+
+
+ADD = {"name": "add", "description": "Add two integers.",
+       "parameters": {"type": "object", "properties": {"a": {"type": "integer"},
+                                                       "b": {"type": "integer"}},
+                      "required": ["a", "b"]}}
+ECHO = {"type": "function", "function": {"name": "echo", "description": "Echo text.",
+                                         "parameters": {"type": "object", "properties": {
+                                             "text": {"type": "string", "maxLength": 20}},
+                                             "required": ["text"]}}}
+
+
+@pytest.mark.parametrize("choice", ["any", "add", "echo", "required"])
+def test_forced_tool_calls_always_parse(plain: ExpertLLM, choice: str) -> None:
+    res = plain.generate(HELLO, tools=[ADD, ECHO], tool_choice=choice, max_new_tokens=300)
+    assert res.tool_calls and res.finish_reason == "tool_calls" and res.text == ""
+    for call in res.tool_calls:
+        assert call.name in ("add", "echo") and call.id.startswith("call_")
+        if call.name == "add":
+            assert set(call.arguments) == {"a", "b"}
+    if choice in ("add", "echo"):
+        assert {c.name for c in res.tool_calls} == {choice}
+
+
+def test_tool_choice_none_and_unknown(llm: ExpertLLM) -> None:
+    res = llm.generate(HELLO, tools=[ADD], tool_choice="none", max_new_tokens=5)
+    assert res.tool_calls == []
+    with pytest.raises(InputError, match="names no bound tool"):
+        llm.generate(HELLO, tools=[ADD], tool_choice="mul")
+
+
+def test_auto_does_not_repeat_an_answered_call(plain: ExpertLLM) -> None:
+    llm = plain
+    first = llm.generate(HELLO, tools=[ADD], tool_choice="any", max_new_tokens=300)
+    call = first.tool_calls[0]
+    history = HELLO + [
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"name": call.name, "arguments": call.arguments, "id": call.id}]},
+        {"role": "tool", "content": "3", "name": "add", "tool_call_id": call.id},
+    ]
+    res = llm.generate(history, tools=[ADD], max_new_tokens=300)
+    keys = [(c.name, json.dumps(c.arguments, sort_keys=True)) for c in res.tool_calls]
+    assert (call.name, json.dumps(call.arguments, sort_keys=True)) not in keys
+    assert res.tool_calls or res.finish_reason in ("stop", "length")
+
+
+def test_label_probabilities_sum_to_one(llm: ExpertLLM) -> None:
+    probs = llm.label_probabilities([HELLO, PROMPTS[0]], labels=("true", "false"))
+    assert len(probs) == 2
+    for p in probs:
+        assert set(p) == {"true", "false"} and abs(sum(p.values()) - 1) < 1e-5
+
+
+# ------------------------------------------------------------------ experts
+def test_experts_change_output_and_can_be_listed(expert_llm: ExpertLLM) -> None:
+    assert expert_llm.experts == ["alpha", "beta"]
+    base = expert_llm.generate(HELLO, max_new_tokens=12).text
+    alpha = expert_llm.generate(HELLO, expert="alpha", max_new_tokens=12).text
+    beta = expert_llm.generate(HELLO, expert="beta", max_new_tokens=12).text
+    assert len({base, alpha, beta}) == 3
+    assert expert_llm.generate(HELLO, max_new_tokens=12).text == base  # base is restored
+
+
+def test_unknown_expert(expert_llm: ExpertLLM) -> None:
+    with pytest.raises(UnknownExpertError, match="unknown expert 'gamma'"):
+        expert_llm.generate(HELLO, expert="gamma")
+
+
+def test_mixed_expert_batch_matches_single_calls(expert_llm: ExpertLLM) -> None:
+    experts = ["alpha", None, "beta"]
+    singles = [expert_llm.generate(p, expert=e, max_new_tokens=10).text
+               for p, e in zip(PROMPTS, experts, strict=True)]
+    mixed = expert_llm.generate(PROMPTS, expert=experts, max_new_tokens=10)
+    assert [r.text for r in mixed] == singles
+    assert [r.expert for r in mixed] == experts
+
+
+def test_concurrent_callers_each_get_their_own_expert(expert_llm: ExpertLLM) -> None:
+    expected = {e: expert_llm.generate(HELLO, expert=e, max_new_tokens=10).text
+                for e in ("alpha", "beta", None)}
+    barrier = threading.Barrier(6)
+    got: list[tuple[str | None, str]] = []
+
+    def call(expert: str | None) -> None:
+        barrier.wait()
+        for _ in range(3):
+            got.append((expert, expert_llm.generate(HELLO, expert=expert,
+                                                    max_new_tokens=10).text))
+
+    threads = [threading.Thread(target=call, args=(e,)) for e in ("alpha", "beta", None) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 18
+    assert all(text == expected[e] for e, text in got)
+
+
+def test_merged_mode_serves_the_same_output(expert_llm: ExpertLLM) -> None:
+    unmerged = expert_llm.generate(HELLO, expert="alpha", max_new_tokens=10).text
+    expert_llm.merge("alpha")
+    try:
+        assert expert_llm.generate(HELLO, expert="alpha", max_new_tokens=10).text == unmerged
+        # another expert still works while alpha is the merged one
+        beta = expert_llm.generate(HELLO, expert="beta", max_new_tokens=10).text
+        assert beta != unmerged
+        assert expert_llm.generate(HELLO, expert="alpha", max_new_tokens=10).text == unmerged
+    finally:
+        expert_llm.merge(None)
+
+
+def test_attach_errors(tmp_path: Path) -> None:
+    model = tiny_llm(name="attach")
+    with pytest.raises(ExpertError, match="adapter folder not found"):
+        model.add_expert("x", tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExpertError, match="no adapter_config.json"):
+        model.add_expert("x", empty)
+    good = Path(save_tiny_lora(model, str(tmp_path / "good")))
+    (good / "adapter_model.safetensors").rename(good / "adapter_model.bin")
+    with pytest.raises(ExpertError, match="pickle"):
+        model.add_expert("x", good)
+    with pytest.raises(ExpertError, match="invalid expert name"):
+        model.add_expert("bad name!", good)
+
+
+def test_adapter_for_another_base_is_refused(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=48,
+                                         intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    other_llm = ExpertLLM.from_model(other, tok, name="other")
+    path = save_tiny_lora(other_llm, str(tmp_path / "other"))
+    model = tiny_llm(name="mine")
+    with pytest.raises(ExpertError, match="trained for another base"):
+        model.add_expert("other", path)
+    # same shapes, but the adapter records another base's fingerprint
+    path2 = Path(save_tiny_lora(model, str(tmp_path / "fp")))
+    (path2 / "expertrag_expert.json").write_text(
+        json.dumps({"base": {"name": "elsewhere", "fingerprint": "0123456789abcdef"}}))
+    with pytest.raises(ExpertError, match="was trained for base 'elsewhere'"):
+        model.add_expert("fp", path2)
+
+
+def test_remove_expert_restores_base(tmp_path: Path) -> None:
+    model = tiny_llm(name="remove")
+    base = model.generate(HELLO, max_new_tokens=10).text
+    model.add_expert("a", save_tiny_lora(model, str(tmp_path / "a")))
+    model.add_expert("b", save_tiny_lora(model, str(tmp_path / "b"), seed=3))
+    model.remove_expert("a")
+    assert model.experts == ["b"]
+    model.remove_expert("b")
+    assert model.experts == []
+    assert model.generate(HELLO, max_new_tokens=10).text == base
+
+
+def test_dora_experts_in_a_mixed_batch(tmp_path: Path) -> None:
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_llm(name="dora")
+    peft_model = get_peft_model(copy.deepcopy(model.base_model), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "d")
+    model.add_expert("d", tmp_path / "d")
+    model.add_expert("lo", save_tiny_lora(model, str(tmp_path / "lo")))
+    singles = [model.generate(p, expert=e, max_new_tokens=8).text
+               for p, e in zip(PROMPTS, ["d", "lo", None], strict=True)]
+    mixed = model.generate(PROMPTS, expert=["d", "lo", None], max_new_tokens=8)
+    assert [r.text for r in mixed] == singles

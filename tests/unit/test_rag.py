@@ -1,0 +1,146 @@
+"""RAGPipeline with a fake LLM and a fake retriever."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from expertrag.errors import InputError
+from expertrag.rag import Answer, RAGPipeline, build_messages, parse_citations
+from expertrag.types import Document
+
+
+@dataclass
+class FakeResult:
+    text: str
+    prompt_tokens: int = 100
+    completion_tokens: int = 7
+    finish_reason: str = "stop"
+    expert: str | None = None
+
+
+class FakeLLM:
+    """Records every generate() call and answers from a script."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[object, dict]] = []
+        self.experts: list[str] = []
+
+    def generate(self, messages_or_batch, **kwargs):
+        self.calls.append((messages_or_batch, kwargs))
+        expert = kwargs.get("expert")
+        if messages_or_batch and isinstance(messages_or_batch[0], list):
+            return [FakeResult(self.replies.pop(0), expert=expert) for _ in messages_or_batch]
+        return FakeResult(self.replies.pop(0), expert=expert)
+
+
+class FakeStore:
+    def __init__(self, n: int = 3) -> None:
+        self.queries: list[tuple[str, int]] = []
+        self.docs = [
+            Document(
+                f"Passage text {i}.",
+                id=f"doc.md#{i}",
+                metadata={"source": "doc.md", "chunk_index": i},
+                score=1.0 - i / 10,
+            )
+            for i in range(n)
+        ]
+
+    def query(self, text: str, k: int = 4) -> list[Document]:
+        self.queries.append((text, k))
+        return self.docs[:k]
+
+
+def test_answer_cites_only_the_cited_passages():
+    llm = FakeLLM(["It was built in 1862 [2]."])
+    store = FakeStore()
+    answer = RAGPipeline(llm, store, k=3, expert="grounded-qa").answer("  When built? ")
+    assert isinstance(answer, Answer)
+    assert answer.text == "It was built in 1862 [2]."
+    assert [d.id for d in answer.citations] == ["doc.md#1"]
+    assert answer.citations[0].metadata["cited"] is True
+    assert answer.citations[0].metadata["passage"] == 2
+    assert answer.citations[0].score == pytest.approx(0.9)
+    assert store.docs[1].metadata.get("cited") is None  # the retrieved docs are not mutated
+    assert (answer.expert, answer.prompt_tokens, answer.completion_tokens) == (
+        "grounded-qa",
+        100,
+        7,
+    )
+    assert answer.question == "When built?"
+    assert len(answer.passages) == 3
+    assert store.queries == [("When built?", 3)]
+    messages, kwargs = llm.calls[0]
+    assert kwargs["expert"] == "grounded-qa"
+    assert kwargs["max_new_tokens"] == 192
+    assert kwargs["temperature"] == 0.0
+    assert messages[-1]["role"] == "user"
+
+
+def test_prompt_numbers_passages_and_allows_i_dont_know():
+    docs = [Document("Alpha.", metadata={"source": "a.md"}), Document("Beta.")]
+    messages = build_messages("What?", docs)
+    text = "\n".join(m["content"] for m in messages)
+    assert "[1] Alpha.\n\n[2] Beta." in text
+    assert "I don't know" in text
+    assert "cite" in text and "Question: What?" in text
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("See [1].", [1]),
+        ("Both [3, 1] say so.", [3, 1]),
+        ("Per [2][3] and again [2].", [2, 3]),
+        ("Numbers [0] and [9] do not exist.", []),
+        ("No citations at all.", []),
+        ("Odd spacing [ 2 ; 1 ].", [2, 1]),
+    ],
+)
+def test_parse_citations(reply, expected):
+    assert parse_citations(reply, 3) == expected
+
+
+def test_fallback_marks_all_passages_uncited():
+    answer = RAGPipeline(FakeLLM(["I don't know."]), FakeStore(), k=3).answer("Who?")
+    assert [d.id for d in answer.citations] == ["doc.md#0", "doc.md#1", "doc.md#2"]
+    assert all(d.metadata["cited"] is False for d in answer.citations)
+    assert [d.metadata["passage"] for d in answer.citations] == [1, 2, 3]
+    assert answer.expert is None
+
+
+def test_answer_many_uses_one_batched_call():
+    llm = FakeLLM(["A [1].", "B [2]."])
+    store = FakeStore()
+    answers = RAGPipeline(llm, store, k=2, max_new_tokens=50).answer_many(["q1", "q2"])
+    assert len(llm.calls) == 1
+    batch, kwargs = llm.calls[0]
+    assert len(batch) == 2 and all(isinstance(conv, list) for conv in batch)
+    assert "Question: q2" in batch[1][-1]["content"]
+    assert kwargs["max_new_tokens"] == 50
+    assert [a.citations[0].id for a in answers] == ["doc.md#0", "doc.md#1"]
+    assert [a.question for a in answers] == ["q1", "q2"]
+    assert RAGPipeline(llm, store).answer_many([]) == []
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None])
+def test_empty_question_is_input_error(bad):
+    llm = FakeLLM([])
+    pipeline = RAGPipeline(llm, FakeStore())
+    with pytest.raises(InputError):
+        pipeline.answer(bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"questions\[1\]"):
+        pipeline.answer_many(["fine", bad])  # type: ignore[list-item]
+    assert llm.calls == []
+
+
+def test_bad_settings():
+    with pytest.raises(InputError):
+        RAGPipeline(FakeLLM([]), FakeStore(), k=0)
+    with pytest.raises(InputError):
+        RAGPipeline(FakeLLM([]), FakeStore(), max_new_tokens=0)
+    with pytest.raises(InputError):
+        RAGPipeline(FakeLLM([]), FakeStore()).answer_many("one string")
