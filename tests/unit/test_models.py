@@ -65,7 +65,7 @@ def test_resolve_source_errors(tmp_path: Path) -> None:
         resolve_source("no-such-alias")
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         resolve_source(str(tmp_path / "missing.gguf"))
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_source(str(tmp_path))
     with pytest.raises(InputError):
         resolve_source("")
@@ -237,7 +237,8 @@ def test_auto_does_not_repeat_an_answered_call(plain: ExpertLLM) -> None:
     llm = plain
     first = llm.generate(HELLO, tools=[ADD], tool_choice="any", max_new_tokens=300)
     call = first.tool_calls[0]
-    history = HELLO + [
+    history = [
+        *HELLO,
         {"role": "assistant", "content": "",
          "tool_calls": [{"name": call.name, "arguments": call.arguments, "id": call.id}]},
         {"role": "tool", "content": "3", "name": "add", "tool_call_id": call.id},
@@ -345,7 +346,7 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path) -> None:
     path2 = Path(save_tiny_lora(model, str(tmp_path / "fp")))
     (path2 / "expertrag_expert.json").write_text(
         json.dumps({"base": {"name": "elsewhere", "fingerprint": "0123456789abcdef"}}))
-    with pytest.raises(ExpertError, match="was trained for base 'elsewhere'"):
+    with pytest.raises(ExpertError, match=r"was trained for base 'elsewhere'"):
         model.add_expert("fp", path2)
 
 
