@@ -320,7 +320,7 @@ def test_attach_errors(tmp_path: Path) -> None:
         model.add_expert("x", tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ExpertError, match="no adapter_config.json"):
+    with pytest.raises(ExpertError, match=r"no adapter_config\.json"):
         model.add_expert("x", empty)
     good = Path(save_tiny_lora(model, str(tmp_path / "good")))
     (good / "adapter_model.safetensors").rename(good / "adapter_model.bin")
