@@ -377,3 +377,34 @@ def test_dora_experts_in_a_mixed_batch(tmp_path: Path) -> None:
                for p, e in zip(PROMPTS, ["d", "lo", None], strict=True)]
     mixed = model.generate(PROMPTS, expert=["d", "lo", None], max_new_tokens=8)
     assert [r.text for r in mixed] == singles
+
+
+def test_tool_schemas_with_defs_and_a_title_property(plain: ExpertLLM) -> None:
+    """pydantic tool schemas carry $defs; a property literally named "title" survives."""
+    from pydantic import BaseModel
+
+    class Author(BaseModel):
+        name: str
+
+    class Book(BaseModel):
+        title: str
+        author: Author
+
+    tool = {"name": "save_book", "description": "Save a book.",
+            "parameters": Book.model_json_schema()}
+    res = plain.generate(HELLO, tools=[tool, ADD], tool_choice="save_book", max_new_tokens=60)
+    book = Book.model_validate(res.tool_calls[0].arguments)  # closed by grammar if cut off
+    assert isinstance(book.author, Author)
+
+
+def test_parallel_tool_calls_off_gives_one_call(plain: ExpertLLM) -> None:
+    res = plain.generate(HELLO, tools=[ADD, ECHO], tool_choice="any",
+                         parallel_tool_calls=False, max_new_tokens=300)
+    assert len(res.tool_calls) == 1
+
+
+def test_schema_is_shown_in_the_prompt(plain: ExpertLLM) -> None:
+    from expertrag.models.chat import render_prompt
+
+    prompt = render_prompt(plain.tokenizer, HELLO, json_schema=SCHEMAS[2])
+    assert '"enum": ["red", "green", "blue"]' in prompt

@@ -64,8 +64,18 @@ def _render_assistant(msg: dict[str, Any]) -> str:
     return f"{msg['content']}\n{calls}" if msg["content"] else calls
 
 
-def _plain(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict]:
-    """Messages as role/content pairs with tool calls and tool descriptions rendered."""
+def schema_instructions(schema: dict[str, Any]) -> str:
+    """The system-prompt text for structured output (the grammar enforces it; showing the
+    schema tells a small model what to put in the fields)."""
+    if schema == {"type": "object"}:
+        return "Reply with a single JSON object."
+    return ("Reply with a single JSON value that matches this JSON Schema:\n"
+            + json.dumps(schema, ensure_ascii=False))
+
+
+def _plain(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+           json_schema: dict[str, Any] | None = None) -> list[dict]:
+    """Messages as role/content pairs with tool calls and tool or schema instructions."""
     plain: list[dict[str, str]] = []
     for msg in messages:
         role, content = msg["role"], msg["content"]
@@ -76,8 +86,9 @@ def _plain(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -
             status = " (error)" if msg.get("status") == "error" else ""
             content = f"Result of {name}{status}: {content}"
         plain.append({"role": role, "content": content})
-    if tools:
-        instructions = tool_instructions(tools)
+    instructions = tool_instructions(tools) if tools else (
+        schema_instructions(json_schema) if json_schema is not None else None)
+    if instructions:
         if plain and plain[0]["role"] == "system":
             plain[0] = {"role": "system", "content": plain[0]["content"] + "\n\n" + instructions}
         else:
@@ -111,9 +122,11 @@ def render_prompt(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
+    json_schema: dict[str, Any] | None = None,
 ) -> str:
-    """The prompt string for `messages` under the tokenizer's chat template."""
-    plain = _plain(validate_messages(messages), tools)
+    """The prompt string for `messages` under the tokenizer's chat template, with tool or
+    JSON Schema instructions added to the system message."""
+    plain = _plain(validate_messages(messages), tools, json_schema)
     template = getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
     try:
         return tokenizer.apply_chat_template(

@@ -29,6 +29,7 @@ from expertrag.errors import (
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
 from expertrag.models.structured import (
+    TOOL_CALL_OPEN,
     GrammarFactory,
     ToolCall,
     call_key,
@@ -86,6 +87,7 @@ class _Options:
     json_mode: bool
     tools: list[dict[str, Any]]
     tool_choice: str
+    parallel_tool_calls: bool = True
 
     @property
     def constrained(self) -> bool:
@@ -370,7 +372,7 @@ class ExpertLLM:
     def _options(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
                  stop: str | list[str] | None, json_schema: dict[str, Any] | None,
                  json_mode: bool, tools: list[dict[str, Any]] | None,
-                 tool_choice: str | None) -> _Options:
+                 tool_choice: str | None, parallel_tool_calls: bool = True) -> _Options:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -395,7 +397,8 @@ class ExpertLLM:
         if norm_tools and (json_schema is not None or json_mode):
             raise InputError("tools and json_schema/json_mode cannot be combined in one call")
         return _Options(max_new_tokens, float(temperature), float(top_p), seed, stops,
-                        json_schema, bool(json_mode), norm_tools, choice)
+                        json_schema, bool(json_mode), norm_tools, choice,
+                        bool(parallel_tool_calls))
 
     @staticmethod
     def _as_batch(messages: Any) -> tuple[list[Messages], bool]:
@@ -442,18 +445,20 @@ class ExpertLLM:
         json_mode: bool = False,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
+        parallel_tool_calls: bool = True,
     ) -> Any:
         """Generate for one conversation (returns a GenerationResult) or a batch
         (a list of conversations; returns a list), in one batched forward pass.
 
         `expert` names the expert (None = bare base) or gives one per conversation.
         Greedy when temperature is 0. `json_schema` / `json_mode` / `tools` constrain the
-        output by grammar so it always parses.
+        output by grammar so it always parses (the schema is also shown in the prompt);
+        `parallel_tool_calls=False` allows at most one call.
         """
         prompts, experts, opts, is_batch = self._request(messages, expert, dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop=stop, json_schema=json_schema, json_mode=json_mode, tools=tools,
-            tool_choice=tool_choice))
+            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls))
         results = self._worker.run(lambda: self._generate_rows(prompts, experts, opts))
         return results if is_batch else results[0]
 
@@ -565,7 +570,9 @@ class ExpertLLM:
         tok = self.tokenizer
         try:
             if not opts.tools:
-                prompts = [render_prompt(tok, c) for c in convs]
+                schema = opts.json_schema if opts.json_schema is not None else (
+                    {"type": "object"} if opts.json_mode else None)
+                prompts = [render_prompt(tok, c, json_schema=schema) for c in convs]
                 return self._grouped(prompts, experts, opts, on_tokens)
             prompts = [render_prompt(tok, c, opts.tools) for c in convs]
             decided = self._grouped(prompts, experts, opts, None)
@@ -585,7 +592,9 @@ class ExpertLLM:
                 if not fresh:
                     text_rows.append(i)
             if text_rows:
-                text_opts = replace(opts, tools=[], tool_choice="none")
+                # the text answer must not imitate a call: stop at the call marker
+                text_opts = replace(opts, tools=[], tool_choice="none",
+                                    stop=[*opts.stop, TOOL_CALL_OPEN])
                 texts = self._grouped([render_prompt(tok, convs[i]) for i in text_rows],
                                       [experts[i] for i in text_rows], text_opts, on_tokens)
                 for i, res in zip(text_rows, texts, strict=True):
@@ -660,7 +669,8 @@ class ExpertLLM:
 
     def _grammar(self, opts: _Options) -> Any:
         if opts.tools:
-            return self.grammars.tool_calls(opts.tools, required=opts.tool_choice != "auto")
+            return self.grammars.tool_calls(opts.tools, required=opts.tool_choice != "auto",
+                                            parallel=opts.parallel_tool_calls)
         if opts.json_schema is not None:
             return self.grammars.json_schema(opts.json_schema)
         return self.grammars.json_object()
@@ -696,7 +706,7 @@ class ExpertLLM:
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     allowed = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None,
                "stop": None, "json_schema": None, "json_mode": False, "tools": None,
-               "tool_choice": None}
+               "tool_choice": None, "parallel_tool_calls": True}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise InputError(f"unknown generation arguments: {sorted(unknown)}")

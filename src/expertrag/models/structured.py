@@ -47,33 +47,64 @@ def normalize_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "description": spec.get("description", ""), "parameters": params}
 
 
-def _strip_titles(schema: Any) -> Any:
-    """Drop cosmetic keys that confuse nothing but bloat prompts."""
+def _strip_titles(schema: Any, in_properties: bool = False) -> Any:
+    """Drop cosmetic ``title`` keywords (they only bloat prompts); a property that is
+    itself named "title" is kept."""
     if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
+        return {k: _strip_titles(v, k == "properties" and not in_properties)
+                for k, v in schema.items()
+                if in_properties or not (k == "title" and isinstance(v, str))}
     if isinstance(schema, list):
         return [_strip_titles(v) for v in schema]
     return schema
 
 
-def tool_call_schema(tool: dict[str, Any]) -> dict[str, Any]:
-    """The JSON Schema of one call of `tool`: {"name": const, "arguments": parameters}."""
-    params = _strip_titles(tool["parameters"])
+def _rename_refs(schema: Any, prefix: str) -> Any:
+    if isinstance(schema, dict):
+        out = {k: _rename_refs(v, prefix) for k, v in schema.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+            out["$ref"] = "#/$defs/" + prefix + ref.rsplit("/", 1)[1]
+        return out
+    if isinstance(schema, list):
+        return [_rename_refs(v, prefix) for v in schema]
+    return schema
+
+
+def tool_call_schema(tool: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The JSON Schema of one call of `tool`: {"name": const, "arguments": parameters}.
+    Local ``$defs`` (pydantic models) move to the call schema's root, renamed with
+    `prefix` so several tools can share one root without clashes."""
+    params = _rename_refs(_strip_titles(tool["parameters"]), prefix)
+    defs = {**params.pop("definitions", {}), **params.pop("$defs", {})}
     params = {**params, "type": "object"}
     params.setdefault("properties", {})
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"name": {"const": tool["name"]}, "arguments": params},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+    if defs:
+        schema["$defs"] = {prefix + k: v for k, v in defs.items()}
+    return schema
 
 
-def tool_list_schema(tools: list[dict[str, Any]], required: bool) -> dict[str, Any]:
-    """The JSON Schema of a list of calls of any of `tools`."""
-    calls = [tool_call_schema(t) for t in tools]
+def tool_list_schema(tools: list[dict[str, Any]], required: bool,
+                     parallel: bool = True) -> dict[str, Any]:
+    """The JSON Schema of a list of calls of any of `tools` (at most one unless
+    `parallel`)."""
+    calls = [tool_call_schema(t, prefix=f"t{i}_") for i, t in enumerate(tools)]
+    defs: dict[str, Any] = {}
+    for call in calls:
+        defs.update(call.pop("$defs", {}))
     items = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    return {"type": "array", "items": items, "minItems": 1 if required else 0}
+    schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1 if required else 0}
+    if not parallel:
+        schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
+    return schema
 
 
 class GrammarFactory:
@@ -114,13 +145,14 @@ class GrammarFactory:
         """JSON mode: any JSON object."""
         return self._cached("json_object", lambda: self._schema_grammar({"type": "object"}))
 
-    def tool_calls(self, tools: list[dict[str, Any]], required: bool) -> Any:
+    def tool_calls(self, tools: list[dict[str, Any]], required: bool,
+                   parallel: bool = True) -> Any:
         """``<tool_call>[call, ...]</tool_call>``: a JSON list of calls, each matching one
         tool's schema. With `required` the list holds at least one call; otherwise the
-        model may answer ``[]`` (no tool needed)."""
+        model may answer ``[]`` (no tool needed). Without `parallel`, at most one call."""
         xgr = self._xgr
-        key = "tools:" + json.dumps([tools, required], sort_keys=True)
-        schema = tool_list_schema(tools, required)
+        key = "tools:" + json.dumps([tools, required, parallel], sort_keys=True)
+        schema = tool_list_schema(tools, required, parallel)
 
         def build() -> Any:
             return xgr.Grammar.concat(
@@ -198,7 +230,7 @@ def parse_json(text: str, schema: dict[str, Any] | None) -> Any:
     """Parse and validate constrained output; raise StructuredOutputError if it fails
     (only possible when generation was cut off by max_new_tokens)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # raw control characters in strings
     except json.JSONDecodeError as exc:
         raise StructuredOutputError(
             f"output is not complete JSON ({exc}); raise max_new_tokens. Output: {text[:200]!r}"

@@ -1,0 +1,123 @@
+"""Tiny, randomly initialised models built offline in about a second, for fast tests.
+
+``tiny_tokenizer()`` trains a byte-level BPE tokenizer on a few sentences (so any text,
+unicode included, encodes) and gives it a ChatML chat template with ``<|im_end|>`` as EOS.
+``tiny_causal_lm()`` is a 2-layer Llama with hidden size 32 over that vocabulary, and
+``tiny_llm()`` wraps both in an :class:`~expertrag.models.ExpertLLM`. Outputs are random text,
+which is the point: wrappers must cope with whatever a model emits, and constrained decoding
+(JSON schema, tool calls) must still parse.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Hello, how are you today?",
+    '{"name": "add", "arguments": {"a": 1, "b": 2}} <tool_call> </tool_call> true false null',
+    "system user assistant tool You can call these tools: reply with only JSON 0123456789",
+    "Retrieval augmented generation answers questions from documents with citations [1].",
+]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer() -> Any:
+    """A fresh byte-level BPE ``PreTrainedTokenizerFast`` with a ChatML template."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_causal_lm(tokenizer: Any | None = None, seed: int = 0) -> Any:
+    """A 2-layer random Llama over the tiny tokenizer's vocabulary (deterministic per seed)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model.eval()
+
+
+def tiny_llm(name: str = "tiny", seed: int = 0) -> Any:
+    """An :class:`~expertrag.models.ExpertLLM` over a fresh tiny random model."""
+    from expertrag.models import ExpertLLM
+
+    tokenizer = tiny_tokenizer()
+    return ExpertLLM.from_model(tiny_causal_lm(tokenizer, seed=seed), tokenizer, name=name)
+
+
+def save_tiny_lora(llm: Any, path: str, seed: int = 1) -> str:
+    """Save a random LoRA adapter (q_proj/v_proj, r=4) for `llm`'s base model at `path`.
+
+    The adapter is built on a fresh model of the same config (LoRA weights depend only on
+    the shapes), so the shared base is not touched. Its ``lora_B`` weights are made non-zero
+    so the expert really changes the output.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_config(llm.base_model.config)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    peft_model.save_pretrained(path)
+    return path
