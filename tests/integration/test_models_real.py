@@ -1,0 +1,60 @@
+"""The model layer on the real embedded SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import pytest
+
+from expertrag.models import ExpertLLM, load_base_model
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def llm() -> ExpertLLM:
+    return ExpertLLM.shared()
+
+
+def test_gguf_is_cached_as_safetensors(llm: ExpertLLM) -> None:
+    llm.load()  # the first load in a fresh environment de-quantizes and writes the cache
+    again = load_base_model("smollm2-135m-instruct")
+    assert again.from_cache
+    assert again.load_seconds < 30
+    assert again.source.kind == "gguf"
+
+
+def test_answers_a_simple_question(llm: ExpertLLM) -> None:
+    res = llm.generate(QUESTION, max_new_tokens=20)
+    assert "Paris" in res.text
+    assert res.finish_reason == "stop"
+
+
+def test_batch_of_prompts(llm: ExpertLLM) -> None:
+    batch = llm.generate([QUESTION, [{"role": "user", "content": "Say hello."}]],
+                         max_new_tokens=16)
+    assert len(batch) == 2 and "Paris" in batch[0].text
+
+
+def test_structured_output_and_tool_call(llm: ExpertLLM) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "country": {"type": "string"}},
+              "required": ["city", "country"]}
+    res = llm.generate(QUESTION, json_schema=schema, max_new_tokens=40)
+    assert set(res.parsed) == {"city", "country"}
+    weather = {"name": "get_weather", "description": "Get the weather at a location.",
+               "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                              "required": ["location"]}}
+    call = llm.generate([{"role": "user", "content": "What is the weather in Paris?"}],
+                        tools=[weather], max_new_tokens=60)
+    assert call.tool_calls and call.tool_calls[0].name == "get_weather"
+
+
+def test_four_bit_loading_generates() -> None:
+    pytest.importorskip("bitsandbytes")
+    small = ExpertLLM(quantization="4bit").load()
+    try:
+        assert "Linear4bit" in type(small.base_model.model.layers[0].self_attn.q_proj).__name__
+        assert small.generate(QUESTION, max_new_tokens=8).completion_tokens > 0
+    finally:
+        small.close()
