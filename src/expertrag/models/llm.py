@@ -556,7 +556,8 @@ class ExpertLLM:
             extra = self._prepare(experts[start:start + batch_size])
             enc, _ = self._encode(chunk)
             with torch.inference_mode():
-                logits = self._model(**enc, **extra).logits[:, -1, :]
+                # logits_to_keep=1: the LM head runs on the last position only
+                logits = self._model(**enc, **extra, logits_to_keep=1).logits[:, -1, :]
             probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
             out.extend(dict(zip(labels, row, strict=True)) for row in probs)
         return out
