@@ -71,9 +71,11 @@ class ExpertRerank(BaseNodePostprocessor):
         out = []
         for doc in ranked:
             original = nodes[doc.metadata["_position"]]
-            if self.keep_retrieval_score:
-                original.node.metadata["retrieval_score"] = original.score
-            out.append(NodeWithScore(node=original.node, score=doc.score))
+            node = original.node
+            if self.keep_retrieval_score:  # on a copy: the caller's node stays as it was
+                meta = {**node.metadata, "retrieval_score": original.score}
+                node = node.model_copy(update={"metadata": meta})
+            out.append(NodeWithScore(node=node, score=doc.score))
         return out
 
     def _postprocess_nodes(

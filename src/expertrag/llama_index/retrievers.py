@@ -48,7 +48,7 @@ class ExpertHybridRetriever(BaseRetriever):
         bm25_k: int = 100,
         dense_k: int = 100,
         rrf_k: int = 60,
-        stemmer: str | None = "english",
+        stemmer: str | None = "auto",
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:

@@ -1,0 +1,28 @@
+"""The LangChain skin: expertrag's core as LangChain components.
+
+- :class:`ChatExpertLLM` - ``BaseChatModel`` over the LoRA-expert LLM (tools, structured
+  output, streaming, true batching).
+- :class:`ExpertEmbeddings` - ``Embeddings`` over the embedded sentence-transformers model.
+- :func:`chroma_vectorstore` - a ``langchain_chroma.Chroma`` on the same store layout, and
+  :class:`ExpertChromaRetriever` - a ``BaseRetriever`` over the core
+  :class:`expertrag.retrieval.VectorStore`.
+- :class:`ExpertReranker` - ``BaseDocumentCompressor`` over any expertrag reranker, and
+  :class:`ExpertHybridRetriever` - BM25 + dense fused by reciprocal rank fusion.
+
+Needs ``pip install 'expertrag[langchain]'``.
+"""
+
+from expertrag.langchain.chat_models import ChatExpertLLM
+from expertrag.langchain.embeddings import ExpertEmbeddings
+from expertrag.langchain.rerankers import ExpertReranker
+from expertrag.langchain.retrievers import ExpertHybridRetriever
+from expertrag.langchain.vectorstores import ExpertChromaRetriever, chroma_vectorstore
+
+__all__ = [
+    "ChatExpertLLM",
+    "ExpertChromaRetriever",
+    "ExpertEmbeddings",
+    "ExpertHybridRetriever",
+    "ExpertReranker",
+    "chroma_vectorstore",
+]
