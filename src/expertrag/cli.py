@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p, db_default=None)
     _add_llm_args(p)
     p.set_defaults(func=cmd_demo)
+
+    from expertrag.training.cli import add_train_subcommand
+
+    add_train_subcommand(sub)
     return parser
 
 

@@ -226,17 +226,19 @@ class ExpertLLM:
         """Attach the PEFT LoRA/DoRA adapter at `path` under `name`.
 
         Fails with ExpertError when files are missing, the adapter is not LoRA, it uses
-        pickle weights, or it was trained for another base (recorded fingerprint or shapes).
+        pickle weights, or it was trained for another base (recorded fingerprint or tensor
+        shapes). `check_base=False` skips the fingerprint comparison (shapes are always
+        checked), e.g. for an adapter trained on a differently quantized copy of the base.
         """
         if not isinstance(name, str) or not _NAME_RE.match(name) or name == _BASE:
             raise ExpertError(f"invalid expert name {name!r}: use letters, digits, '-', '_', '.'")
         if name in self._experts:
             raise ExpertError(f"an expert named {name!r} is already attached; remove it first")
-        info = self._inspect_adapter(name, Path(path))
+        info = self._inspect_adapter(name, Path(path), check_base)
         self._worker.run(lambda: self._attach(name, info))
         self._experts[name] = info
 
-    def _inspect_adapter(self, name: str, folder: Path) -> dict[str, Any]:
+    def _inspect_adapter(self, name: str, folder: Path, check_base: bool = True) -> dict[str, Any]:
         from safetensors import safe_open
 
         if not folder.is_dir():
@@ -261,7 +263,7 @@ class ExpertLLM:
         if (folder / EXPERT_METADATA).is_file():
             meta = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8"))
             recorded = meta.get("base", {}).get("fingerprint")
-            if recorded and recorded != self.fingerprint:
+            if check_base and recorded and recorded != self.fingerprint:
                 raise ExpertError(
                     f"expert {name!r} was trained for base {meta['base'].get('name')!r} "
                     f"(fingerprint {recorded}); this model is {self.model_name!r} "

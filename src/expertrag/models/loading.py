@@ -281,6 +281,7 @@ def model_fingerprint(hf_model: Any) -> str:
     digest = hashlib.sha256(json.dumps({k: getattr(config, k, None) for k in keys}).encode())
     embeddings = hf_model.get_input_embeddings().weight
     if embeddings.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        rows = embeddings[:64].detach().to("cpu", torch.float32)
+        # through bfloat16 first, so the same weights loaded in fp32, fp16 or bf16 agree
+        rows = embeddings[:64].detach().to("cpu", torch.bfloat16).float()
         digest.update(torch.round(rows * 1e3).to(torch.int64).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,477 @@
+"""Deterministic training-data builders for expert adapters, and loaders for the shared data.
+
+Every builder returns rows ``{"messages": [...], "answer": str, "meta": {...}}``: the chat
+messages are exactly what the expert sees at serve time (``expertrag.rag.build_messages`` for
+grounded QA, :func:`relevance_messages` for relevance grading) and ``answer`` is the assistant
+reply it is trained to produce (the trainer masks every prompt token).
+
+- :func:`build_raft`: RAFT-style grounded QA (Zhang et al. 2024) from HotpotQA: question +
+  oracle paragraph(s) + ``k`` distractors, shuffled; in a share of the rows the oracle is left
+  out and the target is :data:`REFUSAL`. Targets are brief and cite their passages: ``Paris [2].``
+- :func:`build_squad_raft`: the same prompt from SQuAD 2.0, where unanswerable questions (their
+  own paragraph present, the answer absent) teach refusal too.
+- :func:`build_relevance`: (question, passage) -> :data:`RELEVANT` / :data:`IRRELEVANT`,
+  balanced, hard negatives from HotpotQA distractors, optional MS MARCO qrels pairs.
+
+Outputs depend only on the input rows and the seed (each item draws from its own seeded
+generator), never on hash seeds or the machine. A broken row raises :class:`DataRowError`
+naming its index; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expertrag.errors import ExpertRAGError, InputError
+from expertrag.rag import INSTRUCTIONS, build_messages
+from expertrag.types import Document
+
+#: The fixed refusal the grounded-qa expert is trained to give when the passages do not hold
+#: the answer. It is the wording `expertrag.rag.INSTRUCTIONS` asks for ("I don't know").
+REFUSAL = "I don't know."
+#: Relevance labels, (relevant, irrelevant): the targets the relevance expert is trained on
+#: and the ``labels`` to pass to ``ExpertLLM.label_probabilities`` when scoring.
+RELEVANT = "yes"
+IRRELEVANT = "no"
+RELEVANCE_LABELS: tuple[str, str] = (RELEVANT, IRRELEVANT)
+
+#: The only HotpotQA file builders may read; ``test.jsonl`` is the held-out benchmark set.
+HOTPOT_TRAIN = "hotpotqa/train.jsonl"
+SQUAD_SAMPLE = "squad2/dev-v2.0-sample.json"
+MSMARCO_DIR = "beir/msmarco"
+DATA_DIR_ENV = "EXPERTRAG_DATA_DIR"
+DEFAULT_DATA_DIR = "../shared/data"
+_HELD_OUT_NAMES = ("test.jsonl",)
+
+Row = dict[str, Any]
+
+if INSTRUCTIONS.find(REFUSAL.rstrip(".")) < 0:  # pragma: no cover - guards a future edit
+    raise ImportError("expertrag.rag.INSTRUCTIONS no longer asks for the REFUSAL wording")
+
+
+class DataError(ExpertRAGError, ValueError):
+    """Training data is missing, held out, or malformed."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The shared data folder or one of its files is missing."""
+
+
+class DataRowError(DataError):
+    """One input row is broken (missing answer, empty passages...); ``index`` names it."""
+
+    def __init__(self, index: int, reason: str, source: str = "") -> None:
+        self.index = index
+        self.reason = reason
+        self.source = source
+        where = f"{source} row {index}" if source else f"row {index}"
+        super().__init__(f"{where}: {reason}")
+
+
+# ------------------------------------------------------------------------------ prompts
+def relevance_messages(question: str, passage: str) -> list[dict[str, str]]:
+    """The relevance-grading prompt for one (question, passage) pair: used by training and by
+    scoring (``llm.label_probabilities(batch, labels=RELEVANCE_LABELS, expert=...)``)."""
+    user = (
+        f"Passage:\n{passage.strip()}\n\n"
+        f"Question: {question.strip()}\n"
+        "Does the passage contain information that helps answer the question? "
+        f"Answer {RELEVANT} or {IRRELEVANT}."
+    )
+    return [{"role": "user", "content": user}]
+
+
+def relevance_scores(llm: Any, question: str, passages: Sequence[str],
+                     expert: str | None = "relevance", batch_size: int = 16) -> list[float]:
+    """P(relevant) for each passage, one forward pass each (no generation)."""
+    batch = [relevance_messages(question, p) for p in passages]
+    probs = llm.label_probabilities(batch, labels=RELEVANCE_LABELS, expert=expert,
+                                    batch_size=batch_size)
+    return [p[RELEVANT] for p in probs]
+
+
+def grounded_answer(answer: str, cited: Iterable[int]) -> str:
+    """The target text: a brief answer followed by its citations, ``Paris [2].``"""
+    text = " ".join(answer.split()).rstrip(".")
+    cites = "".join(f"[{n}]" for n in sorted(set(cited)))
+    return f"{text} {cites}." if cites else f"{text}."
+
+
+# ------------------------------------------------------------------------------ loaders
+def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
+    """The shared data folder: ``path``, else $EXPERTRAG_DATA_DIR, else ``../shared/data``.
+    Raises DataNotFoundError with a hint when it is missing."""
+    folder = Path(path or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"training data folder not found: {folder} (resolved from {Path.cwd()}). "
+            f"Pass --data-dir (or set ${DATA_DIR_ENV}) to the folder that holds "
+            "hotpotqa/train.jsonl, squad2/ and beir/msmarco/ (../shared/data from the project "
+            "root)."
+        )
+    return folder
+
+
+def _need_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataNotFoundError(f"training data file not found: {path}")
+    return path
+
+
+def load_hotpot(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows of a HotpotQA JSON-lines file. Refuses the held-out ``test.jsonl``."""
+    path = Path(path)
+    if path.name in _HELD_OUT_NAMES:
+        raise DataError(
+            f"refusing to train on {path}: HotpotQA {path.name} is the held-out benchmark set; "
+            f"use {HOTPOT_TRAIN}"
+        )
+    rows: list[Row] = []
+    with _need_file(path).open(encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
+    return rows
+
+
+def load_squad(path: str | os.PathLike[str]) -> list[Row]:
+    """The ``data`` list (articles) of a SQuAD 2.0 JSON file."""
+    path = _need_file(Path(path))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError(f"{path} is not SQuAD format (no 'data' list)")
+    return doc["data"]
+
+
+@dataclass
+class MsMarco:
+    """A BEIR-format MS MARCO subset: corpus {id: text}, queries {id: text}, graded qrels."""
+
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+def _jsonl(path: Path) -> list[Row]:
+    out = []
+    with _need_file(path).open(encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
+    return out
+
+
+def load_msmarco(folder: str | os.PathLike[str], split: str = "test") -> MsMarco:
+    """Load a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (no header)."""
+    folder = Path(folder)
+    corpus = {}
+    for r in _jsonl(folder / "corpus.jsonl"):
+        title, text = (r.get("title") or "").strip(), (r.get("text") or "").strip()
+        corpus[str(r["_id"])] = f"{title}\n{text}" if title else text
+    queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl")}
+    qrels = []
+    path = _need_file(folder / "qrels" / f"{split}.tsv")
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        parts = line.split("\t")
+        if not line.strip() or parts[0] == "query-id":  # tolerate a header line
+            continue
+        if len(parts) != 3:
+            raise DataRowError(i, f"expected 3 tab-separated fields, got {len(parts)}", str(path))
+        qrels.append((parts[0], parts[1], int(parts[2])))
+    return MsMarco(corpus, queries, qrels)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _rng(seed: int, *keys: Any) -> random.Random:
+    """A generator for one item: independent of the other items and of PYTHONHASHSEED."""
+    return random.Random("-".join(str(k) for k in (seed, *keys)))
+
+
+def _chosen(n: int, share: float, seed: int, tag: str) -> set[int]:
+    """Exactly round(share * n) indices out of n, picked by the seed."""
+    if not 0.0 <= share <= 1.0:
+        raise InputError(f"{tag} share must be within [0, 1], got {share!r}")
+    indices = list(range(n))
+    _rng(seed, tag).shuffle(indices)
+    return set(indices[: round(share * n)])
+
+
+def _hotpot_item(row: Any, index: int) -> tuple[str, str, list[tuple[str, str]], set[str]]:
+    """(question, answer, [(title, paragraph)], gold titles) of one HotpotQA row, validated."""
+    src = "hotpotqa"
+    if not isinstance(row, dict):
+        raise DataRowError(index, f"expected an object, got {type(row).__name__}", src)
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise DataRowError(index, "missing or empty 'question'", src)
+    answer = row.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataRowError(index, "missing or empty 'answer'", src)
+    context = row.get("context") or {}
+    titles, sentences = context.get("title") or [], context.get("sentences") or []
+    if not titles or len(titles) != len(sentences):
+        raise DataRowError(index, "empty passages ('context' has no titles/sentences)", src)
+    paragraphs = []
+    for title, sents in zip(titles, sentences, strict=True):
+        text = "".join(sents).strip() if isinstance(sents, list) else ""
+        if not text:
+            raise DataRowError(index, f"empty passage {title!r}", src)
+        paragraphs.append((title, text))
+    gold = set((row.get("supporting_facts") or {}).get("title") or [])
+    if not gold:
+        raise DataRowError(index, "no supporting_facts titles (no oracle passage)", src)
+    missing = gold - set(titles)
+    if missing:
+        raise DataRowError(index, f"supporting titles not in context: {sorted(missing)}", src)
+    return question.strip(), answer.strip(), paragraphs, gold
+
+
+def _foreign(rows: Sequence[Row], index: int, rng: random.Random, k: int) -> list[tuple[str, str]]:
+    """Up to ``k`` paragraphs of another item (seeded pick): negatives for an item that has no
+    distractors of its own (a few HotpotQA items hold only their two gold paragraphs)."""
+    others = [j for j in range(len(rows)) if j != index]
+    rng.shuffle(others)
+    for j in others:
+        try:
+            _, _, paragraphs, _ = _hotpot_item(rows[j], j)
+        except DataRowError:
+            continue
+        rng.shuffle(paragraphs)
+        return paragraphs[:k]
+    return []
+
+
+def _documents(paragraphs: Sequence[tuple[str, str]]) -> list[Document]:
+    return [Document(text=text, id=title, metadata={"title": title}) for title, text in paragraphs]
+
+
+# ------------------------------------------------------------------------------ builders
+def build_raft(hotpot_rows: Sequence[Row], distractors_k: int = 3, p_no_oracle: float = 0.25,
+               seed: int = 42) -> list[Row]:
+    """RAFT-style grounded-QA rows from HotpotQA (distractor setting) items.
+
+    Each item gives one row: its gold paragraphs plus ``distractors_k`` of its non-gold
+    paragraphs, shuffled and numbered as ``build_messages`` does; the target is the answer
+    citing the gold passage numbers. In ``round(p_no_oracle * n)`` rows (picked by the seed) the
+    gold paragraphs are replaced by further distractors (same passage count) and the target is
+    :data:`REFUSAL`.
+    """
+    if distractors_k < 0:
+        raise InputError(f"distractors_k must be >= 0, got {distractors_k!r}")
+    no_oracle = _chosen(len(hotpot_rows), p_no_oracle, seed, "raft-no-oracle")
+    rows: list[Row] = []
+    for i, item in enumerate(hotpot_rows):
+        question, answer, paragraphs, gold = _hotpot_item(item, i)
+        rng = _rng(seed, "raft", i)
+        oracle = [p for p in paragraphs if p[0] in gold]
+        distractors = [p for p in paragraphs if p[0] not in gold]
+        rng.shuffle(distractors)
+        has_oracle = i not in no_oracle
+        if not has_oracle and len(distractors) < distractors_k + len(oracle):
+            distractors += _foreign(hotpot_rows, i, rng, distractors_k + len(oracle)
+                                    - len(distractors))
+        if has_oracle:
+            chosen = oracle + distractors[:distractors_k]
+        else:
+            chosen = distractors[: distractors_k + len(oracle)]
+            if not chosen:
+                raise DataRowError(i, "no distractor passages for a no-oracle row", "hotpotqa")
+        rng.shuffle(chosen)
+        cited = [n for n, p in enumerate(chosen, start=1) if p[0] in gold]
+        target = grounded_answer(answer, cited) if has_oracle else REFUSAL
+        rows.append({
+            "messages": build_messages(question, _documents(chosen)),
+            "answer": target,
+            "meta": {"source": "hotpotqa", "index": i, "id": item.get("id", str(i)),
+                     "group": f"hotpotqa:{item.get('id', i)}", "has_oracle": has_oracle,
+                     "oracle_passages": cited, "n_passages": len(chosen),
+                     "gold_answer": answer, "type": item.get("type")},
+        })
+    return rows
+
+
+def _squad_questions(articles: Sequence[Row]) -> list[dict[str, Any]]:
+    """Flatten SQuAD articles to questions with their paragraph and its article siblings."""
+    out = []
+    for a, article in enumerate(articles):
+        paragraphs = article.get("paragraphs") or []
+        for p, para in enumerate(paragraphs):
+            for qa in para.get("qas") or []:
+                out.append({"article": a, "paragraph": p, "qa": qa,
+                            "context": para.get("context"), "title": article.get("title", "")})
+    return out
+
+
+def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
+                     p_no_oracle: float = 0.0, seed: int = 42,
+                     max_questions: int | None = None) -> list[Row]:
+    """Grounded-QA rows from SQuAD 2.0: each question's own paragraph plus ``distractors_k``
+    other paragraphs of the same article, shuffled. Answerable questions target their first
+    gold answer citing the paragraph; unanswerable ones (``is_impossible``: the paragraph is
+    there but does not hold the answer) target :data:`REFUSAL`. ``p_no_oracle`` also drops the
+    paragraph of that share of the answerable questions (target: refusal). ``max_questions``
+    keeps a seeded sample. The row index in errors counts questions in file order."""
+    if distractors_k < 0:
+        raise InputError(f"distractors_k must be >= 0, got {distractors_k!r}")
+    questions = _squad_questions(squad_articles)
+    keep = list(range(len(questions)))
+    if max_questions is not None and max_questions < len(keep):
+        _rng(seed, "squad-sample").shuffle(keep)
+        keep = sorted(keep[:max_questions])
+    no_oracle = {keep[j] for j in _chosen(len(keep), p_no_oracle, seed, "squad-no-oracle")}
+    rows: list[Row] = []
+    src = "squad2"
+    for i in keep:
+        q = questions[i]
+        qa, context = q["qa"], q["context"]
+        question = qa.get("question") if isinstance(qa, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise DataRowError(i, "missing or empty 'question'", src)
+        if not isinstance(context, str) or not context.strip():
+            raise DataRowError(i, "empty passage (paragraph 'context')", src)
+        impossible = bool(qa.get("is_impossible"))
+        answers = [a.get("text", "").strip() for a in qa.get("answers") or []
+                   if isinstance(a, dict) and str(a.get("text", "")).strip()]
+        if not impossible and not answers:
+            raise DataRowError(i, "answerable question with no answer text", src)
+        article = squad_articles[q["article"]]
+        siblings = [(f"{q['title']} #{n}", para.get("context", "").strip())
+                    for n, para in enumerate(article.get("paragraphs") or [])
+                    if n != q["paragraph"] and str(para.get("context", "")).strip()]
+        rng = _rng(seed, "squad", i)
+        rng.shuffle(siblings)
+        own = (f"{q['title']} #{q['paragraph']}", context.strip())
+        dropped = i in no_oracle and not impossible
+        chosen = siblings[: distractors_k + 1] if dropped else [own, *siblings[:distractors_k]]
+        if not chosen:
+            raise DataRowError(i, "no passages to show", src)
+        rng.shuffle(chosen)
+        has_answer = not impossible and not dropped
+        cited = [n for n, p in enumerate(chosen, start=1) if p[0] == own[0]]
+        rows.append({
+            "messages": build_messages(question.strip(), _documents(chosen)),
+            "answer": grounded_answer(answers[0], cited) if has_answer else REFUSAL,
+            "meta": {"source": "squad2", "index": i, "id": qa.get("id", str(i)),
+                     "group": f"squad2:{q['article']}:{q['paragraph']}",
+                     "has_oracle": has_answer, "is_impossible": impossible,
+                     "oracle_passages": cited if has_answer else [],
+                     "n_passages": len(chosen), "gold_answer": answers[0] if answers else ""},
+        })
+    return rows
+
+
+def _pair(question: str, passage: str, relevant: bool, meta: dict[str, Any]) -> Row:
+    return {"messages": relevance_messages(question, passage),
+            "answer": RELEVANT if relevant else IRRELEVANT,
+            "meta": {**meta, "label": int(relevant)}}
+
+
+def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, seed: int = 42,
+                    positives_per_item: int = 2, msmarco_per_query: int = 8,
+                    msmarco_min_relevant: int = 2) -> list[Row]:
+    """Balanced (question, passage) -> yes/no rows, shuffled by the seed.
+
+    HotpotQA: per item up to ``positives_per_item`` gold paragraphs (relevant) and as many of
+    its distractor paragraphs (hard negatives: same topic, retrieved for the question).
+    MS MARCO (optional): per query up to ``msmarco_per_query`` pairs of each label, graded
+    qrels ``>= msmarco_min_relevant`` relevant, judged below it irrelevant (in TREC-DL grading
+    1 = "related but does not answer": hard negatives); balanced per query.
+    """
+    rows: list[Row] = []
+    for i, item in enumerate(hotpot_rows):
+        question, _, paragraphs, gold = _hotpot_item(item, i)
+        rng = _rng(seed, "relevance", i)
+        pos = [p for p in paragraphs if p[0] in gold]
+        neg = [p for p in paragraphs if p[0] not in gold]
+        rng.shuffle(pos)
+        rng.shuffle(neg)
+        if len(neg) < min(positives_per_item, len(pos)):
+            neg += _foreign(hotpot_rows, i, rng, min(positives_per_item, len(pos)) - len(neg))
+        n = min(positives_per_item, len(pos), len(neg))
+        if n == 0:
+            raise DataRowError(i, "needs a gold passage and a negative passage", "hotpotqa")
+        group = f"hotpotqa:{item.get('id', i)}"
+        for title, text in pos[:n]:
+            rows.append(_pair(question, text, True, {"source": "hotpotqa", "index": i,
+                                                     "group": group, "title": title}))
+        for title, text in neg[:n]:
+            rows.append(_pair(question, text, False, {"source": "hotpotqa", "index": i,
+                                                      "group": group, "title": title}))
+    if msmarco is not None:
+        judged: dict[str, dict[str, list[str]]] = {}
+        for j, (qid, did, score) in enumerate(msmarco.qrels):
+            if qid not in msmarco.queries:
+                raise DataRowError(j, f"query {qid!r} not in queries.jsonl", "msmarco qrels")
+            if did not in msmarco.corpus:
+                continue  # a BEIR subset keeps only part of the corpus: unjudgeable here
+            key = "pos" if score >= msmarco_min_relevant else "neg"
+            judged.setdefault(qid, {"pos": [], "neg": []})[key].append(did)
+        for qid in sorted(judged):
+            rng = _rng(seed, "msmarco", qid)
+            pos, neg = sorted(judged[qid]["pos"]), sorted(judged[qid]["neg"])
+            rng.shuffle(pos)
+            rng.shuffle(neg)
+            n = min(msmarco_per_query, len(pos), len(neg))
+            meta = {"source": "msmarco", "query_id": qid, "group": f"msmarco:{qid}"}
+            for did in pos[:n]:
+                rows.append(_pair(msmarco.queries[qid], msmarco.corpus[did], True,
+                                  {**meta, "doc_id": did}))
+            for did in neg[:n]:
+                rows.append(_pair(msmarco.queries[qid], msmarco.corpus[did], False,
+                                  {**meta, "doc_id": did}))
+    _rng(seed, "relevance-order").shuffle(rows)
+    return rows
+
+
+def split_rows(rows: Sequence[Row], eval_fraction: float, seed: int = 42) -> tuple[list[Row],
+                                                                                  list[Row]]:
+    """(train, eval) split by ``meta["group"]`` (one question's rows never straddle it):
+    ``round(eval_fraction * groups)`` groups, picked by the seed, go to eval."""
+    groups = sorted({str(r.get("meta", {}).get("group", i)) for i, r in enumerate(rows)})
+    picked = {groups[j] for j in _chosen(len(groups), eval_fraction, seed, "eval-split")}
+    train, held = [], []
+    for i, r in enumerate(rows):
+        (held if str(r.get("meta", {}).get("group", i)) in picked else train).append(r)
+    return train, held
+
+
+_CITE_RE = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
+
+
+def strip_citations(text: str) -> str:
+    """An answer without its ``[n]`` citations."""
+    return _CITE_RE.sub("", text).strip()
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a generated answer is the refusal (lenient on case and punctuation)."""
+    flat = " ".join(strip_citations(text).lower().replace("’", "'").split())
+    return REFUSAL.lower().rstrip(".") in flat or "do not know" in flat
+
+
+def validate_rows(rows: Sequence[Row], source: str = "rows") -> None:
+    """Check rows have non-empty messages and a non-empty answer; raise naming the index."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataRowError(i, f"expected a dict, got {type(row).__name__}", source)
+        if not isinstance(row.get("messages"), list) or not row["messages"]:
+            raise DataRowError(i, "empty or missing 'messages'", source)
+        if not isinstance(row.get("answer"), str) or not row["answer"].strip():
+            raise DataRowError(i, "empty or missing 'answer'", source)
