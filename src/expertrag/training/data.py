@@ -20,6 +20,7 @@ naming its index; nothing is silently skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -178,8 +179,20 @@ def _jsonl(path: Path) -> list[Row]:
     return out
 
 
-def load_msmarco(folder: str | os.PathLike[str], split: str = "test") -> MsMarco:
-    """Load a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (no header)."""
+def msmarco_part(query_id: str) -> str:
+    """"train" or "heldout" for an MS MARCO query, fixed by a hash of its id: the relevance
+    expert trains on one half and the reranking benchmark scores it on the other."""
+    digest = hashlib.sha256(str(query_id).encode("utf-8")).digest()
+    return "train" if digest[0] % 2 == 0 else "heldout"
+
+
+def load_msmarco(folder: str | os.PathLike[str], split: str = "test",
+                 part: str | None = None) -> MsMarco:
+    """Load a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (no header).
+    `part` ("train" / "heldout") keeps only that half of the judged queries
+    (see :func:`msmarco_part`)."""
+    if part not in (None, "train", "heldout"):
+        raise DataError(f"part must be 'train', 'heldout' or None, got {part!r}")
     folder = Path(folder)
     corpus = {}
     for r in _jsonl(folder / "corpus.jsonl"):
@@ -194,7 +207,8 @@ def load_msmarco(folder: str | os.PathLike[str], split: str = "test") -> MsMarco
             continue
         if len(parts) != 3:
             raise DataRowError(i, f"expected 3 tab-separated fields, got {len(parts)}", str(path))
-        qrels.append((parts[0], parts[1], int(parts[2])))
+        if part is None or msmarco_part(parts[0]) == part:
+            qrels.append((parts[0], parts[1], int(parts[2])))
     return MsMarco(corpus, queries, qrels)
 
 

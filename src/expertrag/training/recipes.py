@@ -80,7 +80,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         ),
         "base": DEFAULT_BASE,
         "builders": [
-            {"builder": "relevance", "source": "hotpotqa+msmarco",
+            {"builder": "relevance", "source": "hotpotqa+msmarco", "msmarco_part": "train",
              "params": {"positives_per_item": 2, "msmarco_per_query": 6,
                         "msmarco_min_relevant": 2}},
         ],
@@ -126,7 +126,8 @@ def build_recipe_rows(recipe: dict[str, Any], data: str | os.PathLike[str] | Non
         elif kind == "squad_raft":
             built = build_squad_raft(load_squad(folder / SQUAD_SAMPLE), seed=seed, **params)
         elif kind == "relevance":
-            msmarco = load_msmarco(folder / MSMARCO_DIR) if "msmarco" in spec["source"] else None
+            msmarco = (load_msmarco(folder / MSMARCO_DIR, part=spec.get("msmarco_part"))
+                       if "msmarco" in spec["source"] else None)
             built = build_relevance(load_hotpot(folder / HOTPOT_TRAIN), msmarco=msmarco,
                                     seed=seed, **params)
         else:
