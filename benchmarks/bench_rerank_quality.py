@@ -130,6 +130,9 @@ def main() -> int:
     parser.add_argument("--expert-path", help="a LoRA relevance expert for the LLM reranker")
     parser.add_argument("--cross-encoder", help="a cross-encoder id/dir with real weights")
     parser.add_argument("--skip-llm", action="store_true")
+    parser.add_argument("--heldout-only", action="store_true",
+                        help="only the MS MARCO queries the relevance expert never saw "
+                             "(implied by --expert-path)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     folder = args.data.resolve()
@@ -143,6 +146,15 @@ def main() -> int:
     from expertrag.retrieval.hybrid import HybridRetriever
 
     corpus, queries, qrels = load_beir(folder, args.queries)
+    if args.heldout_only or args.expert_path:
+        from expertrag.training.data import msmarco_part
+
+        # the relevance expert trained on the other half of the queries: score it only here
+        queries = {q: t for q, t in queries.items() if msmarco_part(q) == "heldout"}
+        notes_heldout = ("held-out half of the queries only (the relevance expert trained on "
+                         "the other half)")
+    else:
+        notes_heldout = ""
     print(f"{len(corpus)} passages, {len(queries)} queries", file=sys.stderr)
     started = time.perf_counter()
     embedder = CachedEmbedder(Embedder(), [d.text for d in corpus])
@@ -210,6 +222,8 @@ def main() -> int:
     for n, m in results.items():
         t = f"{timing[n]:.0f} s" if n in timing else ""
         print(f"| {n} | {m['nDCG@10']:.4f} | {m['MRR@10']:.4f} | {m['Recall@100']:.4f} | {t} |")
+    if notes_heldout:
+        notes["queries"] = notes_heldout
     for key, note in notes.items():
         print(f"\n- {key}: {note}")
     if args.json:
