@@ -147,9 +147,13 @@ def run_experts(model_dir: str, reps: int) -> dict[str, Any]:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
+    # interleaved blocks, so drifting machine load hits both sides alike
     latency(names * 2)
-    same = latency(["e0"] * 24)
-    switching = latency(names * 6)
+    same, switching = [], []
+    for _ in range(4):
+        same.append(latency(["e0"] * 12))
+        switching.append(latency(names * 3))
+    same_s, switching_s = statistics.median(same), statistics.median(switching)
     msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     single_t, single = _timeit(lambda: llm.generate(msgs, expert="e0", max_new_tokens=MAX_NEW),
                                reps)
@@ -168,7 +172,8 @@ def run_experts(model_dir: str, reps: int) -> dict[str, Any]:
     free_t, free_r = _timeit(lambda: llm.generate(prompt, max_new_tokens=json_r.completion_tokens),
                              reps)
     return {
-        "switch_overhead_ms": (switching - same) * 1000,
+        "switch_overhead_ms": (switching_s - same_s) * 1000,
+        "call_latency_ms": same_s * 1000,
         "single_expert_batch_tps": sum(r.completion_tokens for r in single) / single_t,
         "mixed_expert_batch_tps": sum(r.completion_tokens for r in mixed) / mixed_t,
         "json_ms_per_token": json_t / json_r.completion_tokens * 1000,
@@ -235,7 +240,8 @@ def main() -> None:
               f"{ours[key] / lc[key]:.2f}x | {ours[key] / li[key]:.2f}x |")
     print("\n| measure | value | target |")
     print("|---|---|---|")
-    print(f"| expert switch overhead per call | {ex['switch_overhead_ms']:.2f} ms | < 10 ms |")
+    print(f"| expert switch overhead per call | {ex['switch_overhead_ms']:.2f} ms (call with "
+          f"1 new token: {ex['call_latency_ms']:.0f} ms) | < 10 ms |")
     print(f"| batch of 8, one expert | {ex['single_expert_batch_tps']:.1f} tok/s | |")
     ratio = ex["mixed_expert_batch_tps"] / ex["single_expert_batch_tps"]
     print(f"| batch of 8 mixing 4 experts | {ex['mixed_expert_batch_tps']:.1f} tok/s "

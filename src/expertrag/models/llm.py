@@ -120,6 +120,7 @@ class ExpertLLM:
         self._experts: dict[str, dict[str, Any]] = {}
         self._serving: str | None = None  # expert kept merged into the base weights
         self._merged: str | None = None
+        self._layers_enabled = True  # peft adapter layers on (tracked: toggling walks the model)
         self._grammars: GrammarFactory | None = None
         self._fingerprint: str | None = None
         self._worker = ModelWorker()
@@ -297,6 +298,8 @@ class ExpertLLM:
         from peft import PeftModel
 
         self._unmerge()
+        if self._peft is not None:
+            self._set_layers(True, force=True)
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(
                 self.base_model, info["path"], adapter_name=name, is_trainable=False
@@ -304,6 +307,7 @@ class ExpertLLM:
         else:
             self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
         self._peft.eval()
+        self._set_layers(True)
 
     def remove_expert(self, name: str) -> None:
         """Detach an expert and free its weights."""
@@ -346,6 +350,12 @@ class ExpertLLM:
             self._peft.base_model.unmerge_adapter()
             self._merged = None
 
+    def _set_layers(self, enabled: bool, force: bool = False) -> None:
+        if force or enabled != self._layers_enabled:
+            base = self._peft.base_model
+            base.enable_adapter_layers() if enabled else base.disable_adapter_layers()
+            self._layers_enabled = enabled
+
     def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
         """Put the model in the state for this set of experts (on the worker). Returns the
         extra generate kwargs (``adapter_names`` for a mixed batch)."""
@@ -354,15 +364,15 @@ class ExpertLLM:
         wanted = set(experts)
         if len(wanted) > 1:
             self._unmerge()
-            self._peft.base_model.enable_adapter_layers()
+            self._set_layers(True)
             return {"adapter_names": [_BASE if e is None else e for e in experts]}
         (expert,) = wanted
         if self._merged is not None and self._merged != expert:
             self._unmerge()
         if expert is None:
-            self._peft.base_model.disable_adapter_layers()
+            self._set_layers(False)
             return {}
-        self._peft.base_model.enable_adapter_layers()
+        self._set_layers(True)
         if self._peft.active_adapter != expert:
             self._peft.set_adapter(expert)
         if expert == self._serving and self._merged is None:
