@@ -222,9 +222,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--only", choices=list(SYSTEMS), help="run one part and print its raw "
+                        "figures (the tables need all parts)")
     args = parser.parse_args()
     reps = 1 if args.quick else 3
     model_dir = _model_dir()
+    if args.only:
+        print(json.dumps(_isolated(args.only, model_dir, reps), indent=2))
+        return
     res = {}
     for name in SYSTEMS:
         print(f"running {name} ...", file=sys.stderr, flush=True)
