@@ -64,6 +64,9 @@ def test_chroma_vectorstore_reads_what_the_core_wrote(tmp_path) -> None:
 
 
 def test_embeddings_are_shared_and_lazy() -> None:
-    a, b = ExpertEmbeddings(), ExpertEmbeddings()
+    # an option no other test uses, so the shared instance is new (other tests may have
+    # loaded the default one in this process)
+    a, b = ExpertEmbeddings(batch_size=7), ExpertEmbeddings(batch_size=7)
     assert a.embedder is b.embedder
+    assert a.embedder is not ExpertEmbeddings().embedder
     assert a.embedder._model is None  # nothing loaded yet
