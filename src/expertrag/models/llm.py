@@ -121,6 +121,7 @@ class ExpertLLM:
         self._serving: str | None = None  # expert kept merged into the base weights
         self._merged: str | None = None
         self._layers_enabled = True  # peft adapter layers on (tracked: toggling walks the model)
+        self._lora_layers: list[Any] | None = None  # cached for fast expert switching
         self._grammars: GrammarFactory | None = None
         self._fingerprint: str | None = None
         self._worker = ModelWorker()
@@ -298,6 +299,7 @@ class ExpertLLM:
         from peft import PeftModel
 
         self._unmerge()
+        self._lora_layers = None
         if self._peft is not None:
             self._set_layers(True, force=True)
         if self._peft is None:
@@ -315,6 +317,7 @@ class ExpertLLM:
 
         def detach() -> None:
             self._unmerge()
+            self._lora_layers = None
             if self._serving == name:
                 self._serving = None
             if len(self._experts) == 1:
@@ -350,6 +353,22 @@ class ExpertLLM:
             self._peft.base_model.unmerge_adapter()
             self._merged = None
 
+    def _activate(self, expert: str) -> None:
+        """Make `expert` the active adapter. peft's ``set_adapter`` walks every module and
+        toggles requires_grad (~8 ms on SmolLM2); serving only needs the LoRA layers told,
+        from a cached list (~3 ms). Adapters with extra trainable modules take peft's path."""
+        if any(info["config"].get("modules_to_save") for info in self._experts.values()):
+            self._peft.set_adapter(expert, inference_mode=True)
+            return
+        if self._lora_layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in self._lora_layers:
+            layer.set_adapter(expert, inference_mode=True)
+        self._peft.base_model.active_adapter = expert
+        self._peft.active_adapter = expert
+
     def _set_layers(self, enabled: bool, force: bool = False) -> None:
         if force or enabled != self._layers_enabled:
             base = self._peft.base_model
@@ -358,27 +377,35 @@ class ExpertLLM:
 
     def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
         """Put the model in the state for this set of experts (on the worker). Returns the
-        extra generate kwargs (``adapter_names`` for a mixed batch)."""
+        extra generate kwargs.
+
+        The resident expert (peft's active adapter, or the merged one) is served as is.
+        Any other expert, the bare base, or a mix goes through peft's ``adapter_names``
+        (per-row selection, no global switch): measured on SmolLM2, a global
+        ``set_adapter`` switch cost ~15 ms per call, ``adapter_names`` under 1 ms. DoRA
+        adapters, which ``adapter_names`` refuses, are switched globally instead.
+        """
         if self._peft is None:
             return {}
         wanted = set(experts)
-        if len(wanted) > 1:
-            self._unmerge()
-            self._set_layers(True)
-            return {"adapter_names": [_BASE if e is None else e for e in experts]}
-        (expert,) = wanted
-        if self._merged is not None and self._merged != expert:
-            self._unmerge()
-        if expert is None:
-            self._set_layers(False)
-            return {}
+        if len(wanted) == 1:
+            (expert,) = wanted
+            if self._merged is not None and self._merged != expert:
+                self._unmerge()
+            if expert is not None and expert == self._serving and self._merged is None:
+                self._set_layers(True)
+                self._activate(expert)
+                self._peft.base_model.merge_adapter([expert])
+                self._merged = expert
+            if expert is not None and (self._merged == expert or self._experts[expert]["dora"]
+                                       or self._peft.active_adapter == expert):
+                self._set_layers(True)
+                if self._peft.active_adapter != expert:
+                    self._activate(expert)
+                return {}
+        self._unmerge()
         self._set_layers(True)
-        if self._peft.active_adapter != expert:
-            self._peft.set_adapter(expert)
-        if expert == self._serving and self._merged is None:
-            self._peft.base_model.merge_adapter([expert])
-            self._merged = expert
-        return {}
+        return {"adapter_names": [_BASE if e is None else e for e in experts]}
 
     # ------------------------------------------------------------------ requests
     def _options(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
