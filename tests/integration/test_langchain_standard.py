@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
+from langchain_capabilities import ExpertChatCapabilities
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import (
     ChatModelIntegrationTests,
@@ -15,7 +16,7 @@ from langchain_tests.integration_tests import (
 )
 from tiny_models import save_tiny_lora
 
-from expertrag.langchain import ChatExpertLLM, ExpertEmbeddings
+from expertrag.langchain import ExpertEmbeddings
 from expertrag.models import ExpertLLM
 
 pytestmark = pytest.mark.integration
@@ -31,14 +32,10 @@ def expert_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return save_tiny_lora(core, str(tmp_path_factory.mktemp("lora") / "tiny-expert"), seed=3)
 
 
-class TestChatExpertLLMIntegration(ChatModelIntegrationTests):
+class TestChatExpertLLMIntegration(ExpertChatCapabilities, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _expert(self, expert_path: str) -> None:
         self._expert_path = expert_path
-
-    @property
-    def chat_model_class(self) -> type[ChatExpertLLM]:
-        return ChatExpertLLM
 
     @property
     def chat_model_params(self) -> dict:
@@ -47,30 +44,6 @@ class TestChatExpertLLMIntegration(ChatModelIntegrationTests):
             "max_tokens": 64,
             "experts": {"tiny-expert": self._expert_path},
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def model_override_value(self) -> str:
-        return "tiny-expert"
 
     @pytest.mark.xfail(
         reason="model knowledge: in JSON mode (any JSON object; keys are not enforced, only "

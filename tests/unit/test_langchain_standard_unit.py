@@ -7,43 +7,16 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
+from langchain_capabilities import ExpertChatCapabilities
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
-from expertrag.langchain import ChatExpertLLM, ExpertEmbeddings
+from expertrag.langchain import ExpertEmbeddings
 
 
-class TestChatExpertLLMUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatExpertLLM]:
-        return ChatExpertLLM
-
+class TestChatExpertLLMUnit(ExpertChatCapabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"base_model": "smollm2-135m-instruct"}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def model_override_value(self) -> str:
-        return "tiny-expert"
 
 
 class TestExpertEmbeddingsUnit(EmbeddingsUnitTests):

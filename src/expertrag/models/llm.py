@@ -301,7 +301,7 @@ class ExpertLLM:
         self._unmerge()
         self._lora_layers = None
         if self._peft is not None:
-            self._set_layers(True, force=True)
+            self._enable_layers(force=True)
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(
                 self.base_model, info["path"], adapter_name=name, is_trainable=False
@@ -309,7 +309,7 @@ class ExpertLLM:
         else:
             self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
         self._peft.eval()
-        self._set_layers(True)
+        self._enable_layers()
 
     def remove_expert(self, name: str) -> None:
         """Detach an expert and free its weights."""
@@ -369,11 +369,12 @@ class ExpertLLM:
         self._peft.base_model.active_adapter = expert
         self._peft.active_adapter = expert
 
-    def _set_layers(self, enabled: bool, force: bool = False) -> None:
-        if force or enabled != self._layers_enabled:
-            base = self._peft.base_model
-            base.enable_adapter_layers() if enabled else base.disable_adapter_layers()
-            self._layers_enabled = enabled
+    def _enable_layers(self, force: bool = False) -> None:
+        """Adapter layers on (peft's disable_adapter context or a user may turn them off);
+        toggling walks the whole model, so only when needed."""
+        if force or not self._layers_enabled:
+            self._peft.base_model.enable_adapter_layers()
+            self._layers_enabled = True
 
     def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
         """Put the model in the state for this set of experts (on the worker). Returns the
@@ -393,18 +394,18 @@ class ExpertLLM:
             if self._merged is not None and self._merged != expert:
                 self._unmerge()
             if expert is not None and expert == self._serving and self._merged is None:
-                self._set_layers(True)
+                self._enable_layers()
                 self._activate(expert)
                 self._peft.base_model.merge_adapter([expert])
                 self._merged = expert
             if expert is not None and (self._merged == expert or self._experts[expert]["dora"]
                                        or self._peft.active_adapter == expert):
-                self._set_layers(True)
+                self._enable_layers()
                 if self._peft.active_adapter != expert:
                     self._activate(expert)
                 return {}
         self._unmerge()
-        self._set_layers(True)
+        self._enable_layers()
         return {"adapter_names": [_BASE if e is None else e for e in experts]}
 
     # ------------------------------------------------------------------ requests
