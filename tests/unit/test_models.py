@@ -301,6 +301,42 @@ def test_concurrent_callers_each_get_their_own_expert(expert_llm: ExpertLLM) -> 
     assert all(text == expected[e] for e, text in got)
 
 
+def test_routing_matches_peft_switching(expert_llm: ExpertLLM, monkeypatch) -> None:
+    """The fast per-call routing gives exactly the logits peft's own switching gives."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    peft = expert_llm._peft
+    enc = expert_llm.tokenizer("Hello there, expert", return_tensors="pt")
+
+    def logits() -> torch.Tensor:
+        with torch.inference_mode():
+            return peft(**enc).logits
+
+    def reference() -> dict[str | None, torch.Tensor]:
+        out: dict[str | None, torch.Tensor] = {}
+        for e in ("alpha", "beta"):
+            peft.base_model.enable_adapter_layers()
+            peft.set_adapter(e, inference_mode=True)
+            out[e] = logits()
+        with peft.disable_adapter():
+            out[None] = logits()
+        peft.requires_grad_(False)
+        return out
+
+    expected = expert_llm._worker.run(reference)
+    assert not torch.allclose(expected["alpha"], expected["beta"])
+    assert not torch.allclose(expected["alpha"], expected[None])
+
+    def walk(*args, **kwargs):  # peft's model walk is what routing avoids
+        raise AssertionError("set_adapter called while serving")
+
+    monkeypatch.setattr(BaseTunerLayer, "set_adapter", walk)
+    for e in ("beta", None, "alpha", None, "beta", "alpha", "alpha"):
+        got = expert_llm._worker.run(lambda e=e: (expert_llm._prepare([e]), logits())[1])
+        torch.testing.assert_close(got, expected[e])
+
+
 def test_merged_mode_serves_the_same_output(expert_llm: ExpertLLM) -> None:
     unmerged = expert_llm.generate(HELLO, expert="alpha", max_new_tokens=10).text
     expert_llm.merge("alpha")

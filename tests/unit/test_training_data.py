@@ -199,6 +199,25 @@ def test_relevance_is_balanced_deterministic_with_hard_negatives():
         )
 
 
+def test_relevance_from_squad_pairs_unanswerable_paragraphs_as_negatives():
+    rows = build_relevance(hotpot_rows(2), squad=squad_articles(), squad_per_label=3, seed=1)
+    assert rows == build_relevance(hotpot_rows(2), squad=squad_articles(), squad_per_label=3,
+                                   seed=1)
+    squad = [r for r in rows if r["meta"]["source"] == "squad2"]
+    assert [r["answer"] for r in squad].count("yes") == 3
+    assert [r["answer"] for r in squad].count("no") == 3
+    for row in squad:  # "x-y-1" are the unanswerable questions, each with its own paragraph
+        assert (row["answer"] == "no") == row["meta"]["id"].endswith("-1")
+        a, p = row["meta"]["group"].split(":")[1:]
+        assert f"Article {a} paragraph {p} says" in row["messages"][0]["content"]
+    default = build_relevance([], squad=squad_articles(), seed=1)
+    assert len(default) == 2 * 10  # as many of each kind as the smaller kind has
+    broken = squad_articles()
+    broken[0]["paragraphs"][1]["qas"][0]["question"] = " "
+    with pytest.raises(DataRowError, match="row 2"):
+        build_relevance([], squad=broken)
+
+
 def test_relevance_labels_are_single_distinct_first_tokens():
     tok = tiny_tokenizer()
     firsts = [tok(label, add_special_tokens=False)["input_ids"][0] for label in RELEVANCE_LABELS]

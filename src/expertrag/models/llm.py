@@ -120,8 +120,7 @@ class ExpertLLM:
         self._experts: dict[str, dict[str, Any]] = {}
         self._serving: str | None = None  # expert kept merged into the base weights
         self._merged: str | None = None
-        self._layers_enabled = True  # peft adapter layers on (tracked: toggling walks the model)
-        self._lora_layers: list[Any] | None = None  # cached for fast expert switching
+        self._tuner_layers: list[Any] | None = None  # peft's adapter layers, for routing
         self._grammars: GrammarFactory | None = None
         self._fingerprint: str | None = None
         self._worker = ModelWorker()
@@ -299,17 +298,17 @@ class ExpertLLM:
         from peft import PeftModel
 
         self._unmerge()
-        self._lora_layers = None
-        if self._peft is not None:
-            self._enable_layers(force=True)
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(
                 self.base_model, info["path"], adapter_name=name, is_trainable=False
             )
         else:
+            self._route(self._peft.active_adapter)  # a clean, enabled state to load into
             self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
         self._peft.eval()
-        self._enable_layers()
+        # served, never trained here: frozen weights make switching a pointer change
+        self._peft.requires_grad_(False)
+        self._tuner_layers = None
 
     def remove_expert(self, name: str) -> None:
         """Detach an expert and free its weights."""
@@ -317,7 +316,7 @@ class ExpertLLM:
 
         def detach() -> None:
             self._unmerge()
-            self._lora_layers = None
+            self._tuner_layers = None
             if self._serving == name:
                 self._serving = None
             if len(self._experts) == 1:
@@ -353,38 +352,44 @@ class ExpertLLM:
             self._peft.base_model.unmerge_adapter()
             self._merged = None
 
-    def _activate(self, expert: str) -> None:
-        """Make `expert` the active adapter. peft's ``set_adapter`` walks every module and
-        toggles requires_grad (~8 ms on SmolLM2); serving only needs the LoRA layers told,
-        from a cached list (~3 ms). Adapters with extra trainable modules take peft's path."""
+    def _route(self, expert: str | None) -> None:
+        """Make every adapter layer serve `expert` (None: the bare base).
+
+        peft's ``set_adapter`` / ``enable_adapter_layers`` walk the whole model and toggle
+        ``requires_grad`` on every adapter weight (~8 ms per switch on SmolLM2). Attached
+        experts are frozen, so serving only needs each cached layer's active adapter and
+        enabled flag set: ~0.05 ms. Adapters with extra trainable modules (modules_to_save)
+        take peft's own path. ``test_routing_matches_peft_switching`` pins this to peft.
+        """
         if any(info["config"].get("modules_to_save") for info in self._experts.values()):
-            self._peft.set_adapter(expert, inference_mode=True)
+            if expert is None:
+                self._peft.base_model.disable_adapter_layers()
+            else:
+                self._peft.base_model.enable_adapter_layers()
+                self._peft.set_adapter(expert, inference_mode=True)
             return
-        if self._lora_layers is None:
+        if self._tuner_layers is None:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
-            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        for layer in self._lora_layers:
-            layer.set_adapter(expert, inference_mode=True)
-        self._peft.base_model.active_adapter = expert
-        self._peft.active_adapter = expert
-
-    def _enable_layers(self, force: bool = False) -> None:
-        """Adapter layers on (peft's disable_adapter context or a user may turn them off);
-        toggling walks the whole model, so only when needed."""
-        if force or not self._layers_enabled:
-            self._peft.base_model.enable_adapter_layers()
-            self._layers_enabled = True
+            self._tuner_layers = [m for m in self._peft.modules()
+                                  if isinstance(m, BaseTunerLayer)]
+        for layer in self._tuner_layers:
+            layer._disable_adapters = expert is None
+            if expert is not None:
+                layer._active_adapter = [expert]
+        if expert is not None:
+            self._peft.base_model.active_adapter = expert
+            self._peft.active_adapter = expert
 
     def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
-        """Put the model in the state for this set of experts (on the worker). Returns the
-        extra generate kwargs.
+        """Put the model in the state for this set of experts (on the worker, so no other
+        call sees it). Returns the extra generate kwargs.
 
-        The resident expert (peft's active adapter, or the merged one) is served as is.
-        Any other expert, the bare base, or a mix goes through peft's ``adapter_names``
-        (per-row selection, no global switch): measured on SmolLM2, a global
-        ``set_adapter`` switch cost ~15 ms per call, ``adapter_names`` under 1 ms. DoRA
-        adapters, which ``adapter_names`` refuses, are switched globally instead.
+        One expert (or the bare base) for the whole batch: the adapter layers are routed to
+        it, so it runs at the speed of a single adapter. The expert kept merged (`merge`) is
+        served from its merged weights. A batch that mixes experts goes through peft's
+        ``adapter_names`` (per-row selection inside each layer; DoRA experts, which peft
+        cannot mix, were already split into groups by ``_groups``).
         """
         if self._peft is None:
             return {}
@@ -393,19 +398,13 @@ class ExpertLLM:
             (expert,) = wanted
             if self._merged is not None and self._merged != expert:
                 self._unmerge()
+            self._route(expert)
             if expert is not None and expert == self._serving and self._merged is None:
-                self._enable_layers()
-                self._activate(expert)
                 self._peft.base_model.merge_adapter([expert])
                 self._merged = expert
-            if expert is not None and (self._merged == expert or self._experts[expert]["dora"]
-                                       or self._peft.active_adapter == expert):
-                self._enable_layers()
-                if self._peft.active_adapter != expert:
-                    self._activate(expert)
-                return {}
+            return {}
         self._unmerge()
-        self._enable_layers()
+        self._route(next(e for e in experts if e is not None))  # layers on for per-row names
         return {"adapter_names": [_BASE if e is None else e for e in experts]}
 
     # ------------------------------------------------------------------ requests

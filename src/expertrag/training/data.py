@@ -11,7 +11,8 @@ reply it is trained to produce (the trainer masks every prompt token).
 - :func:`build_squad_raft`: the same prompt from SQuAD 2.0, where unanswerable questions (their
   own paragraph present, the answer absent) teach refusal too.
 - :func:`build_relevance`: (question, passage) -> :data:`RELEVANT` / :data:`IRRELEVANT`,
-  balanced, hard negatives from HotpotQA distractors, optional MS MARCO qrels pairs.
+  balanced, hard negatives from HotpotQA distractors, optional SQuAD 2.0 pairs (an
+  unanswerable question's own paragraph is the hardest negative) and MS MARCO qrels pairs.
 
 Outputs depend only on the input rows and the seed (each item draws from its own seeded
 generator), never on hash seeds or the machine. A broken row raises :class:`DataRowError`
@@ -399,11 +400,16 @@ def _pair(question: str, passage: str, relevant: bool, meta: dict[str, Any]) -> 
 
 def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, seed: int = 42,
                     positives_per_item: int = 2, msmarco_per_query: int = 8,
-                    msmarco_min_relevant: int = 2) -> list[Row]:
+                    msmarco_min_relevant: int = 2, squad: Sequence[Row] | None = None,
+                    squad_per_label: int | None = None) -> list[Row]:
     """Balanced (question, passage) -> yes/no rows, shuffled by the seed.
 
     HotpotQA: per item up to ``positives_per_item`` gold paragraphs (relevant) and as many of
     its distractor paragraphs (hard negatives: same topic, retrieved for the question).
+    SQuAD 2.0 articles (optional): an answerable question with its own paragraph (relevant)
+    and an unanswerable question with its own paragraph (irrelevant: on topic, written to
+    look answerable, but without the answer); ``squad_per_label`` seeded questions of each
+    kind (default: as many as the smaller kind has).
     MS MARCO (optional): per query up to ``msmarco_per_query`` pairs of each label, graded
     qrels ``>= msmarco_min_relevant`` relevant, judged below it irrelevant (in TREC-DL grading
     1 = "related but does not answer": hard negatives); balanced per query.
@@ -428,6 +434,8 @@ def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, 
         for title, text in neg[:n]:
             rows.append(_pair(question, text, False, {"source": "hotpotqa", "index": i,
                                                       "group": group, "title": title}))
+    if squad is not None:
+        rows.extend(_squad_relevance(squad, seed, squad_per_label))
     if msmarco is not None:
         judged: dict[str, dict[str, list[str]]] = {}
         for j, (qid, did, score) in enumerate(msmarco.qrels):
@@ -451,6 +459,34 @@ def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, 
                 rows.append(_pair(msmarco.queries[qid], msmarco.corpus[did], False,
                                   {**meta, "doc_id": did}))
     _rng(seed, "relevance-order").shuffle(rows)
+    return rows
+
+
+def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None) -> list[Row]:
+    """SQuAD 2.0 pairs for :func:`build_relevance`; error indexes count questions in file order."""
+    kinds: dict[bool, list[int]] = {True: [], False: []}
+    questions = _squad_questions(articles)
+    for i, q in enumerate(questions):
+        qa = q["qa"]
+        question = qa.get("question") if isinstance(qa, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise DataRowError(i, "missing or empty 'question'", "squad2")
+        if not isinstance(q["context"], str) or not q["context"].strip():
+            raise DataRowError(i, "empty passage (paragraph 'context')", "squad2")
+        kinds[not qa.get("is_impossible")].append(i)
+    n = min(len(kinds[True]), len(kinds[False]))
+    n = n if per_label is None else min(n, per_label)
+    if n == 0:
+        raise DataRowError(0, "needs answerable and unanswerable questions", "squad2")
+    rows = []
+    for relevant, picks in kinds.items():
+        picks = list(picks)
+        _rng(seed, "squad-relevance", relevant).shuffle(picks)
+        for i in sorted(picks[:n]):
+            q = questions[i]
+            rows.append(_pair(q["qa"]["question"].strip(), q["context"].strip(), relevant,
+                              {"source": "squad2", "index": i, "id": q["qa"].get("id", str(i)),
+                               "group": f"squad2:{q['article']}:{q['paragraph']}"}))
     return rows
 
 
