@@ -76,7 +76,8 @@ def test_adapter_round_trips_and_is_refused_on_another_base(tmp_path):
     cfg = config(tmp_path, epochs=1, save_dtype="float16")
     train_expert(llm.loaded, label_rows(), None, cfg,
                  {"name": "tiny-relevance", "eval_labels": list(RELEVANCE_LABELS),
-                  "data": [{"name": "toy", "licence": "CC0", "use": "tests"}]})
+                  "data": [{"name": "toy", "licence": "CC0", "use": "tests"}],
+                  "licence": "CC0 for the toy weights"})
     folder = Path(cfg.output_dir)
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors",
@@ -87,7 +88,9 @@ def test_adapter_round_trips_and_is_refused_on_another_base(tmp_path):
     assert meta["recipe"]["sizes"] == {"train": 12, "eval": 4, "skipped_too_long": 0}
     assert set(meta["evaluation"]["metrics"]) == {"label_accuracy", "label_auc"}
     assert meta["training"]["steps"] == 3
-    assert "CC0" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "toy: tests — licence: CC0" in card
+    assert "Adapter licence: CC0 for the toy weights." in card
     assert {str(t.dtype) for t in adapter_tensors(folder).values()} == {"torch.float16"}
 
     llm.add_expert("relevance", folder)  # fingerprint check passes

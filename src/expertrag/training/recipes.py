@@ -31,6 +31,11 @@ from expertrag.training.data import (
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 
+#: What the shipped adapters may be used under. Both recipes train only on CC BY-SA 4.0 data
+#: (MS MARCO, research-use only, is kept out), so the weights follow its share-alike terms.
+ADAPTER_LICENCE = ("CC BY-SA 4.0 (the adapter weights are trained on CC BY-SA 4.0 data; the "
+                   "base model SmolLM2-135M-Instruct is Apache-2.0, expertrag's code Apache-2.0)")
+
 _HOTPOT = {"name": "HotpotQA train, distractor setting (300 items; test.jsonl never used)",
            "licence": "CC BY-SA 4.0", "path": HOTPOT_TRAIN}
 _SQUAD = {"name": "SQuAD 2.0 dev sample (2 articles, with unanswerable questions)",
@@ -66,6 +71,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "tok/s); ~51 steps + evaluation: ~32 min. Under heavy sharing (load 5-8) "
                    "~128 s/step."),
         "usage": "Pass `expert=\"grounded-qa\"` to `RAGPipeline` (the CLI does it when shipped).",
+        "licence": ADAPTER_LICENCE,
     },
     "relevance": {
         "name": "relevance",
@@ -96,6 +102,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "timing": ("2 CPU cores, near-idle: ~7.5 s/step (8 rows x ~196 tokens); ~190 steps + "
                    "evaluation: ~27 min. Under heavy sharing (load 5-8) ~36 s/step."),
         "usage": "See `expertrag.training.data.relevance_scores` for a one-line scorer.",
+        "licence": ADAPTER_LICENCE,
     },
 }
 

@@ -622,6 +622,8 @@ def model_card(metadata: dict[str, Any]) -> str:
     for source in recipe.get("data", []):
         lines.append(f"- {source.get('name')}: {source.get('use', '')} "
                      f"— licence: {source.get('licence', 'see source')}")
+    if recipe.get("licence"):
+        lines += ["", f"Adapter licence: {recipe['licence']}."]
     sizes = recipe.get("sizes", {})
     lines += ["", f"Rows: {sizes.get('train')} train, {sizes.get('eval')} held-out eval "
               "(split by question). HotpotQA test.jsonl was never used.", "",
