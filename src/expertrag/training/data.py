@@ -323,14 +323,23 @@ def build_raft(hotpot_rows: Sequence[Row], distractors_k: int = 3, p_no_oracle: 
 
 
 def _squad_questions(articles: Sequence[Row]) -> list[dict[str, Any]]:
-    """Flatten SQuAD articles to questions with their paragraph and its article siblings."""
+    """Flatten SQuAD articles to questions with their paragraph and its article siblings.
+    A question or paragraph that is missing or empty raises :class:`DataRowError` with the
+    question's index in file order."""
     out = []
     for a, article in enumerate(articles):
         paragraphs = article.get("paragraphs") or []
         for p, para in enumerate(paragraphs):
             for qa in para.get("qas") or []:
-                out.append({"article": a, "paragraph": p, "qa": qa,
-                            "context": para.get("context"), "title": article.get("title", "")})
+                i = len(out)
+                question = qa.get("question") if isinstance(qa, dict) else None
+                if not isinstance(question, str) or not question.strip():
+                    raise DataRowError(i, "missing or empty 'question'", "squad2")
+                context = para.get("context")
+                if not isinstance(context, str) or not context.strip():
+                    raise DataRowError(i, "empty passage (paragraph 'context')", "squad2")
+                out.append({"article": a, "paragraph": p, "qa": qa, "question": question.strip(),
+                            "context": context.strip(), "title": article.get("title", "")})
     return out
 
 
@@ -355,12 +364,7 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
     src = "squad2"
     for i in keep:
         q = questions[i]
-        qa, context = q["qa"], q["context"]
-        question = qa.get("question") if isinstance(qa, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise DataRowError(i, "missing or empty 'question'", src)
-        if not isinstance(context, str) or not context.strip():
-            raise DataRowError(i, "empty passage (paragraph 'context')", src)
+        qa, context, question = q["qa"], q["context"], q["question"]
         impossible = bool(qa.get("is_impossible"))
         answers = [a.get("text", "").strip() for a in qa.get("answers") or []
                    if isinstance(a, dict) and str(a.get("text", "")).strip()]
@@ -372,7 +376,7 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
                     if n != q["paragraph"] and str(para.get("context", "")).strip()]
         rng = _rng(seed, "squad", i)
         rng.shuffle(siblings)
-        own = (f"{q['title']} #{q['paragraph']}", context.strip())
+        own = (f"{q['title']} #{q['paragraph']}", context)
         dropped = i in no_oracle and not impossible
         chosen = siblings[: distractors_k + 1] if dropped else [own, *siblings[:distractors_k]]
         if not chosen:
@@ -381,7 +385,7 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
         has_answer = not impossible and not dropped
         cited = [n for n, p in enumerate(chosen, start=1) if p[0] == own[0]]
         rows.append({
-            "messages": build_messages(question.strip(), _documents(chosen)),
+            "messages": build_messages(question, _documents(chosen)),
             "answer": grounded_answer(answers[0], cited) if has_answer else REFUSAL,
             "meta": {"source": "squad2", "index": i, "id": qa.get("id", str(i)),
                      "group": f"squad2:{q['article']}:{q['paragraph']}",
@@ -467,13 +471,7 @@ def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None) 
     kinds: dict[bool, list[int]] = {True: [], False: []}
     questions = _squad_questions(articles)
     for i, q in enumerate(questions):
-        qa = q["qa"]
-        question = qa.get("question") if isinstance(qa, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise DataRowError(i, "missing or empty 'question'", "squad2")
-        if not isinstance(q["context"], str) or not q["context"].strip():
-            raise DataRowError(i, "empty passage (paragraph 'context')", "squad2")
-        kinds[not qa.get("is_impossible")].append(i)
+        kinds[not q["qa"].get("is_impossible")].append(i)
     n = min(len(kinds[True]), len(kinds[False]))
     n = n if per_label is None else min(n, per_label)
     if n == 0:
@@ -484,7 +482,7 @@ def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None) 
         _rng(seed, "squad-relevance", relevant).shuffle(picks)
         for i in sorted(picks[:n]):
             q = questions[i]
-            rows.append(_pair(q["qa"]["question"].strip(), q["context"].strip(), relevant,
+            rows.append(_pair(q["question"], q["context"], relevant,
                               {"source": "squad2", "index": i, "id": q["qa"].get("id", str(i)),
                                "group": f"squad2:{q['article']}:{q['paragraph']}"}))
     return rows
