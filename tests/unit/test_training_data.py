@@ -8,6 +8,7 @@ import json
 import pytest
 from tiny_models import tiny_tokenizer
 
+from expertrag.errors import InputError
 from expertrag.models.chat import render_prompt
 from expertrag.rag import INSTRUCTIONS, build_messages, parse_citations
 from expertrag.training import (
@@ -216,6 +217,47 @@ def test_relevance_from_squad_pairs_unanswerable_paragraphs_as_negatives():
     broken[0]["paragraphs"][1]["qas"][0]["question"] = " "
     with pytest.raises(DataRowError, match="row 2"):
         build_relevance([], squad=broken)
+
+
+def test_relevance_rounds_reuse_gold_with_fresh_distractors():
+    one = build_relevance(hotpot_rows(4), seed=3)
+    three = build_relevance(hotpot_rows(4), seed=3, hotpot_rounds=3)
+    assert len(one) == 4 * 4 and len(three) == 4 * 4 * 3
+    labels = [r["answer"] for r in three]
+    assert labels.count("yes") == labels.count("no")
+    for i in range(4):
+        item = [r for r in three if r["meta"]["index"] == i]
+        negatives = [r["meta"]["title"] for r in item if r["answer"] == "no"]
+        assert len(negatives) == len(set(negatives)) == 6  # no distractor is used twice
+        assert all(t.startswith(f"Other {i}-") for t in negatives)
+        gold = [r["meta"]["title"] for r in item if r["answer"] == "yes"]
+        assert sorted(gold) == sorted([f"Gold A{i}", f"Gold B{i}"] * 3)
+    # a round runs only with a full set of unseen distractors (3 left: one more round)
+    short = build_relevance([hotpot_item(0, n_distractors=5)], seed=0, hotpot_rounds=4)
+    assert len(short) == 2 * 4
+    with pytest.raises(InputError, match="hotpot_rounds"):
+        build_relevance(hotpot_rows(2), hotpot_rounds=0)
+
+
+def test_relevance_squad_sibling_negatives_are_other_paragraphs_of_the_article():
+    rows = build_relevance([], squad=squad_articles(), squad_per_label=4, seed=2,
+                           squad_negatives="sibling")
+    assert rows == build_relevance([], squad=squad_articles(), squad_per_label=4, seed=2,
+                                   squad_negatives="sibling")
+    assert [r["answer"] for r in rows].count("yes") == 4
+    assert [r["answer"] for r in rows].count("no") == 4
+    for row in rows:
+        assert row["meta"]["id"].endswith("-0")  # answerable questions only
+        a, p = row["meta"]["group"].split(":")[1:]
+        own = f"Article {a} paragraph {p} says" in row["messages"][0]["content"]
+        assert own == (row["answer"] == "yes")
+        assert f"Article {a} paragraph" in row["messages"][0]["content"]  # same article
+    assert len(build_relevance([], squad=squad_articles(), squad_negatives="sibling")) == 20
+    lonely = [{"title": "T", "paragraphs": [squad_articles()[0]["paragraphs"][0]]}]
+    with pytest.raises(DataRowError, match="other paragraph"):
+        build_relevance([], squad=lonely, squad_negatives="sibling")
+    with pytest.raises(InputError, match="squad_negatives"):
+        build_relevance([], squad=squad_articles(), squad_negatives="random")
 
 
 def test_relevance_labels_are_single_distinct_first_tokens():

@@ -43,6 +43,8 @@ REFUSAL = "I don't know."
 RELEVANT = "yes"
 IRRELEVANT = "no"
 RELEVANCE_LABELS: tuple[str, str] = (RELEVANT, IRRELEVANT)
+#: How :func:`build_relevance` makes SQuAD 2.0 negatives (see its docstring).
+SQUAD_NEGATIVES: tuple[str, str] = ("unanswerable", "sibling")
 
 #: The only HotpotQA file builders may read; ``test.jsonl`` is the held-out benchmark set.
 HOTPOT_TRAIN = "hotpotqa/train.jsonl"
@@ -405,19 +407,30 @@ def _pair(question: str, passage: str, relevant: bool, meta: dict[str, Any]) -> 
 def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, seed: int = 42,
                     positives_per_item: int = 2, msmarco_per_query: int = 8,
                     msmarco_min_relevant: int = 2, squad: Sequence[Row] | None = None,
-                    squad_per_label: int | None = None) -> list[Row]:
+                    squad_per_label: int | None = None, hotpot_rounds: int = 1,
+                    squad_negatives: str = "unanswerable") -> list[Row]:
     """Balanced (question, passage) -> yes/no rows, shuffled by the seed.
 
     HotpotQA: per item up to ``positives_per_item`` gold paragraphs (relevant) and as many of
     its distractor paragraphs (hard negatives: same topic, retrieved for the question).
-    SQuAD 2.0 articles (optional): an answerable question with its own paragraph (relevant)
-    and an unanswerable question with its own paragraph (irrelevant: on topic, written to
-    look answerable, but without the answer); ``squad_per_label`` seeded questions of each
-    kind (default: as many as the smaller kind has).
+    ``hotpot_rounds`` > 1 pairs the gold paragraphs again with the next, unseen distractors
+    (an item has 8), so more hard negatives are used while the labels stay balanced; a round
+    runs only while the item has a full set of fresh distractors left.
+    SQuAD 2.0 articles (optional), ``squad_per_label`` seeded questions of each label (default:
+    as many as the smaller kind has). The relevant pair is an answerable question with its own
+    paragraph. The irrelevant pair depends on ``squad_negatives``: "unanswerable" pairs an
+    unanswerable question with its own paragraph (on topic, written to look answerable, but
+    without the answer); "sibling" pairs an answerable question with another paragraph of the
+    same article (on topic, without the answer: what a retriever's near miss looks like).
     MS MARCO (optional): per query up to ``msmarco_per_query`` pairs of each label, graded
     qrels ``>= msmarco_min_relevant`` relevant, judged below it irrelevant (in TREC-DL grading
     1 = "related but does not answer": hard negatives); balanced per query.
     """
+    if not isinstance(hotpot_rounds, int) or isinstance(hotpot_rounds, bool) or hotpot_rounds < 1:
+        raise InputError(f"hotpot_rounds must be a positive integer, got {hotpot_rounds!r}")
+    if squad_negatives not in SQUAD_NEGATIVES:
+        raise InputError(f"squad_negatives must be one of {SQUAD_NEGATIVES}, "
+                         f"got {squad_negatives!r}")
     rows: list[Row] = []
     for i, item in enumerate(hotpot_rows):
         question, _, paragraphs, gold = _hotpot_item(item, i)
@@ -438,8 +451,17 @@ def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, 
         for title, text in neg[:n]:
             rows.append(_pair(question, text, False, {"source": "hotpotqa", "index": i,
                                                       "group": group, "title": title}))
+        for r in range(1, hotpot_rounds):
+            fresh = neg[r * n:(r + 1) * n]
+            if len(fresh) < n:
+                break
+            for (title, text), relevant in [*((p, True) for p in pos[:n]),
+                                            *((p, False) for p in fresh)]:
+                rows.append(_pair(question, text, relevant, {
+                    "source": "hotpotqa", "index": i, "group": group, "title": title,
+                    "round": r}))
     if squad is not None:
-        rows.extend(_squad_relevance(squad, seed, squad_per_label))
+        rows.extend(_squad_relevance(squad, seed, squad_per_label, squad_negatives))
     if msmarco is not None:
         judged: dict[str, dict[str, list[str]]] = {}
         for j, (qid, did, score) in enumerate(msmarco.qrels):
@@ -466,25 +488,46 @@ def build_relevance(hotpot_rows: Sequence[Row], msmarco: MsMarco | None = None, 
     return rows
 
 
-def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None) -> list[Row]:
+def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None,
+                     negatives: str = "unanswerable") -> list[Row]:
     """SQuAD 2.0 pairs for :func:`build_relevance`; error indexes count questions in file order."""
     kinds: dict[bool, list[int]] = {True: [], False: []}
     questions = _squad_questions(articles)
     for i, q in enumerate(questions):
         kinds[not q["qa"].get("is_impossible")].append(i)
-    n = min(len(kinds[True]), len(kinds[False]))
-    n = n if per_label is None else min(n, per_label)
+    if negatives == "sibling":
+        # every answerable question gives both pairs; per_label caps how many questions
+        n = len(kinds[True]) if per_label is None else min(len(kinds[True]), per_label)
+    else:
+        n = min(len(kinds[True]), len(kinds[False]))
+        n = n if per_label is None else min(n, per_label)
     if n == 0:
-        raise DataRowError(0, "needs answerable and unanswerable questions", "squad2")
+        needs = ("answerable questions" if negatives == "sibling"
+                 else "answerable and unanswerable questions")
+        raise DataRowError(0, f"needs {needs}", "squad2")
+
+    def meta(i: int, q: dict[str, Any]) -> dict[str, Any]:
+        return {"source": "squad2", "index": i, "id": q["qa"].get("id", str(i)),
+                "group": f"squad2:{q['article']}:{q['paragraph']}"}
+
     rows = []
     for relevant, picks in kinds.items():
+        if negatives == "sibling" and not relevant:
+            continue
         picks = list(picks)
         _rng(seed, "squad-relevance", relevant).shuffle(picks)
         for i in sorted(picks[:n]):
             q = questions[i]
-            rows.append(_pair(q["question"], q["context"], relevant,
-                              {"source": "squad2", "index": i, "id": q["qa"].get("id", str(i)),
-                               "group": f"squad2:{q['article']}:{q['paragraph']}"}))
+            rows.append(_pair(q["question"], q["context"], relevant, meta(i, q)))
+            if negatives != "sibling":
+                continue
+            siblings = [str(para.get("context", "")).strip()
+                        for m, para in enumerate(articles[q["article"]].get("paragraphs") or [])
+                        if m != q["paragraph"] and str(para.get("context", "")).strip()]
+            if not siblings:
+                raise DataRowError(i, "article has no other paragraph for a negative", "squad2")
+            other = _rng(seed, "squad-sibling", i).choice(siblings)
+            rows.append(_pair(q["question"], other, False, {**meta(i, q), "sibling": True}))
     return rows
 
 
