@@ -8,9 +8,11 @@ Same base (SmolLM2-135M-Instruct), same prompts and passages, one run:
 - grounded-qa: RAFT-style prompts (``expertrag.rag.build_messages``) with the oracle passages
   + distractors, and without the oracle. Exact match, token F1, answer-contained, refusal
   accuracy (oracle absent) and false-refusal rate (oracle present), base vs base + expert.
-- tokens/s of a batch with and without the expert.
+- decode speed with and without an expert: the same batch of prompts that run to the token
+  limit (counting, listing), so every side decodes the same number of tokens.
 
     python benchmarks/bench_experts.py --data-dir ../shared/data [--limit 200] [--part relevance]
+    python benchmarks/bench_experts.py --part speed      # no shared data needed
 """
 
 from __future__ import annotations
@@ -105,6 +107,43 @@ def grounded_part(llm: Any, items: list[dict[str, Any]], batch_size: int,
     return table
 
 
+#: Prompts whose answers run to any token limit, so base and expert decode equal lengths.
+SPEED_PROMPTS = [
+    "Count from 1 to 200, separated by commas.",
+    "List the numbers from 500 to 700, one per line.",
+    "Write the alphabet from A to Z, then again in lower case, then again in upper case.",
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Count backwards from 300 to 1, separated by spaces.",
+    "Describe every planet of the solar system in detail.",
+    "Write a long poem about the sea.",
+]
+
+
+def speed_part(llm: Any, experts: list[str], new_tokens: int, reps: int = 3) -> list[list[str]]:
+    """Decode tok/s of one batch of 8 with the bare base and with each expert (same prompts)."""
+    convs = [[{"role": "user", "content": p}] for p in SPEED_PROMPTS]
+    sides = [("base", None), *((f"base + {e}", e) for e in experts)]
+    llm.generate(convs[:2], max_new_tokens=4)  # warm-up
+    times: dict[str, list[float]] = {label: [] for label, _ in sides}
+    tokens: dict[str, int] = {}
+    for _ in range(reps):  # interleaved, so drifting machine load hits every side alike
+        for label, expert in sides:
+            started = time.perf_counter()
+            out = llm.generate(convs, expert=expert, max_new_tokens=new_tokens)
+            times[label].append(time.perf_counter() - started)
+            tokens[label] = sum(o.completion_tokens for o in out)
+    base_tps = tokens["base"] / min(times["base"])
+    table = []
+    for label, _ in sides:
+        tps = tokens[label] / min(times[label])
+        table.append([label, str(tokens[label]), f"{tps:.1f}", f"{tps / base_tps:.2f}x"])
+    print(f"\ndecode speed: batch of {len(convs)}, up to {new_tokens} new tokens each, "
+          f"best of {reps}")
+    _print(["model", "tokens", "tok/s", "vs base"], table)
+    return table
+
+
 def _print(header: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -118,7 +157,10 @@ def main() -> None:
     parser.add_argument("--experts-dir", type=Path,
                         default=ROOT / "src" / "expertrag" / "data" / "experts")
     parser.add_argument("--limit", type=int, default=None, help="first N test items")
-    parser.add_argument("--part", choices=["relevance", "grounded", "all"], default="all")
+    parser.add_argument("--part", choices=["relevance", "grounded", "speed", "all"],
+                        default="all")
+    parser.add_argument("--speed-tokens", type=int, default=64,
+                        help="new tokens per prompt in the decode-speed part")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--json", type=Path, help="also write the tables here")
@@ -126,9 +168,10 @@ def main() -> None:
 
     from expertrag import ExpertLLM
 
-    items = load_test(args.data_dir, args.limit)
+    items = load_test(args.data_dir, args.limit) if args.part != "speed" else []
     llm = ExpertLLM().load()
     wanted = {"relevance": ["relevance"], "grounded": ["grounded-qa"],
+              "speed": ["relevance", "grounded-qa"],
               "all": ["relevance", "grounded-qa"]}[args.part]
     for name in wanted:
         folder = args.experts_dir / name
@@ -142,10 +185,12 @@ def main() -> None:
         print(f"expert {name}: {size:.1f} MB on disk, training time "
               f"{train_s if train_s is None else f'{train_s / 60:.1f} min'}")
     out: dict[str, Any] = {}
-    if "relevance" in wanted:
+    if args.part in ("relevance", "all"):
         out["relevance"] = relevance_part(llm, items, args.batch_size)
-    if "grounded-qa" in wanted:
+    if args.part in ("grounded", "all"):
         out["grounded"] = grounded_part(llm, items, args.batch_size, args.max_new_tokens)
+    if args.part in ("speed", "all"):
+        out["speed"] = speed_part(llm, wanted, args.speed_tokens)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

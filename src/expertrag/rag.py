@@ -20,6 +20,7 @@ INSTRUCTIONS = (
     '[1]. If the passages do not say, answer "I don\'t know".'
 )
 _CITATION_RE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+_REPEATED_CITATION_RE = re.compile(r"(\[\s*\d+\s*\])(?:\s*\1)+")
 
 
 class Retriever(Protocol):
@@ -70,6 +71,12 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
             if 1 <= number <= n_passages and number not in seen:
                 seen.append(number)
     return seen
+
+
+def tidy_citations(text: str) -> str:
+    """Collapse a citation repeated back to back (``117 [1][1].`` -> ``117 [1].``), which small
+    models sometimes emit; other text and the order of distinct citations are kept."""
+    return _REPEATED_CITATION_RE.sub(r"\1", text)
 
 
 def select_citations(text: str, passages: Sequence[Document]) -> list[Document]:
@@ -127,7 +134,7 @@ class RAGPipeline:
         return self.store.query(self._check_question(question), k=self.k)
 
     def _answer(self, question: str, passages: list[Document], result: Any) -> Answer:
-        text = str(getattr(result, "text", result)).strip()
+        text = tidy_citations(str(getattr(result, "text", result)).strip())
         return Answer(
             text=text,
             citations=select_citations(text, passages),

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import pytest
 
 from expertrag.errors import InputError
-from expertrag.rag import Answer, RAGPipeline, build_messages, parse_citations
+from expertrag.rag import (
+    Answer,
+    RAGPipeline,
+    build_messages,
+    parse_citations,
+    tidy_citations,
+)
 from expertrag.types import Document
 
 
@@ -102,6 +108,26 @@ def test_prompt_numbers_passages_and_allows_i_dont_know():
 )
 def test_parse_citations(reply, expected):
     assert parse_citations(reply, 3) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("117 [1][1].", "117 [1]."),
+        ("117 [1] [1][1] and [2].", "117 [1] and [2]."),
+        ("1862 [1][2].", "1862 [1][2]."),
+        ("[2][1][2] stays.", "[2][1][2] stays."),
+        ("Values [1, 1] are left alone.", "Values [1, 1] are left alone."),
+    ],
+)
+def test_tidy_citations_collapses_back_to_back_repeats(reply, expected):
+    assert tidy_citations(reply) == expected
+
+
+def test_answer_text_has_repeated_citations_collapsed():
+    answer = RAGPipeline(FakeLLM(["117 [2][2]."]), FakeStore(), k=3).answer("How many?")
+    assert answer.text == "117 [2]."
+    assert [d.metadata["passage"] for d in answer.citations] == [2]
 
 
 def test_fallback_marks_all_passages_uncited():
