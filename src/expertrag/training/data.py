@@ -345,6 +345,13 @@ def _squad_questions(articles: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _siblings(articles: Sequence[Row], q: dict[str, Any]) -> list[tuple[int, str]]:
+    """(number, text) of the other non-empty paragraphs of question ``q``'s article."""
+    paragraphs = articles[q["article"]].get("paragraphs") or []
+    return [(n, str(para.get("context", "")).strip()) for n, para in enumerate(paragraphs)
+            if n != q["paragraph"] and str(para.get("context", "")).strip()]
+
+
 def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
                      p_no_oracle: float = 0.0, seed: int = 42,
                      max_questions: int | None = None) -> list[Row]:
@@ -372,10 +379,7 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
                    if isinstance(a, dict) and str(a.get("text", "")).strip()]
         if not impossible and not answers:
             raise DataRowError(i, "answerable question with no answer text", src)
-        article = squad_articles[q["article"]]
-        siblings = [(f"{q['title']} #{n}", para.get("context", "").strip())
-                    for n, para in enumerate(article.get("paragraphs") or [])
-                    if n != q["paragraph"] and str(para.get("context", "")).strip()]
+        siblings = [(f"{q['title']} #{n}", text) for n, text in _siblings(squad_articles, q)]
         rng = _rng(seed, "squad", i)
         rng.shuffle(siblings)
         own = (f"{q['title']} #{q['paragraph']}", context)
@@ -511,19 +515,15 @@ def _squad_relevance(articles: Sequence[Row], seed: int, per_label: int | None,
                 "group": f"squad2:{q['article']}:{q['paragraph']}"}
 
     rows = []
-    for relevant, picks in kinds.items():
-        if negatives == "sibling" and not relevant:
-            continue
-        picks = list(picks)
+    for relevant in (True,) if negatives == "sibling" else (True, False):
+        picks = list(kinds[relevant])
         _rng(seed, "squad-relevance", relevant).shuffle(picks)
         for i in sorted(picks[:n]):
             q = questions[i]
             rows.append(_pair(q["question"], q["context"], relevant, meta(i, q)))
             if negatives != "sibling":
                 continue
-            siblings = [str(para.get("context", "")).strip()
-                        for m, para in enumerate(articles[q["article"]].get("paragraphs") or [])
-                        if m != q["paragraph"] and str(para.get("context", "")).strip()]
+            siblings = [text for _, text in _siblings(articles, q)]
             if not siblings:
                 raise DataRowError(i, "article has no other paragraph for a negative", "squad2")
             other = _rng(seed, "squad-sibling", i).choice(siblings)
