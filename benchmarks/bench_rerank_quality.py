@@ -5,9 +5,13 @@ Data: ``../shared/data/beir/msmarco`` (corpus.jsonl, queries.jsonl, qrels/test.t
 labels and no header); ``--data`` points elsewhere. Metrics come from ``ir-measures`` (which
 runs ``pytrec_eval``), a maintained implementation of the TREC measures.
 
-The LLM pointwise reranker (SmolLM2-135M by default, ``--expert-path`` adds a relevance
-expert) costs one forward pass per pair; its throughput is measured first and, when the top-100
-would not fit in ``--llm-budget`` seconds, it reranks the top-N only (N shown in the table).
+The LLM pointwise reranker costs one forward pass per pair. It runs twice: the bare SmolLM2-135M
+prompted, and with the shipped ``relevance`` expert and its training prompt
+(``LLMReranker.with_relevance_expert``; ``--expert-path`` scores another relevance adapter
+instead, ``--no-expert`` skips it). The shipped expert trained on HotpotQA and SQuAD 2.0 only,
+so every MS MARCO query is unseen; an adapter whose record lists MS MARCO training data is
+scored on the held-out half of the queries only. Throughput is measured first and, when the
+top-100 would not fit in ``--llm-budget`` seconds, it reranks the top-N only (N in the table).
 Documents below the reranked depth keep their hybrid order, so Recall@100 stays comparable.
 "Stack" rows fuse the hybrid ranking with a reranker's ranking by RRF.
 
@@ -119,6 +123,17 @@ class CachedEmbedder:
         return self.embedder.embed_query(text)
 
 
+def saw_msmarco(folder: Path) -> bool:
+    """Whether an expert's record (``expertrag_expert.json``) lists MS MARCO training data."""
+    record = folder / "expertrag_expert.json"
+    if not record.is_file():
+        return True  # unknown provenance: score it on the held-out half to be safe
+    recipe = json.loads(record.read_text(encoding="utf-8")).get("recipe") or {}
+    sources = [b.get("source", "") for b in recipe.get("builders", [])]
+    sources += [d.get("path", "") for d in recipe.get("data", [])]
+    return any("msmarco" in str(src).lower() for src in sources)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -127,12 +142,16 @@ def main() -> int:
     parser.add_argument("--llm-budget", type=float, default=900.0,
                         help="seconds the LLM reranker may take over all queries")
     parser.add_argument("--llm-batch", type=int, default=8)
-    parser.add_argument("--expert-path", help="a LoRA relevance expert for the LLM reranker")
+    parser.add_argument("--expert-path", help="a LoRA relevance expert for the LLM reranker "
+                        "(default: the shipped 'relevance' expert)")
+    parser.add_argument("--no-expert", action="store_true",
+                        help="score the bare base LLM only")
     parser.add_argument("--cross-encoder", help="a cross-encoder id/dir with real weights")
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--heldout-only", action="store_true",
-                        help="only the MS MARCO queries the relevance expert never saw "
-                             "(implied by --expert-path)")
+                        help="only the half of the MS MARCO queries that the relevance "
+                             "recipe's opt-in MS MARCO builder never trains on (implied when "
+                             "the expert's record lists MS MARCO data)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     folder = args.data.resolve()
@@ -146,7 +165,12 @@ def main() -> int:
     from expertrag.retrieval.hybrid import HybridRetriever
 
     corpus, queries, qrels = load_beir(folder, args.queries)
-    if args.heldout_only or args.expert_path:
+    expert_path = None
+    if not args.no_expert and not args.skip_llm:
+        from expertrag.experts import shipped_experts
+
+        expert_path = args.expert_path or shipped_experts().get("relevance")
+    if args.heldout_only or (expert_path and saw_msmarco(Path(expert_path))):
         from expertrag.training.data import msmarco_part
 
         # the relevance expert trained on the other half of the queries: score it only here
@@ -193,12 +217,12 @@ def main() -> int:
         from expertrag.models import ExpertLLM
 
         llm = ExpertLLM().load()
-        variants = [("base SmolLM2-135M", None)]
-        if args.expert_path:
-            llm.add_expert("relevance", args.expert_path)
-            variants.append(("relevance expert", "relevance"))
-        for label, expert in variants:
-            rr = LLMReranker(llm, expert=expert, batch_size=args.llm_batch)
+        variants = [("base SmolLM2-135M", LLMReranker(llm, batch_size=args.llm_batch))]
+        if expert_path:
+            llm.add_expert("relevance", expert_path)
+            variants.append(("relevance expert", LLMReranker.with_relevance_expert(
+                llm, batch_size=args.llm_batch)))
+        for label, rr in variants:
             probe_q = next(iter(queries))
             t0 = time.perf_counter()
             rr.rerank(queries[probe_q], first[probe_q][:32])

@@ -256,6 +256,18 @@ def test_label_probabilities_sum_to_one(llm: ExpertLLM) -> None:
         assert set(p) == {"true", "false"} and abs(sum(p.values()) - 1) < 1e-5
 
 
+def test_label_probabilities_do_not_depend_on_the_batch(expert_llm: ExpertLLM) -> None:
+    """Mixed lengths and mixed experts, planned into batches: each row's probabilities equal
+    its own single-row call (left padding with per-row positions changes nothing)."""
+    convs = [HELLO, *PROMPTS, [{"role": "user", "content": "word " * 60}]]
+    experts = ["alpha", None, "beta", "alpha", None]
+    batched = expert_llm.label_probabilities(convs, labels=("yes", "no"), expert=experts,
+                                             batch_size=3)
+    for conv, expert, got in zip(convs, experts, batched, strict=True):
+        (alone,) = expert_llm.label_probabilities([conv], labels=("yes", "no"), expert=expert)
+        assert got == pytest.approx(alone, abs=1e-4)
+
+
 # ------------------------------------------------------------------ experts
 def test_experts_change_output_and_can_be_listed(expert_llm: ExpertLLM) -> None:
     assert expert_llm.experts == ["alpha", "beta"]

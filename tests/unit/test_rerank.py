@@ -109,6 +109,37 @@ def test_cross_encoder_length_sorting_gives_identical_scores(tiny_ce_dir: str) -
     assert sorted_rr.max_length == 128
 
 
+def test_cross_encoder_plans_padding_aware_batches(tiny_ce_dir: str, monkeypatch) -> None:
+    """One batch_size=32 call over mixed lengths: the two long passages are scored apart from
+    the short ones (no padding them to 128), and the scores equal one-at-a-time scoring."""
+    import expertrag.rerank.cross_encoder as ce_module
+
+    widths: list[tuple[int, int]] = []
+    real_pad = ce_module._pad_batch
+
+    def spy(features, rows, pad, device):
+        batch = real_pad(features, rows, pad, device)
+        widths.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(ce_module, "_pad_batch", spy)
+    planned = CrossEncoderReranker(tiny_ce_dir, batch_size=32)
+    query = "what is the capital of france"
+    got = planned.score(query, PASSAGES)
+    assert widths[0] == (2, 128)  # the two passages cut to the 128-token limit
+    assert all(width < 20 for _, width in widths[1:])
+    assert sum(rows for rows, _ in widths) == len(PASSAGES)
+    alone = CrossEncoderReranker(tiny_ce_dir, batch_size=1).score(query, PASSAGES)
+    assert got == pytest.approx(alone, abs=1e-5)
+    capped = CrossEncoderReranker(tiny_ce_dir, max_batch_tokens=40, batch_overhead=10**6)
+    widths.clear()
+    assert capped.score(query, PASSAGES) == pytest.approx(alone, abs=1e-5)
+    assert all(rows == 1 or rows * width <= 40 for rows, width in widths)
+    for bad in ({"max_batch_tokens": 0}, {"batch_overhead": -1}):
+        with pytest.raises(InputError):
+            CrossEncoderReranker(tiny_ce_dir, **bad)
+
+
 def test_cross_encoder_matches_sentence_transformers(tiny_ce_dir: str) -> None:
     import torch
     from sentence_transformers import CrossEncoder
@@ -189,6 +220,26 @@ def test_llm_reranker_with_expert(tmp_path) -> None:
     assert expert != pytest.approx(base, abs=1e-6)
     out = asyncio.run(LLMReranker(llm, expert="relevance").arerank("q?", docs(*texts)))
     assert sorted(d.score for d in out) == pytest.approx(sorted(expert), abs=1e-6)
+
+
+def test_llm_reranker_with_relevance_expert_uses_its_training_prompt(tmp_path) -> None:
+    from expertrag.errors import ExpertError
+    from expertrag.training.data import RELEVANCE_LABELS, relevance_messages
+
+    llm = build_tiny_llm(seed=3)
+    with pytest.raises(ExpertError):  # the shipped expert fits SmolLM2, not this tiny base
+        LLMReranker.with_relevance_expert(llm)
+    llm.add_expert("relevance", save_tiny_lora(llm, str(tmp_path / "rel"), seed=5))
+    rr = LLMReranker.with_relevance_expert(llm, batch_size=2, pool_case=False)
+    assert rr.expert == "relevance" and rr.system is None
+    assert rr.messages(" Who won? ", " The home team. ") == relevance_messages("Who won?",
+                                                                            "The home team.")
+    texts = ["the quick brown fox", "hello " * 30, "json"]
+    got = rr.score("who?", texts)
+    # the same numbers as scoring the training prompt directly
+    probs = llm.label_probabilities([relevance_messages("who?", t) for t in texts],
+                                    labels=RELEVANCE_LABELS, expert="relevance")
+    assert got == pytest.approx([p["yes"] for p in probs], abs=1e-5)
 
 
 # ------------------------------------------------------------------ embedding reranker

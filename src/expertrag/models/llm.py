@@ -26,6 +26,7 @@ from expertrag.errors import (
     InputError,
     UnknownExpertError,
 )
+from expertrag.models.batching import attention_span, default_overhead, plan_batches
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
 from expertrag.models.structured import (
@@ -568,6 +569,10 @@ class ExpertLLM:
     def _encode(self, prompts: list[str]) -> Any:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         lengths = enc["attention_mask"].sum(dim=1).tolist()
+        self._check_window(lengths)
+        return enc.to(self.base_model.device), lengths
+
+    def _check_window(self, lengths: list[int]) -> None:
         window = self.context_window
         for i, n in enumerate(lengths):
             if n >= window:
@@ -575,10 +580,11 @@ class ExpertLLM:
                     f"prompt {i} has {n} tokens; model {self.model_name!r} has a context "
                     f"window of {window} tokens (leave room for the answer)"
                 )
-        return enc.to(self.base_model.device), lengths
 
     def _label_probs(self, prompts: list[str], experts: list[str | None],
                      labels: tuple[str, ...], batch_size: int) -> list[dict[str, float]]:
+        """Batches are planned from the token lengths (``plan_batches``): on mixed-length
+        prompts that saves most of the padding a fixed batch of the longest would cost."""
         import torch
 
         ids = []
@@ -589,16 +595,26 @@ class ExpertLLM:
             ids.append(toks[0])
         if len(set(ids)) != len(ids):
             raise InputError(f"labels {labels!r} share their first token; pick distinct words")
-        out: list[dict[str, float]] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            extra = self._prepare(experts[start:start + batch_size])
-            enc, _ = self._encode(chunk)
-            with torch.inference_mode():
-                # logits_to_keep=1: the LM head runs on the last position only
-                logits = self._model(**enc, **extra, logits_to_keep=1).logits[:, -1, :]
-            probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
-            out.extend(dict(zip(labels, row, strict=True)) for row in probs)
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        self._check_window([len(e) for e in encoded])
+        device = self.base_model.device
+        overhead = default_overhead(device)
+        span = attention_span(self.base_model.config)
+        pad = self.tokenizer.pad_token_id or 0
+        out: list[dict[str, float]] = [{} for _ in prompts]
+        for group in self._groups(experts):
+            plan = plan_batches([len(encoded[i]) for i in group], max_rows=batch_size,
+                                overhead=overhead, span=span)
+            for batch in plan:
+                rows = [group[k] for k in batch]
+                extra = self._prepare([experts[i] for i in rows])
+                inputs = _left_pad([encoded[i] for i in rows], pad, device)
+                with torch.inference_mode():
+                    # logits_to_keep=1: the LM head runs on the last position only
+                    logits = self._model(**inputs, **extra, logits_to_keep=1).logits[:, -1, :]
+                probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
+                for i, row in zip(rows, probs, strict=True):
+                    out[i] = dict(zip(labels, row, strict=True))
         return out
 
     def _generate_rows(self, convs: list[Messages], experts: list[str | None], opts: _Options,
@@ -837,3 +853,16 @@ class _StreamDecoder:
 
     def finish(self, result: GenerationResult) -> str:
         return result.text[self._emitted:]
+
+
+def _left_pad(rows: list[list[int]], pad: int, device: Any) -> dict[str, Any]:
+    """Left-pad token rows into a batch, with position ids that start at 0 at each row's first
+    real token (so a row's logits do not depend on the batch it lands in)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": positions.to(device)}

@@ -1,10 +1,13 @@
 """Cross-encoder reranker over any HuggingFace sequence-classification model.
 
-Why not just ``CrossEncoder.predict``: all pairs are tokenized in one fast-tokenizer call, then
-scored in batches of similar *token* length (padding waste is what costs time on mixed-length
-passages), padded by hand, under ``torch.inference_mode`` and half precision on CUDA. Model work
-runs on one dedicated worker thread (see ``expertrag.models.worker``) so sync and async callers
-share one set of OpenMP pools.
+Why not just ``CrossEncoder.predict``: that sorts by length but still cuts fixed batches of 32,
+so one query's 32 candidates of mixed length make one batch padded to the longest passage.
+Here all pairs are tokenized in one fast-tokenizer call, and the batches are planned from the
+*token* lengths to minimise padded cost (``expertrag.models.batching.plan_batches``): long
+passages go in small batches, short ones in large batches. Scores are unchanged (padding is
+masked); on mixed-length candidates it is several times faster on a CPU. Model work runs under
+``torch.inference_mode`` (half precision on CUDA) on one dedicated worker thread (see
+``expertrag.models.worker``), so sync and async callers share one set of OpenMP pools.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import InputError, ModelNotFoundError
+from expertrag.models.batching import attention_span, default_overhead, plan_batches
 from expertrag.models.worker import ModelWorker
 from expertrag.rerank.base import Reranker, check_query
 
@@ -42,9 +46,19 @@ class CrossEncoderReranker(Reranker):
         dtype: Any = None,
         sort_by_length: bool = True,
         activation: str | None = None,
+        max_batch_tokens: int | None = None,
+        batch_overhead: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int)
+                                             or max_batch_tokens < 1):
+            raise InputError(f"max_batch_tokens must be a positive integer, "
+                             f"got {max_batch_tokens!r}")
+        if batch_overhead is not None and (not isinstance(batch_overhead, int)
+                                           or batch_overhead < 0):
+            raise InputError(f"batch_overhead must be a non-negative integer, "
+                             f"got {batch_overhead!r}")
         if activation not in (None, "sigmoid"):
             raise InputError(f"activation must be None or 'sigmoid', got {activation!r}")
         if isinstance(model, str) and not model.strip():
@@ -57,6 +71,8 @@ class CrossEncoderReranker(Reranker):
         self.dtype = dtype
         self.sort_by_length = sort_by_length
         self.activation = activation
+        self.max_batch_tokens = max_batch_tokens
+        self.batch_overhead = batch_overhead
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -139,20 +155,26 @@ class CrossEncoderReranker(Reranker):
             self._load()
         queries = [query] * len(texts) if isinstance(query, str) else query
         features = self._tokenize(queries, texts)
-        ids = features["input_ids"]
-        n = len(ids)
-        order = (sorted(range(n), key=lambda i: len(ids[i]), reverse=True)
-                 if self.sort_by_length else list(range(n)))
-        scores = [0.0] * n
+        scores = [0.0] * len(texts)
         pad = self._tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                rows = order[start:start + self.batch_size]
+            for rows in self.plan([len(ids) for ids in features["input_ids"]]):
                 batch = _pad_batch(features, rows, pad, self._model.device)
                 logits = self._model(**batch).logits.float()
                 for i, value in zip(rows, self._to_scores(logits).tolist(), strict=True):
                     scores[i] = value
         return scores
+
+    def plan(self, lengths: list[int]) -> list[list[int]]:
+        """The batches (row indices) for inputs of these token lengths."""
+        if not self.sort_by_length:
+            return [list(range(s, min(s + self.batch_size, len(lengths))))
+                    for s in range(0, len(lengths), self.batch_size)]
+        overhead = (self.batch_overhead if self.batch_overhead is not None
+                    else default_overhead(self.device))
+        config = getattr(self._model, "config", None)
+        return plan_batches(lengths, max_rows=self.batch_size, overhead=overhead,
+                            span=attention_span(config), max_tokens=self.max_batch_tokens)
 
     def _tokenize(self, queries: list[str], texts: list[str]) -> dict[str, list[list[int]]]:
         kwargs = {"max_length": self.max_length, "padding": False, "return_attention_mask": False}

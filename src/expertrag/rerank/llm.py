@@ -1,9 +1,10 @@
 """LLM pointwise reranker: relevance = P("yes") for "is this passage relevant?".
 
 One forward pass per (question, passage) and no generation (``ExpertLLM.label_probabilities``),
-so the score is a probability, not parsed text. Conversations are length-sorted before batching
-(less padding), passages are cut to a token budget, and an expert adapter (for example a
-fine-tuned ``relevance`` expert) can be named.
+so the score is a probability, not parsed text. ``label_probabilities`` plans padding-aware
+batches from the token lengths, passages are cut to a token budget, and an expert adapter can be
+named: :meth:`LLMReranker.with_relevance_expert` uses the shipped ``relevance`` expert with the
+prompt it was trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ DEFAULT_SYSTEM = (
 DEFAULT_PROMPT = (
     "Question: {query}\n\nPassage: {passage}\n\n"
     "Is the passage relevant to the question? Answer yes or no."
+)
+#: The prompt the ``relevance`` expert is trained on (no system message); training builds its
+#: rows with it (``expertrag.training.data.relevance_messages``), so scoring matches training.
+RELEVANCE_PROMPT = (
+    "Passage:\n{passage}\n\nQuestion: {query}\n"
+    "Does the passage contain information that helps answer the question? Answer yes or no."
 )
 
 
@@ -62,6 +69,20 @@ class LLMReranker(Reranker):
         self.pool_case = pool_case
         self._label_set: tuple[tuple[str, ...], set[str]] | None = None
 
+    @classmethod
+    def with_relevance_expert(cls, llm: Any, expert: str = "relevance",
+                              **kwargs: Any) -> LLMReranker:
+        """A reranker scoring with the ``relevance`` expert and its training prompt. When
+        ``llm`` has no expert of that name, the shipped one is attached (it fits the embedded
+        SmolLM2-135M-Instruct base; another base is refused with an ``ExpertError``)."""
+        if expert not in (getattr(llm, "experts", None) or []):
+            from expertrag.experts import attach_shipped
+
+            attach_shipped(llm, [expert])
+        kwargs.setdefault("prompt", RELEVANCE_PROMPT)
+        kwargs.setdefault("system", None)
+        return cls(llm, expert=expert, **kwargs)
+
     def _labels(self) -> tuple[tuple[str, ...], set[str]]:
         """All labels asked for, and which of them count as positive."""
         if self._label_set is None:
@@ -88,8 +109,9 @@ class LLMReranker(Reranker):
 
     def messages(self, query: str, passage: str) -> list[dict[str, str]]:
         """The conversation sent to the model for one pair."""
-        user = self.prompt.format(query=self._truncate(query, self.max_query_tokens),
-                                  passage=self._truncate(passage, self.max_passage_tokens))
+        user = self.prompt.format(
+            query=self._truncate(query.strip(), self.max_query_tokens),
+            passage=self._truncate(passage.strip(), self.max_passage_tokens))
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return [*msgs, {"role": "user", "content": user}]
 
@@ -99,16 +121,14 @@ class LLMReranker(Reranker):
         if not texts:
             return []
         convs = [self.messages(query, t) for t in texts]
-        # length-sorted batches: similar lengths share a batch, so less padding
-        sizes = [sum(len(m["content"]) for m in c) for c in convs]
-        order = sorted(range(len(convs)), key=lambda i: sizes[i], reverse=True)
         labels, positive = self._labels()
-        probs = self.llm.label_probabilities([convs[i] for i in order], labels=labels,
-                                             expert=self.expert, batch_size=self.batch_size)
-        scores = [0.0] * len(texts)
-        for i, row in zip(order, probs, strict=True):
+        # label_probabilities groups the rows into padding-aware batches itself
+        probs = self.llm.label_probabilities(convs, labels=labels, expert=self.expert,
+                                             batch_size=self.batch_size)
+        scores = []
+        for row in probs:
             total = sum(row.values()) or 1.0
-            scores[i] = sum(p for lab, p in row.items() if lab in positive) / total
+            scores.append(sum(p for lab, p in row.items() if lab in positive) / total)
         return scores
 
     async def ascore(self, query: str, texts: list[str]) -> list[float]:

@@ -33,6 +33,7 @@ from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError
 from expertrag.rag import INSTRUCTIONS, build_messages
+from expertrag.rerank.llm import RELEVANCE_PROMPT
 from expertrag.types import Document
 
 #: The fixed refusal the grounded-qa expert is trained to give when the passages do not hold
@@ -83,12 +84,7 @@ class DataRowError(DataError):
 def relevance_messages(question: str, passage: str) -> list[dict[str, str]]:
     """The relevance-grading prompt for one (question, passage) pair: used by training and by
     scoring (``llm.label_probabilities(batch, labels=RELEVANCE_LABELS, expert=...)``)."""
-    user = (
-        f"Passage:\n{passage.strip()}\n\n"
-        f"Question: {question.strip()}\n"
-        "Does the passage contain information that helps answer the question? "
-        f"Answer {RELEVANT} or {IRRELEVANT}."
-    )
+    user = RELEVANCE_PROMPT.format(passage=passage.strip(), query=question.strip())
     return [{"role": "user", "content": user}]
 
 
