@@ -87,10 +87,11 @@ def rerank_run(reranker: Any, queries: dict[str, str], first: dict[str, list[Any
     return run, time.perf_counter() - started
 
 
-def fuse(a: dict[str, list[Any]], b: dict[str, list[Any]], k: int = 60) -> dict[str, list[Any]]:
+def fuse(*runs: dict[str, list[Any]], k: int = 60) -> dict[str, list[Any]]:
+    """Per query, the reciprocal rank fusion of the given runs."""
     from expertrag.rerank import reciprocal_rank_fusion
 
-    return {q: reciprocal_rank_fusion([a[q], b[q]], k=k) for q in a}
+    return {q: reciprocal_rank_fusion([r[q] for r in runs], k=k) for q in runs[0]}
 
 
 class CachedEmbedder:
@@ -148,6 +149,8 @@ def main() -> int:
                         help="score the bare base LLM only")
     parser.add_argument("--cross-encoder", help="a cross-encoder id/dir with real weights")
     parser.add_argument("--skip-llm", action="store_true")
+    parser.add_argument("--skip-base", action="store_true",
+                        help="run the LLM reranker with the relevance expert only")
     parser.add_argument("--heldout-only", action="store_true",
                         help="only the half of the MS MARCO queries that the relevance "
                              "recipe's opt-in MS MARCO builder never trains on (implied when "
@@ -217,7 +220,9 @@ def main() -> int:
         from expertrag.models import ExpertLLM
 
         llm = ExpertLLM().load()
-        variants = [("base SmolLM2-135M", LLMReranker(llm, batch_size=args.llm_batch))]
+        variants = []
+        if not args.skip_base:
+            variants.append(("base SmolLM2-135M", LLMReranker(llm, batch_size=args.llm_batch)))
         if expert_path:
             llm.add_expert("relevance", expert_path)
             variants.append(("relevance expert", LLMReranker.with_relevance_expert(
@@ -237,6 +242,10 @@ def main() -> int:
     emb_name = next(n for n in runs if "embedding reranker" in n)
     for n in [emb_name, *llm_names]:
         runs[f"stack: RRF(hybrid, {n.split('-> ')[1]})"] = fuse(first, runs[n])
+    expert_names = [n for n in llm_names if "relevance expert" in n]
+    if expert_names:  # the two rerankers that each beat the base: dense cosine and the expert
+        runs["stack: RRF(hybrid, embedding reranker, relevance expert)"] = fuse(
+            first, runs[emb_name], runs[expert_names[0]])
 
     results = {n: evaluate(r, qrels) for n, r in runs.items()}
     print(f"\nBEIR msmarco sample: {len(corpus)} passages, {len(queries)} queries "

