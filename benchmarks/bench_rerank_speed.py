@@ -117,21 +117,18 @@ def build_ours_unsorted(model: str) -> tuple[Any, dict[str, Any]]:
     return build_ours(model, sort=False)
 
 
-def build_st(model: str) -> tuple[Any, dict[str, Any]]:
+def build_st(model: str, batch: int | None = None) -> tuple[Any, dict[str, Any]]:
     from sentence_transformers import CrossEncoder
 
     ce = CrossEncoder(model, device="cpu")
-    return (lambda q, ps: ce.predict([(q, p) for p in ps], batch_size=BATCH,
+    size = batch or BATCH
+    return (lambda q, ps: ce.predict([(q, p) for p in ps], batch_size=size,
                                      show_progress_bar=False)), {"max_length":
                                                                  ce.max_seq_length}
 
 
 def build_st_tuned(model: str) -> tuple[Any, dict[str, Any]]:
-    from sentence_transformers import CrossEncoder
-
-    ce = CrossEncoder(model, device="cpu")
-    return (lambda q, ps: ce.predict([(q, p) for p in ps], batch_size=TUNED,
-                                     show_progress_bar=False)), {"batch": TUNED}
+    return build_st(model, batch=TUNED)
 
 
 def build_langchain(model: str) -> tuple[Any, dict[str, Any]]:

@@ -77,3 +77,12 @@ def test_attention_span_from_config() -> None:
 
     assert attention_span(BertConfig(hidden_size=384, intermediate_size=1536)) == 2304
     assert attention_span(None) == 2048
+
+
+def test_pad_rows_right_and_left() -> None:
+    from expertrag.models.batching import pad_rows
+
+    ids, mask = pad_rows([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_rows([[5, 6, 7], [8]], 9, left=True)
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

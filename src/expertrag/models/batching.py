@@ -47,6 +47,25 @@ def attention_span(config: Any, default: int = 2048) -> int:
     return int(2 * hidden + inter)
 
 
+def _row_cost(width: int, span: float) -> float:
+    """The cost of one row padded to ``width`` (the per-row part of the module's model)."""
+    return width * (1.0 + width / span)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], fill: int, *, left: bool = False) -> tuple[Any, Any]:
+    """Pad token rows to the longest of them: ``(ids, attention_mask)`` as CPU tensors.
+    Right padding for encoders; ``left=True`` for causal LMs, whose last position is read."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids, mask = [], []
+    for r in rows:
+        gap = width - len(r)
+        ids.append([fill] * gap + list(r) if left else list(r) + [fill] * gap)
+        mask.append([0] * gap + [1] * len(r) if left else [1] * len(r) + [0] * gap)
+    return torch.tensor(ids), torch.tensor(mask)
+
+
 def plan_batches(
     lengths: Sequence[int],
     *,
@@ -77,7 +96,7 @@ def plan_batches(
     # stable: equal lengths keep their input order
     order = sorted(range(n), key=lambda i: -lengths[i])
     widths = [max(lengths[i], 1) for i in order]
-    per_row = [w * (1.0 + w / span) for w in widths]
+    per_row = [_row_cost(w, span) for w in widths]
     inf = float("inf")
     best = [0.0] + [inf] * n  # best[j]: cheapest plan for the first j sorted rows
     cut = [0] * (n + 1)  # cut[j]: where the last batch of that plan starts
@@ -104,5 +123,5 @@ def padded_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]], *,
     total = 0.0
     for rows in batches:
         width = max(max(lengths[i] for i in rows), 1)
-        total += overhead + len(rows) * width * (1.0 + width / span)
+        total += overhead + len(rows) * _row_cost(width, span)
     return total

@@ -26,7 +26,12 @@ from expertrag.errors import (
     InputError,
     UnknownExpertError,
 )
-from expertrag.models.batching import attention_span, default_overhead, plan_batches
+from expertrag.models.batching import (
+    attention_span,
+    default_overhead,
+    pad_rows,
+    plan_batches,
+)
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
 from expertrag.models.structured import (
@@ -855,14 +860,11 @@ class _StreamDecoder:
         return result.text[self._emitted:]
 
 
+
 def _left_pad(rows: list[list[int]], pad: int, device: Any) -> dict[str, Any]:
     """Left-pad token rows into a batch, with position ids that start at 0 at each row's first
     real token (so a row's logits do not depend on the batch it lands in)."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    input_ids, mask = pad_rows(rows, pad, left=True)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
             "position_ids": positions.to(device)}

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import InputError, ModelNotFoundError
-from expertrag.models.batching import attention_span, default_overhead, plan_batches
+from expertrag.models.batching import (
+    attention_span,
+    default_overhead,
+    pad_rows,
+    plan_batches,
+)
 from expertrag.models.worker import ModelWorker
 from expertrag.rerank.base import Reranker, check_query
 
@@ -232,20 +237,12 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
     return None
 
 
+
 def _pad_batch(features: dict[str, list[list[int]]], rows: list[int], pad: int,
                device: Any) -> dict[str, Any]:
     """Right-pad the selected rows to the longest of them (no padding across batches)."""
-    import torch
-
-    width = max(len(features["input_ids"][i]) for i in rows)
-    batch: dict[str, Any] = {}
-    for key, fill in (("input_ids", pad), ("token_type_ids", 0)):
-        if key in features:
-            batch[key] = torch.tensor(
-                [features[key][i] + [fill] * (width - len(features[key][i])) for i in rows]
-            )
-    batch["attention_mask"] = torch.tensor(
-        [[1] * len(features["input_ids"][i]) + [0] * (width - len(features["input_ids"][i]))
-         for i in rows]
-    )
+    ids, mask = pad_rows([features["input_ids"][i] for i in rows], pad)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in features:
+        batch["token_type_ids"] = pad_rows([features["token_type_ids"][i] for i in rows], 0)[0]
     return {k: v.to(device) for k, v in batch.items()}
