@@ -203,6 +203,22 @@ def sample_questions() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def sample_answers() -> dict[str, list[list[str]]]:
+    """Expected answers to the sample questions: per question, alternatives, each a list of
+    strings that a right answer contains (case-insensitive)."""
+    text = (resources.files("expertrag") / "data" / "sample_answers.json").read_text("utf-8")
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def check_sample_answer(question: str, text: str) -> bool | None:
+    """Whether ``text`` answers sample question ``question`` (None: no expected answer)."""
+    expected = sample_answers().get(question)
+    if expected is None:
+        return None
+    low = text.lower()
+    return any(all(part.lower() in low for part in alt) for alt in expected)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         corpus = stack.enter_context(
@@ -217,7 +233,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"demo: ingested {report.files} sample documents as {report.chunks} chunks\n",
             file=sys.stderr if args.json else sys.stdout,  # keep --json output parseable
         )
-        _print_answers(_answer(args, store, sample_questions()), args.json)
+        answers = _answer(args, store, sample_questions())
+        _print_answers(answers, args.json)
+        right = [check_sample_answer(a.question, a.text) for a in answers]
+        cited = sum(bool(ok) and any(d.metadata.get("cited") for d in a.citations)
+                    for ok, a in zip(right, answers, strict=True))
+        print(f"\ndemo: {sum(bool(r) for r in right)} of {len(answers)} answers are right, "
+              f"{cited} of them with citations",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -155,6 +155,19 @@ def test_demo_answers_the_sample_questions(tmp_path, capsys, fakes):
     assert out.count("Q: ") == 5
     assert "demo: ingested 7 sample documents" in out
     assert fakes[-1].batches == [5]
+    assert "demo: 0 of 5 answers are right, 0 of them with citations" in out  # "Answer [1]."
+
+
+def test_sample_answers_cover_every_sample_question():
+    expected = cli.sample_answers()
+    assert set(expected) == set(cli.sample_questions())
+    assert cli.check_sample_answer("When was the Saltmere Head lighthouse built?",
+                                   "It was built in 1862 [1].")
+    assert not cli.check_sample_answer("When was the Saltmere Head lighthouse built?",
+                                       "I don't know.")
+    assert cli.check_sample_answer("What is the character of the Saltmere Head light?",
+                                   "Two white flashes every ten seconds [2].")
+    assert cli.check_sample_answer("Who?", "x") is None
 
 
 def test_demo_in_a_temporary_db(capsys, fakes):

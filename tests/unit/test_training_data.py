@@ -346,6 +346,13 @@ def test_recipes_build_from_a_data_folder_and_never_read_the_test_split(tmp_path
     (tmp_path / "squad2").mkdir()
     (tmp_path / "squad2" / "dev-v2.0-sample.json").write_text(
         json.dumps({"version": "v2.0", "data": squad_articles()}))
+    (tmp_path / "squad2" / "dev-v2.0-15-articles.json").write_text(
+        json.dumps({"version": "v2.0", "data": squad_articles()}))
+    (tmp_path / "halueval").mkdir()
+    for name in ("qa_data-first1000.jsonl", "qa_generation_one-turn_500.jsonl",
+                 "qa_generation_multi-turn_500.jsonl"):
+        (tmp_path / "halueval" / name).write_text(
+            "\n".join(json.dumps(r) for r in halueval_rows(8)) + "\n")
     ms = tmp_path / "beir" / "msmarco"
     (ms / "qrels").mkdir(parents=True)
     (ms / "corpus.jsonl").write_text("\n".join(
@@ -361,3 +368,125 @@ def test_recipes_build_from_a_data_folder_and_never_read_the_test_split(tmp_path
         assert sum(spec["rows"] for spec in recipe["builders"]) == len(rows)
     with pytest.raises(DataNotFoundError):
         build_recipe_rows(get_recipe("relevance"), tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------ v2 builders
+def answer_in_one_gold(i: int) -> dict:
+    """A HotpotQA-like item whose answer occurs in exactly one gold paragraph."""
+    item = hotpot_item(i)
+    item["context"]["sentences"][1] = [f"Gold B{i} holds answer {i}.", " More text."]
+    return item
+
+
+def test_raft_pairs_refusals_with_their_answer_rows():
+    items = hotpot_rows(10)
+    rows = build_raft(items, distractors_k=2, p_no_oracle=0.5, pair_refusals=True, seed=3)
+    by_item: dict[int, list[str]] = {}
+    for row in rows:
+        by_item.setdefault(row["meta"]["index"], []).append(row["meta"]["variant"])
+    assert all("oracle" in v for v in by_item.values())  # every item keeps its answer row
+    assert sum("no-oracle" in v for v in by_item.values()) == 5
+    for row in rows:
+        if row["meta"]["variant"] == "no-oracle":
+            assert row["answer"] == REFUSAL and "Paragraph Gold" not in row["messages"][0][
+                "content"]
+    unpaired = build_raft(items, distractors_k=2, p_no_oracle=0.5, seed=3)
+    assert len(unpaired) == 10 and len(rows) == 15
+
+
+def test_raft_answer_dropped_rows_keep_the_other_hop_only():
+    items = [answer_in_one_gold(i) for i in range(6)]
+    rows = build_raft(items, distractors_k=2, p_no_oracle=0.0, p_answer_dropped=1.0, seed=0)
+    dropped = [r for r in rows if r["meta"]["variant"] == "answer-dropped"]
+    assert len(dropped) == 6
+    for row in dropped:
+        i = row["meta"]["index"]
+        text = row["messages"][0]["content"]
+        assert row["answer"] == REFUSAL and not row["meta"]["has_oracle"]
+        assert f"Paragraph Gold A{i} " in text  # the other hop stays
+        assert f"answer {i}" not in text.split("Question:")[0]  # the answer is gone
+        assert row["meta"]["n_passages"] == 4  # same count as the item's answer row
+    # an answer found in both gold paragraphs (or yes/no) gives no such row
+    assert not [r for r in build_raft(hotpot_rows(4), p_answer_dropped=1.0, seed=0)
+                if r["meta"]["variant"] == "answer-dropped"]
+
+
+def test_distractor_ranges_vary_the_passage_count():
+    rows = build_raft(hotpot_rows(30), distractors_k=(0, 3), p_no_oracle=0.0, seed=1)
+    counts = {r["meta"]["n_passages"] for r in rows}
+    assert counts <= {2, 3, 4, 5} and len(counts) >= 3
+    squad = build_squad_raft(squad_articles(), distractors_k=(0, 2), seed=1)
+    assert {r["meta"]["n_passages"] for r in squad} <= {1, 2, 3}
+    with pytest.raises(InputError, match="distractors_k"):
+        build_raft(hotpot_rows(2), distractors_k=(3, 1))
+    with pytest.raises(InputError, match="distractors_k"):
+        build_squad_raft(squad_articles(), distractors_k=-1)
+
+
+def test_squad_caps_each_kind_separately():
+    rows = build_squad_raft(squad_articles(), max_answerable=6, max_impossible=2, seed=4)
+    assert sum(r["meta"]["is_impossible"] for r in rows) == 2
+    assert sum(not r["meta"]["is_impossible"] for r in rows) == 6
+    assert rows == build_squad_raft(squad_articles(), max_answerable=6, max_impossible=2, seed=4)
+    none = build_squad_raft(squad_articles(), max_impossible=0, seed=4)
+    assert len(none) == 10 and not any(r["meta"]["is_impossible"] for r in none)
+    with pytest.raises(InputError, match="not both"):
+        build_squad_raft(squad_articles(), max_questions=3, max_answerable=2)
+
+
+def halueval_rows(n: int = 12) -> list[dict]:
+    return [{"knowledge": f"Bridge {i} is linked to Place {i}.Place {i} is home to Answer{i}.",
+             "question": f"What is the bridge {i} place home to?", "right_answer": f"Answer{i}",
+             "hallucinated_answer": f"Bridge {i} is home to Something Else."}
+            for i in range(n)]
+
+
+def test_knowledge_passages_cut_at_joins_but_not_abbreviations():
+    from expertrag.training.data import knowledge_passages
+
+    assert knowledge_passages("It is old.Paris is big.") == ["It is old.", "Paris is big."]
+    text = 'It runs in the U.S. and "F.C. Paris" plays.The club is in Paris.'
+    assert knowledge_passages(text) == ['It runs in the U.S. and "F.C. Paris" plays.',
+                                        "The club is in Paris."]
+    assert knowledge_passages("Via U.S. Highway 60.Morehead is a city.")[0] == \
+        "Via U.S. Highway 60."
+
+
+def test_halueval_raft_answers_cite_and_drop_the_answer_passage():
+    from expertrag.training.data import build_halueval_raft
+
+    rows = build_halueval_raft(halueval_rows(), distractors_k=1, p_no_answer=0.5, seed=2)
+    assert rows == build_halueval_raft(halueval_rows(), distractors_k=1, p_no_answer=0.5, seed=2)
+    assert sum(r["answer"] == REFUSAL for r in rows) == 6
+    for row in rows:
+        i = row["meta"]["index"]
+        text = row["messages"][0]["content"].split("Question:")[0]
+        assert row["meta"]["n_passages"] == 3
+        if row["answer"] == REFUSAL:
+            assert f"Answer{i}" not in text and f"Bridge {i} is linked" in text
+        else:
+            (n,) = parse_citations(row["answer"], 3)
+            assert f"[{n}] Place {i} is home to Answer{i}." in text
+            assert row["answer"] == f"Answer{i} [{n}]."
+
+
+def test_halueval_loader_keeps_the_judge_rows_out(tmp_path):
+    from expertrag.training.data import HALUEVAL_QA, load_halueval
+
+    path = tmp_path / "qa_data-first1000.jsonl"
+    rows = halueval_rows(2) * 300
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train = load_halueval(path)
+    held = load_halueval(path, part="heldout")
+    assert [r["meta_index"] for r in train] == list(range(500))
+    assert [r["meta_index"] for r in held] == list(range(500, 600))
+    other = tmp_path / "qa_generation_one-turn_500.jsonl"
+    other.write_text("\n".join(json.dumps(r) for r in rows[:10]) + "\n")
+    assert len(load_halueval(other)) == 10
+    with pytest.raises(DataError, match="no held-out rows"):
+        load_halueval(other, part="heldout")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({**rows[0], "right_answer": " "}) + "\n")
+    with pytest.raises(DataRowError, match="right_answer"):
+        load_halueval(broken)
+    assert HALUEVAL_QA.endswith(path.name)

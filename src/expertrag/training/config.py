@@ -23,6 +23,9 @@ class TrainConfig:
     writes a resumable checkpoint every N optimizer steps (0: only at the end of each epoch).
     ``eval_generate`` greedily generates that many eval rows for answer metrics (grounded QA).
     ``save_dtype`` is the dtype of the shipped adapter weights ("float16" halves the size).
+    ``init_adapter`` (a PEFT LoRA folder for the same base and target modules, rank <= ``r``)
+    starts training from that adapter's update instead of zero: a warm start, e.g. a
+    multi-task critic from the relevance expert.
     """
 
     method: str = "lora"
@@ -50,6 +53,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda when present, else cpu
     save_dtype: str = "float32"
     keep_checkpoints: bool = False  # keep output_dir/checkpoints after a finished run
+    init_adapter: str | None = None
     progress: bool = True
 
     def validate(self) -> TrainConfig:

@@ -50,6 +50,12 @@ SQUAD_NEGATIVES: tuple[str, str] = ("unanswerable", "sibling")
 #: The only HotpotQA file builders may read; ``test.jsonl`` is the held-out benchmark set.
 HOTPOT_TRAIN = "hotpotqa/train.jsonl"
 SQUAD_SAMPLE = "squad2/dev-v2.0-sample.json"
+SQUAD_ARTICLES = "squad2/dev-v2.0-15-articles.json"
+HALUEVAL_QA = "halueval/qa_data-first1000.jsonl"
+HALUEVAL_ONE_TURN = "halueval/qa_generation_one-turn_500.jsonl"
+HALUEVAL_MULTI_TURN = "halueval/qa_generation_multi-turn_500.jsonl"
+#: Rows of ``qa_data-first1000.jsonl`` kept out of training: they evaluate judges.
+HALUEVAL_HELDOUT = range(500, 1000)
 MSMARCO_DIR = "beir/msmarco"
 DATA_DIR_ENV = "EXPERTRAG_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/data"
@@ -226,6 +232,30 @@ def _chosen(n: int, share: float, seed: int, tag: str) -> set[int]:
     return set(indices[: round(share * n)])
 
 
+Count = int | tuple[int, int]
+
+
+def _check_count(k: Count, name: str = "distractors_k") -> None:
+    lo, hi = (k, k) if isinstance(k, int) else k
+    if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < lo:
+        raise InputError(f"{name} must be an int >= 0 or a (low, high) range, got {k!r}")
+
+
+def _draw(k: Count, rng: random.Random) -> int:
+    """``k`` itself, or a seeded draw from the inclusive range ``(low, high)``: varying the
+    passage count teaches an expert to answer from however many passages a retriever gives."""
+    return k if isinstance(k, int) else rng.randint(k[0], k[1])
+
+
+def _holds(text: str, answer: str) -> bool:
+    """Whether ``answer`` occurs in ``text`` (case- and space-insensitive)."""
+    flat = lambda t: " ".join(t.lower().split())  # noqa: E731
+    return flat(answer) in flat(text)
+
+
+_YES_NO = {"yes", "no"}
+
+
 def _hotpot_item(row: Any, index: int) -> tuple[str, str, list[tuple[str, str]], set[str]]:
     """(question, answer, [(title, paragraph)], gold titles) of one HotpotQA row, validated."""
     src = "hotpotqa"
@@ -276,47 +306,62 @@ def _documents(paragraphs: Sequence[tuple[str, str]]) -> list[Document]:
 
 
 # ------------------------------------------------------------------------------ builders
-def build_raft(hotpot_rows: Sequence[Row], distractors_k: int = 3, p_no_oracle: float = 0.25,
-               seed: int = 42) -> list[Row]:
+def build_raft(hotpot_rows: Sequence[Row], distractors_k: Count = 3, p_no_oracle: float = 0.25,
+               seed: int = 42, pair_refusals: bool = False,
+               p_answer_dropped: float = 0.0) -> list[Row]:
     """RAFT-style grounded-QA rows from HotpotQA (distractor setting) items.
 
     Each item gives one row: its gold paragraphs plus ``distractors_k`` of its non-gold
-    paragraphs, shuffled and numbered as ``build_messages`` does; the target is the answer
-    citing the gold passage numbers. In ``round(p_no_oracle * n)`` rows (picked by the seed) the
-    gold paragraphs are replaced by further distractors (same passage count) and the target is
-    :data:`REFUSAL`.
+    paragraphs (an int, or a ``(low, high)`` range drawn per item), shuffled and numbered as
+    ``build_messages`` does; the target is the answer citing the gold passage numbers.
+
+    Refusal rows (target :data:`REFUSAL`), all with the same passage count as the item's
+    answer row:
+    - ``round(p_no_oracle * n)`` items (picked by the seed) show distractors only. With
+      ``pair_refusals`` such an item keeps its answer row too, so the expert sees the same
+      question once with and once without the passages that answer it (a contrastive pair);
+      without it the refusal row replaces the answer row.
+    - ``round(p_answer_dropped * n)`` further items, among those whose answer (not yes/no)
+      occurs in exactly one gold paragraph, get a row where only that paragraph is replaced
+      by a distractor: the other hop is on topic but the answer is absent (a hard negative).
     """
-    if distractors_k < 0:
-        raise InputError(f"distractors_k must be >= 0, got {distractors_k!r}")
+    _check_count(distractors_k)
     no_oracle = _chosen(len(hotpot_rows), p_no_oracle, seed, "raft-no-oracle")
+    dropped_pick = _chosen(len(hotpot_rows), p_answer_dropped, seed, "raft-answer-dropped")
     rows: list[Row] = []
     for i, item in enumerate(hotpot_rows):
         question, answer, paragraphs, gold = _hotpot_item(item, i)
         rng = _rng(seed, "raft", i)
+        k = _draw(distractors_k, rng)
         oracle = [p for p in paragraphs if p[0] in gold]
         distractors = [p for p in paragraphs if p[0] not in gold]
         rng.shuffle(distractors)
-        has_oracle = i not in no_oracle
-        if not has_oracle and len(distractors) < distractors_k + len(oracle):
-            distractors += _foreign(hotpot_rows, i, rng, distractors_k + len(oracle)
-                                    - len(distractors))
-        if has_oracle:
-            chosen = oracle + distractors[:distractors_k]
-        else:
-            chosen = distractors[: distractors_k + len(oracle)]
-            if not chosen:
+        need = k + len(oracle)
+        if i in no_oracle and len(distractors) < need:
+            distractors += _foreign(hotpot_rows, i, rng, need - len(distractors))
+        meta = {"source": "hotpotqa", "index": i, "id": item.get("id", str(i)),
+                "group": f"hotpotqa:{item.get('id', i)}", "gold_answer": answer,
+                "type": item.get("type")}
+        item_rows = []
+        if i not in no_oracle or pair_refusals:
+            item_rows.append((oracle + distractors[:k], True, "oracle"))
+        if i in no_oracle:
+            if not distractors[:need]:
                 raise DataRowError(i, "no distractor passages for a no-oracle row", "hotpotqa")
-        rng.shuffle(chosen)
-        cited = [n for n, p in enumerate(chosen, start=1) if p[0] in gold]
-        target = grounded_answer(answer, cited) if has_oracle else REFUSAL
-        rows.append({
-            "messages": build_messages(question, _documents(chosen)),
-            "answer": target,
-            "meta": {"source": "hotpotqa", "index": i, "id": item.get("id", str(i)),
-                     "group": f"hotpotqa:{item.get('id', i)}", "has_oracle": has_oracle,
-                     "oracle_passages": cited, "n_passages": len(chosen),
-                     "gold_answer": answer, "type": item.get("type")},
-        })
+            item_rows.append((distractors[:need], False, "no-oracle"))
+        holding = [p for p in oracle if _holds(p[1], answer)]
+        if (i in dropped_pick and len(holding) == 1 and answer.lower() not in _YES_NO
+                and len(distractors) > k):
+            kept = [p for p in oracle if p is not holding[0]]
+            item_rows.append((kept + distractors[:k + 1], False, "answer-dropped"))
+        for chosen, has_oracle, variant in item_rows:
+            rng.shuffle(chosen)
+            cited = [n for n, p in enumerate(chosen, start=1) if p[0] in gold]
+            rows.append({"messages": build_messages(question, _documents(chosen)),
+                         "answer": grounded_answer(answer, cited) if has_oracle else REFUSAL,
+                         "meta": {**meta, "has_oracle": has_oracle, "variant": variant,
+                                  "oracle_passages": cited if has_oracle else [],
+                                  "n_passages": len(chosen)}})
     return rows
 
 
@@ -348,20 +393,37 @@ def _siblings(articles: Sequence[Row], q: dict[str, Any]) -> list[tuple[int, str
             if n != q["paragraph"] and str(para.get("context", "")).strip()]
 
 
-def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
+def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
                      p_no_oracle: float = 0.0, seed: int = 42,
-                     max_questions: int | None = None) -> list[Row]:
+                     max_questions: int | None = None, max_answerable: int | None = None,
+                     max_impossible: int | None = None) -> list[Row]:
     """Grounded-QA rows from SQuAD 2.0: each question's own paragraph plus ``distractors_k``
-    other paragraphs of the same article, shuffled. Answerable questions target their first
-    gold answer citing the paragraph; unanswerable ones (``is_impossible``: the paragraph is
-    there but does not hold the answer) target :data:`REFUSAL`. ``p_no_oracle`` also drops the
-    paragraph of that share of the answerable questions (target: refusal). ``max_questions``
-    keeps a seeded sample. The row index in errors counts questions in file order."""
-    if distractors_k < 0:
-        raise InputError(f"distractors_k must be >= 0, got {distractors_k!r}")
+    (an int, or a ``(low, high)`` range drawn per question) other paragraphs of the same
+    article, shuffled. Answerable questions target their first gold answer citing the
+    paragraph; unanswerable ones (``is_impossible``: the paragraph is there but does not hold
+    the answer) target :data:`REFUSAL`. ``p_no_oracle`` also drops the paragraph of that share
+    of the answerable questions (target: refusal).
+
+    Sampling (seeded): ``max_questions`` keeps that many questions of either kind;
+    ``max_answerable`` / ``max_impossible`` cap each kind separately instead (SQuAD 2.0's
+    unanswerable questions are written to look answerable; how many of them an expert sees
+    sets how readily it refuses). The row index in errors counts questions in file order."""
+    _check_count(distractors_k)
     questions = _squad_questions(squad_articles)
     keep = list(range(len(questions)))
-    if max_questions is not None and max_questions < len(keep):
+    if max_answerable is not None or max_impossible is not None:
+        if max_questions is not None:
+            raise InputError("pass max_questions or max_answerable/max_impossible, not both")
+        kinds: dict[bool, list[int]] = {True: [], False: []}
+        for i in keep:
+            kinds[bool(questions[i]["qa"].get("is_impossible"))].append(i)
+        keep = []
+        for impossible, cap in ((False, max_answerable), (True, max_impossible)):
+            picks = kinds[impossible]
+            _rng(seed, "squad-sample", impossible).shuffle(picks)
+            keep += picks if cap is None else picks[:cap]
+        keep.sort()
+    elif max_questions is not None and max_questions < len(keep):
         _rng(seed, "squad-sample").shuffle(keep)
         keep = sorted(keep[:max_questions])
     no_oracle = {keep[j] for j in _chosen(len(keep), p_no_oracle, seed, "squad-no-oracle")}
@@ -377,10 +439,11 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
             raise DataRowError(i, "answerable question with no answer text", src)
         siblings = [(f"{q['title']} #{n}", text) for n, text in _siblings(squad_articles, q)]
         rng = _rng(seed, "squad", i)
+        k = _draw(distractors_k, rng)
         rng.shuffle(siblings)
         own = (f"{q['title']} #{q['paragraph']}", context)
         dropped = i in no_oracle and not impossible
-        chosen = siblings[: distractors_k + 1] if dropped else [own, *siblings[:distractors_k]]
+        chosen = siblings[: k + 1] if dropped else [own, *siblings[:k]]
         if not chosen:
             raise DataRowError(i, "no passages to show", src)
         rng.shuffle(chosen)
@@ -394,6 +457,107 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: int = 3,
                      "has_oracle": has_answer, "is_impossible": impossible,
                      "oracle_passages": cited if has_answer else [],
                      "n_passages": len(chosen), "gold_answer": answers[0] if answers else ""},
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------ HaluEval
+#: HaluEval joins the supporting sentences of HotpotQA's paragraphs with no separator
+#: ("...19th century.First for Women is..."): a sentence end followed at once by a capital.
+_JOINED_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(?=[A-Z])")
+
+
+def load_halueval(path: str | os.PathLike[str], part: str = "train") -> list[Row]:
+    """Rows of a HaluEval QA JSON-lines file, each with ``meta_index`` (its row number).
+
+    For ``qa_data-first1000.jsonl``, ``part="train"`` keeps rows 0-499 and refuses nothing
+    else; rows 500-999 (:data:`HALUEVAL_HELDOUT`) evaluate judges and come only with
+    ``part="heldout"``. The two 500-row generation files hold the same questions as rows
+    0-499, so all their rows are training rows (``part="heldout"`` is refused for them)."""
+    if part not in ("train", "heldout"):
+        raise DataError(f"part must be 'train' or 'heldout', got {part!r}")
+    path = Path(path)
+    reserved = path.name == Path(HALUEVAL_QA).name
+    if part == "heldout" and not reserved:
+        raise DataError(f"{path.name} has no held-out rows (its questions are train rows "
+                        f"0-499 of {Path(HALUEVAL_QA).name})")
+    out = []
+    for i, row in enumerate(_jsonl(path)):
+        for key in ("knowledge", "question", "right_answer", "hallucinated_answer"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataRowError(i, f"missing or empty {key!r}", str(path))
+        held = reserved and i in HALUEVAL_HELDOUT
+        if held == (part == "heldout"):
+            out.append({**row, "meta_index": i})
+    return out
+
+
+#: A cut after an initial or a short abbreviation ("U.S.", "F.C.", "St.") is not a boundary.
+_ABBREVIATION_END_RE = re.compile(r"(?:^|[\s.(\"'])(?:[A-Z]|St|Mr|Mrs|Dr|Jr|Co|No|Ph)\.[\"')]?$")
+
+
+def knowledge_passages(knowledge: str) -> list[str]:
+    """HaluEval's ``knowledge`` cut back into its supporting passages (cuts after an initial
+    or abbreviation are joined back: "U." + "S. Highway 60." is one passage)."""
+    out: list[str] = []
+    glue = False
+    for piece in _JOINED_RE.split(knowledge):
+        if glue and out:
+            out[-1] += piece
+        elif piece.strip():
+            out.append(piece)
+        glue = bool(_ABBREVIATION_END_RE.search(piece.rstrip()))
+    return [p.strip() for p in out if p.strip()]
+
+
+def build_halueval_raft(halu_rows: Sequence[Row], distractors_k: Count = (1, 2),
+                        p_no_answer: float = 0.25, seed: int = 42) -> list[Row]:
+    """Grounded-QA rows from HaluEval QA (HotpotQA train questions with their supporting
+    sentences): the question's passages plus ``distractors_k`` passages of other rows,
+    shuffled; the target is the right answer citing the passages that hold it (all of the
+    question's passages when none holds it verbatim, e.g. yes/no).
+
+    In ``round(p_no_answer * n)`` rows (seeded), among those whose answer occurs verbatim in
+    some but not all of its passages, the passages holding it are replaced by other rows'
+    passages (same count) and the target is :data:`REFUSAL`: the other hop stays on topic
+    but the answer is gone."""
+    _check_count(distractors_k)
+    pieces = [knowledge_passages(r["knowledge"]) for r in halu_rows]
+    no_answer = _chosen(len(halu_rows), p_no_answer, seed, "halueval-no-answer")
+    rows: list[Row] = []
+    for i, item in enumerate(halu_rows):
+        own = pieces[i]
+        if not own:
+            raise DataRowError(i, "empty 'knowledge'", "halueval")
+        question, answer = item["question"].strip(), item["right_answer"].strip()
+        rng = _rng(seed, "halueval", i)
+        k = _draw(distractors_k, rng)
+        holding = [p for p in own if _holds(p, answer)]
+        drop = (i in no_answer and 0 < len(holding) < len(own)
+                and answer.lower() not in _YES_NO)
+        kept = [p for p in own if p not in holding] if drop else list(own)
+        others = [j for j in range(len(halu_rows)) if j != i]
+        rng.shuffle(others)
+        need = k + (len(own) - len(kept))
+        foreign = [p for j in others[: need * 2] for p in pieces[j]][:need]
+        chosen = [(f"halueval {i}-{n}", t) for n, t in enumerate(kept)]
+        chosen += [(f"other {i}-{n}", t) for n, t in enumerate(foreign)]
+        rng.shuffle(chosen)
+        if drop:
+            target, cited = REFUSAL, []
+        else:
+            cited = [n for n, (_, t) in enumerate(chosen, start=1) if _holds(t, answer)]
+            cited = cited or [n for n, (title, _) in enumerate(chosen, start=1)
+                              if title.startswith("halueval ")]
+            target = grounded_answer(answer, cited)
+        rows.append({
+            "messages": build_messages(question, _documents(chosen)),
+            "answer": target,
+            "meta": {"source": "halueval", "index": i, "row": item.get("meta_index", i),
+                     "group": f"halueval:{item.get('meta_index', i)}", "has_oracle": not drop,
+                     "variant": "answer-dropped" if drop else "oracle",
+                     "oracle_passages": cited, "n_passages": len(chosen),
+                     "gold_answer": answer},
         })
     return rows
 

@@ -161,16 +161,18 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 def answer_metrics(predictions: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Grounded-QA figures for generated answers: exact match, token F1 and answer-contained on
-    rows that hold the oracle; refusal accuracy on rows without it; false-refusal rate."""
+    rows that hold the oracle (the best over ``meta["gold_answer"]`` and any
+    ``meta["gold_aliases"]``); refusal accuracy on rows without it; false-refusal rate."""
     em, f1, contained, refused_ok, false_refusals = [], [], [], [], []
     for pred, row in zip(predictions, rows, strict=True):
         meta = row.get("meta", {})
         if meta.get("has_oracle", True):
             gold = meta.get("gold_answer") or strip_citations(row["answer"]).rstrip(".")
+            golds = [gold, *(a for a in meta.get("gold_aliases") or [] if a.strip())]
             answer = strip_citations(pred).rstrip(".")
-            em.append(float(_normalize(answer) == _normalize(gold)))
-            f1.append(token_f1(answer, gold))
-            contained.append(float(_normalize(gold) in _normalize(pred)))
+            em.append(max(float(_normalize(answer) == _normalize(g)) for g in golds))
+            f1.append(max(token_f1(answer, g) for g in golds))
+            contained.append(max(float(_normalize(g) in _normalize(pred)) for g in golds))
             false_refusals.append(float(is_refusal(pred)))
         else:
             refused_ok.append(float(is_refusal(pred)))
@@ -221,6 +223,8 @@ class _Run:
         )
         self.model = get_peft_model(base, lora)
         self.model.peft_config["default"].base_model_name_or_path = self.loaded.name
+        if cfg.init_adapter:
+            warm_start(self.model, cfg.init_adapter, cfg.r, cfg.alpha)
 
     # -- evaluation
     def evaluate(self, encoded: list[dict[str, list[int]]], rows: list[dict[str, Any]],
@@ -294,6 +298,54 @@ class _Run:
         peft_config = copy.deepcopy(self.model.peft_config["default"])
         peft_config.inference_mode = True
         peft_config.save_pretrained(str(folder))
+
+
+def warm_start(model: Any, folder: str | os.PathLike[str], r: int, alpha: int) -> int:
+    """Start ``model``'s fresh LoRA layers from the adapter in ``folder``: its update
+    ``s0 * B0 @ A0`` (rank r0 <= r) goes into the first r0 ranks, scaled so that
+    ``s * B @ A`` equals it; the other ranks keep their fresh init (B = 0, so they add
+    nothing until trained). Returns the number of modules initialised. The adapter must
+    cover exactly the model's LoRA modules."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise TrainingError(f"init_adapter {folder} is not a PEFT adapter folder (needs "
+                            "adapter_config.json and adapter_model.safetensors)")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise TrainingError("init_adapter must be a plain LoRA adapter (no DoRA, no patterns)")
+    r0, s0 = int(config["r"]), float(config["lora_alpha"]) / int(config["r"])
+    if r0 > r:
+        raise TrainingError(f"init_adapter has rank {r0}, more than this run's r={r}")
+    factor = math.sqrt(s0 / (alpha / r))
+    weights = load_file(str(weights_path))
+    layers = {name: module for name, module in model.named_modules()
+              if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
+    done = set()
+    for key, tensor in weights.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        module_name = key.split(".lora_")[0]
+        target = layers.get(module_name)
+        if target is None:
+            raise TrainingError(f"init_adapter weight {key} has no LoRA module in this model "
+                                "(another base or other target modules?)")
+        with torch.no_grad():
+            if ".lora_A." in key:
+                w = target.lora_A["default"].weight
+                w[:r0].copy_(tensor.to(w.dtype) * factor)
+            else:
+                w = target.lora_B["default"].weight
+                w[:, :r0].copy_(tensor.to(w.dtype) * factor)
+        done.add(module_name)
+    missing = set(layers) - done
+    if missing:
+        raise TrainingError(f"init_adapter {folder} covers {len(done)} of {len(layers)} LoRA "
+                            f"modules (missing e.g. {sorted(missing)[0]})")
+    return len(done)
 
 
 def _data_hash(rows: Sequence[dict[str, Any]]) -> str:

@@ -1,0 +1,1 @@
+"""Evaluation of RAG pipelines: held-out data sets, answer and retrieval metrics, judges."""

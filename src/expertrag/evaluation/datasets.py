@@ -1,0 +1,94 @@
+"""Held-out question sets for benchmarks and evaluation (never for training).
+
+Each loader reads a file of the shared data folder and each builder returns rows in the shape
+of :func:`expertrag.training.data.build_raft`: ``{"messages", "answer", "meta"}`` with the
+grounded prompt of :func:`expertrag.rag.build_messages`, the gold answer (and aliases) in
+``meta`` and ``meta["has_oracle"]`` telling whether the passages hold it.
+
+- MuSiQue (Trivedi et al. 2022): 2-4 hop questions, each with 20 paragraphs of which 2-4 are
+  supporting. :func:`musique_rows` shows the supporting paragraphs plus ``distractors_k`` of
+  the question's own non-supporting ones, shuffled by the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from expertrag.rag import build_messages
+from expertrag.training.data import (
+    DataError,
+    DataRowError,
+    _documents,
+    _need_file,
+    _rng,
+    grounded_answer,
+)
+
+MUSIQUE_QUESTIONS = "musique/questions.json"
+HOTPOT_TEST = "hotpotqa/test.jsonl"
+
+
+def load_musique(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The question list of a MuSiQue JSON file (``musique/questions.json``)."""
+    path = _need_file(Path(path))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, list):
+        raise DataError(f"{path} is not a MuSiQue question list")
+    return doc
+
+
+def load_hotpot_test(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """HotpotQA ``test.jsonl``: evaluation only (the training loaders refuse this file)."""
+    rows = []
+    with _need_file(Path(path)).open(encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
+    return rows
+
+
+def musique_rows(questions: Sequence[dict[str, Any]], distractors_k: int = 2,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Grounded-QA rows: every supporting paragraph plus ``distractors_k`` non-supporting
+    paragraphs of the same question, shuffled; the gold answer and its aliases in ``meta``."""
+    rows = []
+    for i, item in enumerate(questions):
+        paragraphs = item.get("paragraphs") or []
+        question, answer = item.get("question"), item.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            raise DataRowError(i, "missing or empty 'question'", "musique")
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataRowError(i, "missing or empty 'answer'", "musique")
+        parts = [(f"{p.get('title', '')} #{p.get('idx', n)}", str(p.get("paragraph_text", "")))
+                 for n, p in enumerate(paragraphs)]
+        support = [pt for pt, p in zip(parts, paragraphs, strict=True) if p.get("is_supporting")]
+        if not support:
+            raise DataRowError(i, "no supporting paragraph", "musique")
+        others = [pt for pt, p in zip(parts, paragraphs, strict=True)
+                  if not p.get("is_supporting")]
+        rng = _rng(seed, "musique", i)
+        rng.shuffle(others)
+        chosen = support + others[:distractors_k]
+        rng.shuffle(chosen)
+        gold = {pt[0] for pt in support}
+        cited = [n for n, pt in enumerate(chosen, start=1) if pt[0] in gold]
+        rows.append({
+            "messages": build_messages(question, _documents(chosen)),
+            "answer": grounded_answer(answer, cited),
+            "meta": {"source": "musique", "index": i, "id": item.get("id", str(i)),
+                     "has_oracle": True, "oracle_passages": cited,
+                     "n_passages": len(chosen), "gold_answer": answer.strip(),
+                     "gold_aliases": list(item.get("answer_aliases") or []),
+                     "hops": len(support)},
+        })
+    return rows
