@@ -19,7 +19,11 @@ INSTRUCTIONS = (
     "Answer in one short sentence using only the passages, and cite the passage number like "
     '[1]. If the passages do not say, answer "I don\'t know".'
 )
+#: The fixed refusal the grounded-qa expert is trained to give when the passages do not hold
+#: the answer: the wording INSTRUCTIONS asks for.
+REFUSAL = "I don't know."
 _CITATION_RE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+_CITATION_STRIP_RE = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
 _REPEATED_CITATION_RE = re.compile(r"(\[\s*\d+\s*\])(?:\s*\1)+")
 
 
@@ -71,6 +75,17 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
             if 1 <= number <= n_passages and number not in seen:
                 seen.append(number)
     return seen
+
+
+def strip_citations(text: str) -> str:
+    """An answer without its ``[n]`` citations."""
+    return _CITATION_STRIP_RE.sub("", text).strip()
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a generated answer is the refusal (lenient on case and punctuation)."""
+    flat = " ".join(strip_citations(text).lower().replace("’", "'").split())
+    return REFUSAL.lower().rstrip(".") in flat or "do not know" in flat
 
 
 def tidy_citations(text: str) -> str:

@@ -456,3 +456,44 @@ def test_schema_is_shown_in_the_prompt(plain: ExpertLLM) -> None:
 
     prompt = render_prompt(plain.tokenizer, HELLO, json_schema=SCHEMAS[2])
     assert '"enum": ["red", "green", "blue"]' in prompt
+
+
+def test_logprobs_are_the_greedy_tokens_log_probabilities(llm: ExpertLLM) -> None:
+    import torch
+
+    res = llm.generate(HELLO, max_new_tokens=5, logprobs=True)
+    assert res.logprobs is not None and len(res.logprobs) == res.completion_tokens
+    assert all(lp <= 0 for lp in res.logprobs)
+    assert res.mean_logprob == pytest.approx(sum(res.logprobs) / len(res.logprobs))
+    # the first token's log-probability from a plain forward pass of the prompt
+    ids = llm.tokenizer(llm.render(HELLO), return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        logits = llm.base_model(**ids).logits[0, -1].float()
+    # greedy decoding picks the most probable token
+    assert res.logprobs[0] == pytest.approx(float(torch.log_softmax(logits, -1).max()),
+                                            abs=1e-4)
+    assert llm.generate(HELLO, max_new_tokens=3).logprobs is None
+    batch = llm.generate(PROMPTS, max_new_tokens=4, logprobs=True)
+    assert [len(r.logprobs) for r in batch] == [r.completion_tokens for r in batch]
+
+
+def test_continue_final_message_extends_a_partial_answer(llm: ExpertLLM) -> None:
+    partial = [*HELLO, {"role": "assistant", "content": "The quick"}]
+    prompt = llm.tokenizer.apply_chat_template(partial, tokenize=False,
+                                               continue_final_message=True)
+    assert llm.render(HELLO) in prompt and prompt.endswith("The quick")
+    res = llm.generate(partial, max_new_tokens=4, continue_final_message=True)
+    assert res.prompt_tokens == llm.count_tokens(prompt)
+    with pytest.raises(InputError, match="final assistant message"):
+        llm.generate(HELLO, max_new_tokens=2, continue_final_message=True)
+
+
+def test_label_probabilities_on_raw_prompts(llm: ExpertLLM) -> None:
+    raw = llm.label_probabilities(["### Instruction:\nHi\n\n### Response:\n"],
+                                  labels=("yes", "no"), raw=True)[0]
+    assert sum(raw.values()) == pytest.approx(1.0)
+    templated = llm.label_probabilities([HELLO], labels=("yes", "no"))[0]
+    same = llm.label_probabilities([llm.render(HELLO)], labels=("yes", "no"), raw=True)[0]
+    assert same == pytest.approx(templated)
+    with pytest.raises(InputError, match="raw=True"):
+        llm.label_probabilities([HELLO], raw=True)

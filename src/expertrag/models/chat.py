@@ -123,18 +123,21 @@ def render_prompt(
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
     json_schema: dict[str, Any] | None = None,
+    continue_final_message: bool = False,
 ) -> str:
     """The prompt string for `messages` under the tokenizer's chat template, with tool or
-    JSON Schema instructions added to the system message."""
+    JSON Schema instructions added to the system message. ``continue_final_message``: the
+    last message is a partial assistant turn that generation continues (no end-of-turn)."""
     plain = _plain(validate_messages(messages), tools, json_schema)
+    if continue_final_message and (not plain or plain[-1]["role"] != "assistant"):
+        raise InputError("continue_final_message needs a final assistant message to continue")
     template = getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+    options = {"add_generation_prompt": add_generation_prompt and not continue_final_message}
+    if continue_final_message:
+        options["continue_final_message"] = True
     try:
-        return tokenizer.apply_chat_template(
-            plain, tokenize=False, add_generation_prompt=add_generation_prompt,
-            chat_template=template,
-        )
+        return tokenizer.apply_chat_template(plain, tokenize=False, chat_template=template,
+                                             **options)
     except Exception:
-        return tokenizer.apply_chat_template(
-            _compatible(plain), tokenize=False, add_generation_prompt=add_generation_prompt,
-            chat_template=template,
-        )
+        return tokenizer.apply_chat_template(_compatible(plain), tokenize=False,
+                                             chat_template=template, **options)

@@ -68,6 +68,15 @@ class GenerationResult:
     expert: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     parsed: Any = None
+    #: log-probability of each generated token (with ``logprobs=True``)
+    logprobs: list[float] | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """The mean token log-probability of the answer (Self-RAG's sequence score)."""
+        if not self.logprobs:
+            return None
+        return sum(self.logprobs) / len(self.logprobs)
 
     @property
     def total_tokens(self) -> int:
@@ -94,6 +103,8 @@ class _Options:
     tools: list[dict[str, Any]]
     tool_choice: str
     parallel_tool_calls: bool = True
+    logprobs: bool = False
+    continue_final_message: bool = False
 
     @property
     def constrained(self) -> bool:
@@ -417,7 +428,8 @@ class ExpertLLM:
     def _options(self, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
                  stop: str | list[str] | None, json_schema: dict[str, Any] | None,
                  json_mode: bool, tools: list[dict[str, Any]] | None,
-                 tool_choice: str | None, parallel_tool_calls: bool = True) -> _Options:
+                 tool_choice: str | None, parallel_tool_calls: bool = True,
+                 logprobs: bool = False, continue_final_message: bool = False) -> _Options:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -441,9 +453,12 @@ class ExpertLLM:
                 norm_tools = [t for t in norm_tools if t["name"] == choice]
         if norm_tools and (json_schema is not None or json_mode):
             raise InputError("tools and json_schema/json_mode cannot be combined in one call")
+        if norm_tools and continue_final_message:
+            raise InputError("continue_final_message cannot be combined with tools")
         return _Options(max_new_tokens, float(temperature), float(top_p), seed, stops,
                         json_schema, bool(json_mode), norm_tools, choice,
-                        bool(parallel_tool_calls))
+                        bool(parallel_tool_calls), bool(logprobs),
+                        bool(continue_final_message))
 
     @staticmethod
     def _as_batch(messages: Any) -> tuple[list[Messages], bool]:
@@ -491,6 +506,8 @@ class ExpertLLM:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
         parallel_tool_calls: bool = True,
+        logprobs: bool = False,
+        continue_final_message: bool = False,
     ) -> Any:
         """Generate for one conversation (returns a GenerationResult) or a batch
         (a list of conversations; returns a list), in one batched forward pass.
@@ -498,12 +515,16 @@ class ExpertLLM:
         `expert` names the expert (None = bare base) or gives one per conversation.
         Greedy when temperature is 0. `json_schema` / `json_mode` / `tools` constrain the
         output by grammar so it always parses (the schema is also shown in the prompt);
-        `parallel_tool_calls=False` allows at most one call.
+        `parallel_tool_calls=False` allows at most one call. `logprobs=True` records each
+        generated token's log-probability (``result.logprobs``, ``result.mean_logprob``).
+        `continue_final_message=True` continues a final, partial assistant message (its text
+        is not repeated in the result).
         """
         prompts, experts, opts, is_batch = self._request(messages, expert, dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop=stop, json_schema=json_schema, json_mode=json_mode, tools=tools,
-            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls))
+            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+            logprobs=logprobs, continue_final_message=continue_final_message))
         results = self._worker.run(lambda: self._generate_rows(prompts, experts, opts))
         return results if is_batch else results[0]
 
@@ -560,14 +581,23 @@ class ExpertLLM:
         *,
         expert: str | list[str | None] | None = None,
         batch_size: int = 16,
+        raw: bool = False,
     ) -> list[dict[str, float]]:
         """P(label) for the first generated token of each conversation, from one forward
-        pass per conversation and no generation: a calibrated score for grading/reranking."""
+        pass per conversation and no generation: a calibrated score for grading/reranking.
+        ``raw=True``: ``batch`` holds prompt strings sent as they are, without the chat
+        template (for models with their own prompt format, e.g. Self-RAG checkpoints)."""
         if not labels or len(set(labels)) != len(labels):
             raise InputError(f"labels must be distinct non-empty strings, got {labels!r}")
-        convs = [validate_messages(m) for m in batch]
-        experts = self._experts_for(expert, len(convs))
-        prompts = [render_prompt(self.tokenizer, m) for m in convs]
+        if raw:
+            if any(not isinstance(p, str) or not p for p in batch):
+                raise InputError("raw=True needs a list of non-empty prompt strings")
+            prompts = list(batch)
+            experts = self._experts_for(expert, len(prompts))
+        else:
+            convs = [validate_messages(m) for m in batch]
+            experts = self._experts_for(expert, len(convs))
+            prompts = [render_prompt(self.tokenizer, m) for m in convs]
         return self._worker.run(lambda: self._label_probs(prompts, experts, labels, batch_size))
 
     # ------------------------------------------------------------------ worker side
@@ -633,7 +663,9 @@ class ExpertLLM:
             if not opts.tools:
                 schema = opts.json_schema if opts.json_schema is not None else (
                     {"type": "object"} if opts.json_mode else None)
-                prompts = [render_prompt(tok, c, json_schema=schema) for c in convs]
+                prompts = [render_prompt(tok, c, json_schema=schema,
+                                         continue_final_message=opts.continue_final_message)
+                           for c in convs]
                 return self._grouped(prompts, experts, opts, on_tokens)
             prompts = [render_prompt(tok, c, opts.tools) for c in convs]
             decided = self._grouped(prompts, experts, opts, None)
@@ -721,12 +753,24 @@ class ExpertLLM:
         if opts.seed is not None:
             torch.manual_seed(opts.seed)
         kwargs.update(self._prepare(experts))
+        if opts.logprobs:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
         with torch.inference_mode():
             output = self._model.generate(**enc, **kwargs)
-        new_tokens = output[:, width:].tolist()
+        sequences = output.sequences if opts.logprobs else output
+        new_tokens = sequences[:, width:].tolist()
         grammar = self._grammar(opts) if opts.constrained else None
-        return [self._result(row, n, e, opts, set(eos), grammar)
-                for row, n, e in zip(new_tokens, lengths, experts, strict=True)]
+        results = [self._result(row, n, e, opts, set(eos), grammar)
+                   for row, n, e in zip(new_tokens, lengths, experts, strict=True)]
+        if opts.logprobs:
+            with torch.inference_mode():  # the chosen token's log-probability at each step
+                steps = torch.stack([torch.log_softmax(sc.float(), dim=-1)
+                                     for sc in output.scores], dim=1)
+                chosen = sequences[:, width:width + steps.shape[1]]
+                picked = steps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
+            for res, row in zip(results, picked, strict=True):
+                res.logprobs = [float(v) for v in row[:res.completion_tokens]]
+        return results
 
     def _grammar(self, opts: _Options) -> Any:
         if opts.tools:
@@ -767,7 +811,8 @@ class ExpertLLM:
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     allowed = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None,
                "stop": None, "json_schema": None, "json_mode": False, "tools": None,
-               "tool_choice": None, "parallel_tool_calls": True}
+               "tool_choice": None, "parallel_tool_calls": True, "logprobs": False,
+               "continue_final_message": False}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise InputError(f"unknown generation arguments: {sorted(unknown)}")

@@ -99,6 +99,19 @@ class Reranker(ABC):
         """Async :meth:`score`; by default runs it in a thread so the loop stays free."""
         return await asyncio.to_thread(self.score, query, texts)
 
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """One score per (query, text) pair, queries mixed: what a chain answering several
+        questions at once needs. By default one :meth:`score` call per distinct query;
+        backends that can batch across queries override it."""
+        by_query: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(pairs):
+            by_query.setdefault(check_query(query), []).append(i)
+        out = [0.0] * len(pairs)
+        for query, rows in by_query.items():
+            for i, s in zip(rows, self.score(query, [pairs[i][1] for i in rows]), strict=True):
+                out[i] = float(s)
+        return out
+
     def rerank(
         self,
         query: str,

@@ -10,6 +10,7 @@ prompt it was trained on.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from expertrag.errors import InputError
@@ -118,18 +119,21 @@ class LLMReranker(Reranker):
     def score(self, query: str, texts: list[str]) -> list[float]:
         """P(positive label) for each text, batched on the LLM's worker."""
         check_query(query)
-        if not texts:
-            return []
-        convs = [self.messages(query, t) for t in texts]
-        labels, positive = self._labels()
         # label_probabilities groups the rows into padding-aware batches itself
+        return self.score_pairs([(query, t) for t in texts])
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """P(positive) for (query, text) pairs of any queries, in one batched call."""
+        for query, _ in pairs:
+            check_query(query)
+        if not pairs:
+            return []
+        convs = [self.messages(q, t) for q, t in pairs]
+        labels, positive = self._labels()
         probs = self.llm.label_probabilities(convs, labels=labels, expert=self.expert,
                                              batch_size=self.batch_size)
-        scores = []
-        for row in probs:
-            total = sum(row.values()) or 1.0
-            scores.append(sum(p for lab, p in row.items() if lab in positive) / total)
-        return scores
+        return [sum(p for lab, p in row.items() if lab in positive) / (sum(row.values()) or 1.0)
+                for row in probs]
 
     async def ascore(self, query: str, texts: list[str]) -> list[float]:
         # label_probabilities waits on the LLM's own worker; this thread only waits

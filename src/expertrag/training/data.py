@@ -32,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError
-from expertrag.rag import INSTRUCTIONS, build_messages
+from expertrag.rag import (  # noqa: F401 - is_refusal, strip_citations re-exported
+    INSTRUCTIONS,
+    REFUSAL,
+    build_messages,
+    is_refusal,
+    strip_citations,
+)
 from expertrag.rerank.llm import RELEVANCE_PROMPT
 from expertrag.types import Document
 
-#: The fixed refusal the grounded-qa expert is trained to give when the passages do not hold
-#: the answer. It is the wording `expertrag.rag.INSTRUCTIONS` asks for ("I don't know").
-REFUSAL = "I don't know."
 #: Relevance labels, (relevant, irrelevant): the targets the relevance expert is trained on
 #: and the ``labels`` to pass to ``ExpertLLM.label_probabilities`` when scoring.
 RELEVANT = "yes"
@@ -701,20 +704,6 @@ def split_rows(rows: Sequence[Row], eval_fraction: float, seed: int = 42) -> tup
     for i, r in enumerate(rows):
         (held if str(r.get("meta", {}).get("group", i)) in picked else train).append(r)
     return train, held
-
-
-_CITE_RE = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
-
-
-def strip_citations(text: str) -> str:
-    """An answer without its ``[n]`` citations."""
-    return _CITE_RE.sub("", text).strip()
-
-
-def is_refusal(text: str) -> bool:
-    """Whether a generated answer is the refusal (lenient on case and punctuation)."""
-    flat = " ".join(strip_citations(text).lower().replace("’", "'").split())
-    return REFUSAL.lower().rstrip(".") in flat or "do not know" in flat
 
 
 def validate_rows(rows: Sequence[Row], source: str = "rows") -> None:

@@ -81,28 +81,29 @@ RECIPES: dict[str, dict[str, Any]] = {
         # targets and a higher rate.
         "builders": [
             {"builder": "raft", "source": "hotpotqa",
-             "params": {"distractors_k": [1, 3], "p_no_oracle": 0.35, "pair_refusals": True,
-                        "p_answer_dropped": 0.25}},
+             "params": {"distractors_k": [0, 2], "p_no_oracle": 0.3, "pair_refusals": True,
+                        "p_answer_dropped": 0.2}},
             {"builder": "halueval_raft", "source": "halueval",
-             "params": {"distractors_k": [1, 3], "p_no_answer": 0.25}},
+             "params": {"distractors_k": [0, 2], "p_no_answer": 0.25}},
             {"builder": "squad_raft", "source": "squad2-15",
-             "params": {"distractors_k": [0, 2], "p_no_oracle": 0.2, "max_answerable": 560,
-                        "max_impossible": 40}},
+             "params": {"distractors_k": [0, 2], "p_no_oracle": 0.2, "max_answerable": 330,
+                        "max_impossible": 30}},
         ],
-        "data": [{**_HOTPOT, "use": "each question with its 2 gold + 1-3 distractor paragraphs; "
-                  "35% also without the gold (4 distractors: refusal), 25% of bridge "
+        "data": [{**_HOTPOT, "use": "each question with its 2 gold + 0-2 distractor paragraphs; "
+                  "30% also without the gold (distractors only: refusal), 20% of bridge "
                   "questions also with the answer-holding paragraph swapped out (refusal)"},
-                 {**_HALUEVAL, "use": "the question's supporting sentences + 1-3 from other "
+                 {**_HALUEVAL, "use": "the question's supporting sentences + 0-2 from other "
                   "questions; 25% with the answer-holding sentence swapped out (refusal)"},
-                 {**_SQUAD15, "use": "560 answerable questions (seeded) with their paragraph + "
-                  "0-2 of the same article, 20% of them with it dropped (refusal); 40 "
+                 {**_SQUAD15, "use": "330 answerable questions (seeded) with their paragraph + "
+                  "0-2 of the same article, 20% of them with it dropped (refusal); 30 "
                   "unanswerable ones (refusal)"}],
-        "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
+        # dropout 0: ~1.3x faster steps on CPU (measured), and one epoch does not overfit
+        "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                       "gate_proj", "up_proj", "down_proj"],
                    "learning_rate": 5e-4, "epochs": 1, "batch_size": 4, "grad_accum": 2,
-                   "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.05,
-                   "eval_generate": 40, "eval_max_new_tokens": 24, "save_every": 10,
+                   "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.04,
+                   "eval_generate": 32, "eval_max_new_tokens": 24, "save_every": 10,
                    "save_dtype": "float16", "seed": 42},
         "timing": "see the model card (measured wall time and hardware of the shipped run)",
         "usage": "Pass `expert=\"grounded-qa\"` to `RAGPipeline` (the CLI does it when shipped).",

@@ -1,0 +1,509 @@
+"""Corrective RAG (CRAG, Yan et al. 2024) on one small base with its LoRA experts, offline.
+
+1. Retrieve ``k`` documents; a retrieval evaluator (any expertrag :class:`Reranker`; by default
+   the ``relevance`` expert, P(yes) from one forward pass) scores each (question, document).
+2. Action: **Correct** when some document scores >= ``upper``, **Incorrect** when all score
+   < ``lower``, else **Ambiguous**. The thresholds come from a calibration run
+   (:meth:`CorrectiveRAG.calibrate`) and are saved with the config.
+3. Knowledge refinement (decompose, then recompose): documents scoring >= ``lower`` are cut into
+   strips (sentence groups, word windows or whole passages), all strips are scored by the
+   same evaluator in one batched pass, the best ones at or above ``strip_floor`` are kept and
+   joined back per source document, in document order. Every recomposed passage keeps the id
+   and metadata of its source document, so the answer's citations resolve to it.
+4. External knowledge on Incorrect (instead of the internal documents) and Ambiguous (beside
+   them): a pluggable second source queried with a rewritten query (at most three keywords,
+   without the LLM by default), refined the same way. With no external source, Incorrect ends
+   in an honest refusal with the action recorded, never an answer from documents judged
+   irrelevant.
+5. Generation with the ``grounded-qa`` expert (or any expert, or the base), with citations.
+
+Every decision is a probability read from a forward pass, so nothing can fail to parse.
+:meth:`CorrectiveRAG.answer_many` batches the evaluator and the generator across questions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from expertrag.chains.base import (
+    ChainError,
+    Retrieve,
+    Trace,
+    as_retrieve,
+    call_source,
+    check_question,
+    keywords,
+)
+from expertrag.errors import InputError
+from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
+from expertrag.types import Document
+
+CORRECT, INCORRECT, AMBIGUOUS = "correct", "incorrect", "ambiguous"
+ACTIONS = (CORRECT, INCORRECT, AMBIGUOUS)
+STRIP_MODES = ("sentences", "words", "passage")
+REWRITE_MODES = ("keywords", "llm", "none")
+
+_SENTENCE_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n|\n(?=\s*[#*-])")
+
+
+@dataclass
+class CRAGConfig:
+    """Settings of a :class:`CorrectiveRAG` chain; saved and loaded as JSON.
+
+    The default ``upper`` / ``lower`` were calibrated for the shipped ``relevance`` expert on
+    HotpotQA test items 400-499 (never used by the benchmarks' answer sets); ``calibration``
+    records how. Calibrate again for another evaluator or your own data.
+    """
+
+    upper: float = 0.6
+    lower: float = 0.2
+    k: int = 4
+    strips: str = "sentences"
+    strip_sentences: int = 3
+    strip_words: int = 50
+    strip_floor: float | None = None  # None: the same as ``lower``
+    max_strips: int = 6
+    external_k: int = 3
+    rewrite: str = "keywords"
+    expert: str | None = "grounded-qa"
+    max_new_tokens: int = 64
+    external_timeout: float | None = 30.0
+    calibration: dict[str, Any] | None = None
+
+    def validate(self) -> CRAGConfig:
+        if not (0 <= self.lower <= self.upper) or not math.isfinite(self.upper):
+            raise InputError(f"need 0 <= lower <= upper, got lower={self.lower}, "
+                             f"upper={self.upper}")
+        for name in ("k", "strip_sentences", "strip_words", "max_strips", "external_k",
+                     "max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.strips not in STRIP_MODES:
+            raise InputError(f"strips must be one of {STRIP_MODES}, got {self.strips!r}")
+        if self.rewrite not in REWRITE_MODES:
+            raise InputError(f"rewrite must be one of {REWRITE_MODES}, got {self.rewrite!r}")
+        if self.external_timeout is not None and self.external_timeout <= 0:
+            raise InputError(f"external_timeout must be > 0 or None, got "
+                             f"{self.external_timeout!r}")
+        return self
+
+    @property
+    def floor(self) -> float:
+        return self.lower if self.strip_floor is None else self.strip_floor
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CRAGConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown CRAGConfig fields: {sorted(unknown)}")
+        return cls(**data).validate()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as JSON, atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".crag-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CRAGConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read CRAG config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"CRAG config {path} is not a JSON object")
+        return cls.from_dict(data)
+
+
+@dataclass
+class Strip:
+    """A piece of a source document and its evaluator score."""
+
+    text: str
+    source: int  # index of the source document in the chain's document list
+    index: int  # position within the source document
+    score: float = float("nan")
+    external: bool = False
+
+
+@dataclass
+class CorrectedContext:
+    """What the corrected-context stage produced for one question."""
+
+    question: str
+    action: str
+    documents: list[Document]  # the retrieved internal documents, with evaluator scores
+    scores: list[float]
+    strips: list[Strip]
+    passages: list[Document]  # the recomposed context handed to the generator
+    rewritten_query: str | None = None
+    external_documents: list[Document] = field(default_factory=list)
+    external_error: str | None = None
+
+
+@dataclass
+class CRAGResult:
+    """An answer with its citations, the action taken and the evidence behind it."""
+
+    question: str
+    answer: str
+    citations: list[Document]
+    action: str
+    context: CorrectedContext
+    refused: bool
+    seconds: dict[str, float]
+    calls: dict[str, int]
+    expert: str | None = None
+
+    @property
+    def forward_calls(self) -> int:
+        return sum(v for k, v in self.calls.items() if not k.endswith("_tokens"))
+
+
+def split_strips(text: str, mode: str = "sentences", sentences: int = 3,
+                 words: int = 50) -> list[str]:
+    """Cut ``text`` into strips: groups of ``sentences`` sentences, windows of ``words``
+    words, or the whole passage. Strips cover the text in order; none is empty."""
+    if mode not in STRIP_MODES:
+        raise InputError(f"strip mode must be one of {STRIP_MODES}, got {mode!r}")
+    text = text.strip()
+    if not text:
+        return []
+    if mode == "passage":
+        return [text]
+    if mode == "words":
+        tokens = text.split()
+        return [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
+    parts = [p.strip() for p in _SENTENCE_RE.split(text) if p and p.strip()]
+    return [" ".join(parts[i:i + sentences]) for i in range(0, len(parts), sentences)]
+
+
+def decide(scores: Sequence[float], upper: float, lower: float) -> str:
+    """CRAG's action for one question's document scores."""
+    if not scores:
+        return INCORRECT
+    best = max(scores)
+    if best >= upper:
+        return CORRECT
+    if best < lower:
+        return INCORRECT
+    return AMBIGUOUS
+
+
+def calibrate_thresholds(max_scores: Sequence[float], has_answer: Sequence[bool],
+                         precision: float = 0.9) -> dict[str, Any]:
+    """``upper`` / ``lower`` for labelled questions (each: its best document score and whether
+    the answer is among its documents). ``upper`` is the lowest threshold above which at
+    least ``precision`` of the questions hold the answer (Correct is then trustworthy);
+    ``lower`` the highest below which at least ``precision`` do not (Incorrect is); between
+    them lies Ambiguous. When the two cross, both are the threshold of best balanced
+    accuracy. Returns the thresholds and the figures they give on the data."""
+    pairs = sorted(zip((float(s) for s in max_scores), (bool(h) for h in has_answer),
+                       strict=True))
+    if not pairs:
+        raise InputError("calibration needs at least one labelled question")
+    if all(h for _, h in pairs) or not any(h for _, h in pairs):
+        raise InputError("calibration needs questions with and without the answer")
+    values = sorted({s for s, _ in pairs})
+    cuts = [values[0] - 1e-9, *[(a + b) / 2 for a, b in itertools.pairwise(values)],
+            values[-1] + 1e-9]
+
+    def above(t: float) -> list[bool]:
+        return [h for s, h in pairs if s >= t]
+
+    def below(t: float) -> list[bool]:
+        return [h for s, h in pairs if s < t]
+
+    upper = next((t for t in cuts if above(t) and sum(above(t)) / len(above(t)) >= precision),
+                 cuts[-1])
+    lower = next((t for t in reversed(cuts)
+                  if below(t) and sum(not h for h in below(t)) / len(below(t)) >= precision),
+                 cuts[0])
+    n_pos = sum(h for _, h in pairs)
+    n_neg = len(pairs) - n_pos
+
+    def balanced(t: float) -> float:
+        tp = sum(h for h in above(t))
+        tn = sum(not h for h in below(t))
+        return 0.5 * (tp / n_pos + tn / n_neg)
+
+    best = max(cuts, key=balanced)
+    if lower > upper:
+        lower = upper = best
+    upper, lower = max(0.0, upper), max(0.0, lower)
+    actions = [decide([s], upper, lower) for s, _ in pairs]
+    right = [(a == CORRECT and h) or (a == INCORRECT and not h) for a, (_, h) in zip(
+        actions, pairs, strict=True)]
+    decided = [r for r, a in zip(right, actions, strict=True) if a != AMBIGUOUS]
+    # as a yes/no call, Ambiguous keeps the internal documents: it sides with "present"
+    binary = [(a != INCORRECT) == h for a, (_, h) in zip(actions, pairs, strict=True)]
+    return {"upper": round(upper, 4), "lower": round(lower, 4), "precision": precision,
+            "n": len(pairs), "with_answer": n_pos,
+            "decided_accuracy": sum(decided) / len(decided) if decided else float("nan"),
+            "ambiguous_share": actions.count(AMBIGUOUS) / len(actions),
+            "binary_accuracy": sum(binary) / len(binary),
+            "best_single_threshold": round(best, 4),
+            "best_balanced_accuracy": balanced(best)}
+
+
+class CorrectiveRAG:
+    """CRAG over ``retriever`` (any source, see :mod:`expertrag.chains.base`), answering with
+    ``llm`` (an :class:`~expertrag.models.ExpertLLM`).
+
+    ``evaluator``: an expertrag :class:`~expertrag.rerank.Reranker` (default: the shipped
+    ``relevance`` expert through ``LLMReranker.with_relevance_expert(llm)``).
+    ``external``: the second source for Incorrect / Ambiguous (None: refuse on Incorrect).
+    """
+
+    def __init__(self, llm: Any, retriever: Any, evaluator: Any = None, external: Any = None,
+                 config: CRAGConfig | None = None) -> None:
+        self.llm = llm
+        self._retrieve: Retrieve = as_retrieve(retriever)
+        self._external: Retrieve | None = (None if external is None
+                                           else as_retrieve(external, "external source"))
+        self.config = (config or CRAGConfig()).validate()
+        if evaluator is None:
+            from expertrag.rerank.llm import LLMReranker
+
+            evaluator = LLMReranker.with_relevance_expert(llm)
+        if not callable(getattr(evaluator, "score_pairs", None)):
+            raise InputError("evaluator must be an expertrag Reranker (score_pairs)")
+        self.evaluator = evaluator
+        if self.config.expert is not None and self.config.expert == "grounded-qa" and \
+                "grounded-qa" not in (getattr(llm, "experts", None) or []):
+            from expertrag.experts import attach_shipped
+
+            attach_shipped(llm, ["grounded-qa"])
+
+    # ------------------------------------------------------------------ stages
+    def _score(self, pairs: list[tuple[str, str]], trace: Trace, stage: str) -> list[float]:
+        if not pairs:
+            return []
+        with trace.stage(stage):
+            scores = [float(s) for s in self.evaluator.score_pairs(pairs)]
+        trace.count("evaluator", len(pairs))
+        return scores
+
+    def _strips(self, docs: Sequence[Document], keep: Sequence[int],
+                external: bool = False) -> list[Strip]:
+        cfg = self.config
+        out = []
+        for i in keep:
+            for j, text in enumerate(split_strips(docs[i].text, cfg.strips,
+                                                  cfg.strip_sentences, cfg.strip_words)):
+                out.append(Strip(text, i, j, external=external))
+        return out
+
+    def _recompose(self, docs: Sequence[Document], strips: list[Strip],
+                   scores_by_doc: Sequence[float]) -> list[Document]:
+        """The kept strips (best first, at most ``max_strips``, each >= the floor) joined per
+        source document, in document order; no strip passes: the best strip of the best
+        document, so Correct and Ambiguous always have context."""
+        cfg = self.config
+        passing = [s for s in strips if s.score >= cfg.floor]
+        passing.sort(key=lambda s: -s.score)
+        kept = passing[: cfg.max_strips]
+        if not kept and strips:
+            kept = [max(strips, key=lambda s: (s.score, -s.source))]
+        passages = []
+        for i in sorted({s.source for s in kept}):
+            mine = sorted((s for s in kept if s.source == i), key=lambda s: s.index)
+            doc = docs[i]
+            meta = {**doc.metadata, "crag_source": i, "crag_strips": [s.index for s in mine],
+                    "crag_score": scores_by_doc[i] if i < len(scores_by_doc) else None,
+                    "external": mine[0].external}
+            passages.append(Document(text=" ".join(s.text for s in mine), id=doc.id,
+                                     metadata=meta, score=max(s.score for s in mine)))
+        return passages
+
+    def _rewrite(self, questions: list[str], trace: Trace) -> list[str]:
+        mode = self.config.rewrite
+        if mode == "none":
+            return list(questions)
+        if mode == "keywords":
+            return [keywords(q) for q in questions]
+        schema = {"type": "object", "properties": {"keywords": {
+            "type": "array", "items": {"type": "string", "maxLength": 40},
+            "minItems": 1, "maxItems": 3}}, "required": ["keywords"]}
+        convs = [[{"role": "user", "content": (
+            "Give at most three search keywords for finding the answer to this question on "
+            f"the web.\nQuestion: {q}")}] for q in questions]
+        with trace.stage("rewrite"):
+            results = self.llm.generate(convs, json_schema=schema, max_new_tokens=40)
+        trace.count("rewriter", len(convs))
+        out = []
+        for q, r in zip(questions, results, strict=True):
+            words = [w.strip() for w in (r.parsed or {}).get("keywords", []) if w.strip()]
+            out.append(" ".join(words[:3]) or keywords(q))
+        return out
+
+    # ------------------------------------------------------------------ corrected context
+    def _correct_many(self, questions: list[str], trace: Trace) -> list[CorrectedContext]:
+        cfg = self.config
+        with trace.stage("retrieve"):
+            retrieved = [call_source(self._retrieve, q, cfg.k, "retriever") for q in questions]
+        pairs = [(q, d.text) for q, docs in zip(questions, retrieved, strict=True) for d in docs]
+        flat = iter(self._score(pairs, trace, "evaluate"))
+        scores = [[next(flat) for _ in docs] for docs in retrieved]
+        actions = [decide(s, cfg.upper, cfg.lower) for s in scores]
+        docs_scored = [[replace(d, score=s, metadata={**d.metadata, "crag_score": s})
+                        for d, s in zip(docs, sc, strict=True)]
+                       for docs, sc in zip(retrieved, scores, strict=True)]
+        # internal knowledge: refine the documents at or above `lower` (Correct / Ambiguous)
+        strips = [self._strips(docs, [i for i, s in enumerate(sc) if s >= cfg.lower])
+                  if act != INCORRECT else []
+                  for docs, sc, act in zip(docs_scored, scores, actions, strict=True)]
+        self._score_strips(questions, strips, scores, trace)
+        # external knowledge: Incorrect (instead) and Ambiguous (beside)
+        wants = [i for i, a in enumerate(actions) if a != CORRECT and self._external]
+        rewritten: dict[int, str] = {}
+        external: dict[int, list[Document]] = {}
+        errors: dict[int, str] = {}
+        if wants:
+            for i, query in zip(wants, self._rewrite([questions[i] for i in wants], trace),
+                                strict=True):
+                rewritten[i] = query
+                try:
+                    with trace.stage("external"):
+                        external[i] = call_source(self._external, query, cfg.external_k,
+                                                  "external source", cfg.external_timeout)
+                except ChainError as exc:  # recorded; the question goes on without it
+                    errors[i] = str(exc)
+                    external[i] = []
+        ext_strips = {i: self._strips(docs, range(len(docs)), external=True)
+                      for i, docs in external.items()}
+        order = sorted(ext_strips)
+        self._score_strips([questions[i] for i in order], [ext_strips[i] for i in order],
+                           [[float("nan")] * len(external[i]) for i in order], trace)
+        out = []
+        for i, question in enumerate(questions):
+            passages = self._recompose(docs_scored[i], strips[i], scores[i]) if strips[i] \
+                else []
+            if ext_strips.get(i):
+                passages += self._recompose(external[i], ext_strips[i], [])
+            out.append(CorrectedContext(
+                question=question, action=actions[i], documents=docs_scored[i],
+                scores=scores[i], strips=strips[i] + ext_strips.get(i, []), passages=passages,
+                rewritten_query=rewritten.get(i), external_documents=external.get(i, []),
+                external_error=errors.get(i)))
+        return out
+
+    def _score_strips(self, questions: list[str], strips: list[list[Strip]],
+                      doc_scores: list[list[float]], trace: Trace) -> None:
+        """Score every strip of every question in one batched pass (whole-passage strips of
+        scored documents reuse the document's score)."""
+        todo = []
+        for q, mine, sc in zip(questions, strips, doc_scores, strict=True):
+            for s in mine:
+                if self.config.strips == "passage" and not s.external and s.source < len(sc):
+                    s.score = sc[s.source]
+                else:
+                    todo.append((q, s))
+        for (_, s), value in zip(todo, self._score([(q, s.text) for q, s in todo], trace,
+                                                   "refine"), strict=True):
+            s.score = value
+
+    def correct(self, question: str) -> CorrectedContext:
+        """Retrieval, evaluation, refinement and external knowledge, without generation."""
+        return self._correct_many([check_question(question)], Trace())[0]
+
+    def correct_many(self, questions: Sequence[str]) -> list[CorrectedContext]:
+        checked = self._check_many(questions)
+        return self._correct_many(checked, Trace()) if checked else []
+
+    # ------------------------------------------------------------------ answers
+    @staticmethod
+    def _check_many(questions: Sequence[str]) -> list[str]:
+        if isinstance(questions, str):
+            raise InputError("answer_many() takes a list of questions; use answer() for one")
+        return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
+
+    def answer(self, question: str) -> CRAGResult:
+        return self.answer_many([check_question(question)])[0]
+
+    def answer_many(self, questions: Sequence[str]) -> list[CRAGResult]:
+        """Answer several questions; evaluator and generator calls are batched across them.
+        Seconds and calls in each result are the batch's shared evenly."""
+        checked = self._check_many(questions)
+        if not checked:
+            return []
+        trace = Trace()
+        contexts = self._correct_many(checked, trace)
+        todo = [i for i, c in enumerate(contexts) if c.passages]
+        texts: dict[int, Any] = {}
+        if todo:
+            convs = [build_messages(contexts[i].question, contexts[i].passages) for i in todo]
+            with trace.stage("generate"):
+                results = self.llm.generate(convs, expert=self.config.expert,
+                                            max_new_tokens=self.config.max_new_tokens)
+            trace.count("generator", len(convs))
+            trace.count("completion_tokens", sum(r.completion_tokens for r in results))
+            texts = dict(zip(todo, results, strict=True))
+        share = trace.share(len(checked))
+        out = []
+        for i, ctx in enumerate(contexts):
+            if i in texts:
+                text = tidy_citations(texts[i].text.strip())
+                citations = select_citations(text, ctx.passages)
+                refused = is_refusal(text)
+            else:  # Incorrect with nothing external: refuse, never answer from rejects
+                text, citations, refused = REFUSAL, [], True
+            out.append(CRAGResult(question=ctx.question, answer=text, citations=citations,
+                                  action=ctx.action, context=ctx, refused=refused,
+                                  seconds=dict(share.seconds), calls=dict(share.calls),
+                                  expert=self.config.expert))
+        return out
+
+    async def aanswer(self, question: str) -> CRAGResult:
+        import asyncio
+
+        return await asyncio.to_thread(self.answer, question)
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, items: Sequence[dict[str, Any]], precision: float = 0.9,
+                  apply: bool = True) -> dict[str, Any]:
+        """Pick ``upper`` / ``lower`` for this evaluator from labelled items: each a dict
+        with ``question``, ``documents`` (strings or Documents) and ``has_answer`` (bool:
+        whether any document holds the answer). Scores every pair in one batched pass.
+        ``apply`` stores the thresholds (and the calibration figures) in ``self.config``."""
+        pairs, owners, labels = [], [], []
+        for n, item in enumerate(items):
+            q = check_question(item.get("question"), f"items[{n}].question")
+            docs = item.get("documents") or []
+            if not docs:
+                raise InputError(f"items[{n}] has no documents")
+            if not isinstance(item.get("has_answer"), bool):
+                raise InputError(f"items[{n}].has_answer must be a bool")
+            for d in docs:
+                pairs.append((q, d.text if isinstance(d, Document) else str(d)))
+                owners.append(n)
+            labels.append(item["has_answer"])
+        scores = self._score(pairs, Trace(), "calibrate")
+        best = [-math.inf] * len(labels)
+        for n, s in zip(owners, scores, strict=True):
+            best[n] = max(best[n], s)
+        result = calibrate_thresholds(best, labels, precision)
+        if apply:
+            self.config = replace(self.config, upper=result["upper"], lower=result["lower"],
+                                  calibration={**result,
+                                               "evaluator": repr(self.evaluator)}).validate()
+        return result
+
