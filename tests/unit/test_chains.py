@@ -73,6 +73,19 @@ class FakeLLM:
                 out.append(Result(REFUSAL))
         return out
 
+    def stream(self, conv, expert=None, max_new_tokens=64, **kwargs):
+        (final,) = self.generate([conv], expert=expert)
+
+        @dataclass
+        class Chunk:
+            text: str
+            final: object = None
+
+        words = final.text.split(" ")
+        for i, w in enumerate(words):
+            yield Chunk(w if i == 0 else " " + w)
+        yield Chunk("", final)
+
 
 class KeywordEvaluator:
     """A Reranker-like evaluator: 0.9 for texts holding "Paris", 0.4 for "France", else 0.05."""
@@ -98,6 +111,22 @@ def crag(retriever, external=None, **config) -> tuple[CorrectiveRAG, FakeLLM, Ke
 
 
 # ------------------------------------------------------------------------------ CRAG
+def test_stream_yields_context_then_text_then_the_result():
+    from expertrag.chains.corrective import CorrectedContext, CRAGResult
+
+    events = []
+    chain, _, _ = crag(corpus("Paris is the capital of France."))
+    parts = list(chain.stream("Capital of France?", listener=lambda e, d: events.append(e)))
+    assert isinstance(parts[0], CorrectedContext) and isinstance(parts[-1], CRAGResult)
+    assert "".join(p for p in parts if isinstance(p, str)) == "Paris [1]."
+    assert parts[-1].answer == "Paris [1]." and parts[-1].citations[0].id == "d0"
+    assert events[:2] == ["retrieve_start", "retrieve_end"] and "actions" in events
+    assert events[-1] == "generate_end"
+    refusing, _, _ = crag(corpus("Cats sleep."))
+    parts = list(refusing.stream("Capital of France?"))
+    assert parts[1] == REFUSAL and parts[-1].refused
+
+
 def test_actions_follow_the_thresholds():
     assert decide([0.1, 0.85], upper=0.8, lower=0.3) == CORRECT
     assert decide([0.1, 0.29], upper=0.8, lower=0.3) == INCORRECT

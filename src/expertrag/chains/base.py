@@ -105,20 +105,35 @@ def call_source(fn: Retrieve, query: str, k: int, stage: str,
     return _documents(value, stage)
 
 
+Listener = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass
 class Trace:
-    """Seconds per stage and model calls of one chain run (shared by a batch)."""
+    """Seconds per stage and model calls of one chain run (shared by a batch).
+
+    ``listener(event, data)``, when set, hears ``"<stage>_start"`` / ``"<stage>_end"`` (with
+    ``seconds``) for every stage and the chain's decisions (:meth:`emit`); the framework skins
+    turn these into LangChain custom events and LlamaIndex instrumentation events."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    listener: Listener | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        self.emit(f"{name}_start")
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + took
+            self.emit(f"{name}_end", seconds=took)
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.listener is not None:
+            self.listener(event, data)
 
     def count(self, name: str, n: int = 1) -> None:
         self.calls[name] = self.calls.get(name, 0) + n

@@ -29,13 +29,14 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from expertrag.chains.base import (
     ChainError,
+    Listener,
     Retrieve,
     Trace,
     as_retrieve,
@@ -364,6 +365,7 @@ class CorrectiveRAG:
         flat = iter(self._score(pairs, trace, "evaluate"))
         scores = [[next(flat) for _ in docs] for docs in retrieved]
         actions = [decide(s, cfg.upper, cfg.lower) for s in scores]
+        trace.emit("actions", questions=questions, scores=scores, actions=actions)
         docs_scored = [[replace(d, score=s, metadata={**d.metadata, "crag_score": s})
                         for d, s in zip(docs, sc, strict=True)]
                        for docs, sc in zip(retrieved, scores, strict=True)]
@@ -421,13 +423,14 @@ class CorrectiveRAG:
                                                    "refine"), strict=True):
             s.score = value
 
-    def correct(self, question: str) -> CorrectedContext:
+    def correct(self, question: str, listener: Listener | None = None) -> CorrectedContext:
         """Retrieval, evaluation, refinement and external knowledge, without generation."""
-        return self._correct_many([check_question(question)], Trace())[0]
+        return self._correct_many([check_question(question)], Trace(listener=listener))[0]
 
-    def correct_many(self, questions: Sequence[str]) -> list[CorrectedContext]:
+    def correct_many(self, questions: Sequence[str],
+                     listener: Listener | None = None) -> list[CorrectedContext]:
         checked = self._check_many(questions)
-        return self._correct_many(checked, Trace()) if checked else []
+        return self._correct_many(checked, Trace(listener=listener)) if checked else []
 
     # ------------------------------------------------------------------ answers
     @staticmethod
@@ -436,16 +439,18 @@ class CorrectiveRAG:
             raise InputError("answer_many() takes a list of questions; use answer() for one")
         return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
 
-    def answer(self, question: str) -> CRAGResult:
-        return self.answer_many([check_question(question)])[0]
+    def answer(self, question: str, listener: Listener | None = None) -> CRAGResult:
+        return self.answer_many([check_question(question)], listener)[0]
 
-    def answer_many(self, questions: Sequence[str]) -> list[CRAGResult]:
+    def answer_many(self, questions: Sequence[str],
+                    listener: Listener | None = None) -> list[CRAGResult]:
         """Answer several questions; evaluator and generator calls are batched across them.
-        Seconds and calls in each result are the batch's shared evenly."""
+        Seconds and calls in each result are the batch's shared evenly. ``listener`` hears
+        the stages (see :class:`~expertrag.chains.base.Trace`)."""
         checked = self._check_many(questions)
         if not checked:
             return []
-        trace = Trace()
+        trace = Trace(listener=listener)
         contexts = self._correct_many(checked, trace)
         todo = [i for i, c in enumerate(contexts) if c.passages]
         texts: dict[int, Any] = {}
@@ -458,24 +463,47 @@ class CorrectiveRAG:
             trace.count("completion_tokens", sum(r.completion_tokens for r in results))
             texts = dict(zip(todo, results, strict=True))
         share = trace.share(len(checked))
-        out = []
-        for i, ctx in enumerate(contexts):
-            if i in texts:
-                text = tidy_citations(texts[i].text.strip())
-                citations = select_citations(text, ctx.passages)
-                refused = is_refusal(text)
-            else:  # Incorrect with nothing external: refuse, never answer from rejects
-                text, citations, refused = REFUSAL, [], True
-            out.append(CRAGResult(question=ctx.question, answer=text, citations=citations,
-                                  action=ctx.action, context=ctx, refused=refused,
-                                  seconds=dict(share.seconds), calls=dict(share.calls),
-                                  expert=self.config.expert))
-        return out
+        return [self._result(ctx, texts.get(i), share) for i, ctx in enumerate(contexts)]
 
-    async def aanswer(self, question: str) -> CRAGResult:
+    async def aanswer(self, question: str, listener: Listener | None = None) -> CRAGResult:
         import asyncio
 
-        return await asyncio.to_thread(self.answer, question)
+        return await asyncio.to_thread(self.answer, question, listener)
+
+    def stream(self, question: str, listener: Listener | None = None) -> Iterator[Any]:
+        """The corrected context (a :class:`CorrectedContext`), then the answer's text pieces
+        as they are generated (str), then the :class:`CRAGResult`."""
+        question = check_question(question)
+        trace = Trace(listener=listener)
+        ctx = self._correct_many([question], trace)[0]
+        yield ctx
+        if not ctx.passages:
+            yield REFUSAL
+            yield self._result(ctx, None, trace)
+            return
+        final = None
+        with trace.stage("generate"):
+            for chunk in self.llm.stream(build_messages(question, ctx.passages),
+                                         expert=self.config.expert,
+                                         max_new_tokens=self.config.max_new_tokens):
+                if chunk.text:
+                    yield chunk.text
+                final = chunk.final or final
+        trace.count("generator")
+        if final is not None:
+            trace.count("completion_tokens", final.completion_tokens)
+        yield self._result(ctx, final, trace)
+
+    def _result(self, ctx: CorrectedContext, generated: Any, trace: Trace) -> CRAGResult:
+        if generated is not None:
+            text = tidy_citations(generated.text.strip())
+            citations, refused = select_citations(text, ctx.passages), is_refusal(text)
+        else:  # Incorrect with nothing external: refuse, never answer from rejects
+            text, citations, refused = REFUSAL, [], True
+        return CRAGResult(question=ctx.question, answer=text, citations=citations,
+                          action=ctx.action, context=ctx, refused=refused,
+                          seconds=dict(trace.seconds), calls=dict(trace.calls),
+                          expert=self.config.expert)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, items: Sequence[dict[str, Any]], precision: float = 0.9,

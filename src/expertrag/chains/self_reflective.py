@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from expertrag.chains.base import Retrieve, Trace, as_retrieve, call_source, check_question
+from expertrag.chains.base import (
+    Listener,
+    Retrieve,
+    Trace,
+    as_retrieve,
+    call_source,
+    check_question,
+)
 from expertrag.errors import InputError
 from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
 from expertrag.reflection import (
@@ -253,27 +260,31 @@ class SelfRAG:
         return yes / (yes + no) if yes + no > 0 else 0.0
 
     # ------------------------------------------------------------------ answering
-    def answer(self, question: str) -> SelfRAGResult:
-        return self.answer_many([check_question(question)])[0]
+    def answer(self, question: str, listener: Listener | None = None) -> SelfRAGResult:
+        return self.answer_many([check_question(question)], listener)[0]
 
-    async def aanswer(self, question: str) -> SelfRAGResult:
+    async def aanswer(self, question: str, listener: Listener | None = None) -> SelfRAGResult:
         import asyncio
 
-        return await asyncio.to_thread(self.answer, question)
+        return await asyncio.to_thread(self.answer, question, listener)
 
-    def answer_many(self, questions: Sequence[str]) -> list[SelfRAGResult]:
+    def answer_many(self, questions: Sequence[str],
+                    listener: Listener | None = None) -> list[SelfRAGResult]:
         """Answer several questions; critic and generator calls are batched across them.
-        Seconds and calls in each result are the batch's shared evenly."""
+        Seconds and calls in each result are the batch's shared evenly. ``listener`` hears
+        the stages and the retrieve decision (see :class:`~expertrag.chains.base.Trace`)."""
         if isinstance(questions, str):
             raise InputError("answer_many() takes a list of questions; use answer() for one")
         checked = [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
         if not checked:
             return []
         cfg = self.config
-        trace = Trace()
+        trace = Trace(listener=listener)
         probs = [self.retrieve_probability(j) for j in self._judge(
             RETRIEVE, [{"question": q} for q in checked], trace)]
         retrieve = [cfg.always_retrieve or p > cfg.retrieve_threshold for p in probs]
+        trace.emit("retrieve_decision", questions=checked, probabilities=probs,
+                   retrieve=retrieve)
         with trace.stage("retrieve"):
             docs = [call_source(self._retrieve, q, cfg.k, "retriever") if r else []
                     for q, r in zip(checked, retrieve, strict=True)]
