@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from expertrag.training.data import (
     _rng,
     grounded_answer,
 )
+from expertrag.types import Document
 
 MUSIQUE_QUESTIONS = "musique/questions.json"
 HOTPOT_TEST = "hotpotqa/test.jsonl"
@@ -92,3 +94,69 @@ def musique_rows(questions: Sequence[dict[str, Any]], distractors_k: int = 2,
                      "hops": len(support)},
         })
     return rows
+
+
+# ------------------------------------------------------------------------------ QA items
+@dataclass
+class QAItem:
+    """A held-out question with its gold (supporting) and distractor passages: the unit the
+    chain benchmark and the robustness suite build their corpora from."""
+
+    id: str
+    question: str
+    answer: str
+    aliases: list[str] = field(default_factory=list)
+    gold: list[Document] = field(default_factory=list)
+    distractors: list[Document] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.answer, *(a for a in self.aliases if a.strip())]
+
+
+def hotpot_items(rows: Sequence[dict[str, Any]], source: str = "hotpotqa") -> list[QAItem]:
+    """QA items from HotpotQA rows (distractor setting): gold = the supporting paragraphs."""
+    from expertrag.training.data import _hotpot_item
+
+    out = []
+    for i, row in enumerate(rows):
+        question, answer, paragraphs, gold = _hotpot_item(row, i)
+        key = str(row.get("id", i))
+        docs = [Document(text=text, id=f"{key}:{n}", metadata={"title": title})
+                for n, (title, text) in enumerate(paragraphs)]
+        out.append(QAItem(id=key, question=question, answer=answer, source=source,
+                          gold=[d for d in docs if d.metadata["title"] in gold],
+                          distractors=[d for d in docs if d.metadata["title"] not in gold]))
+    return out
+
+
+def musique_items(questions: Sequence[dict[str, Any]]) -> list[QAItem]:
+    """QA items from MuSiQue questions: gold = the supporting paragraphs."""
+    out = []
+    for i, item in enumerate(questions):
+        question, answer = item.get("question"), item.get("answer")
+        if not isinstance(question, str) or not question.strip() or not isinstance(answer, str):
+            raise DataRowError(i, "missing question or answer", "musique")
+        key = str(item.get("id", i))
+        gold, other = [], []
+        for n, p in enumerate(item.get("paragraphs") or []):
+            doc = Document(text=str(p.get("paragraph_text", "")), id=f"{key}:{n}",
+                           metadata={"title": p.get("title", "")})
+            (gold if p.get("is_supporting") else other).append(doc)
+        out.append(QAItem(id=key, question=question.strip(), answer=answer.strip(),
+                          aliases=list(item.get("answer_aliases") or []), gold=gold,
+                          distractors=other, source="musique"))
+    return out
+
+
+def answer_correct(prediction: str, item: QAItem) -> bool:
+    """The answer is right when it is not a refusal and holds a gold answer or alias
+    (normalised: case, punctuation and articles ignored)."""
+    from expertrag.rag import is_refusal
+    from expertrag.training.trainer import _normalize
+
+    if is_refusal(prediction):
+        return False
+    flat = _normalize(prediction)
+    return any(_normalize(a) and _normalize(a) in flat for a in item.answers)

@@ -1,0 +1,238 @@
+"""Naive RAG vs Corrective RAG vs Self-RAG, one run, same retriever, k and generator expert.
+
+Held-out questions never trained on:
+
+- HotpotQA test items 120.. (items 0-119 are bench_experts' set, 400-499 calibrated CRAG's
+  thresholds): each question retrieves from its own 10 paragraphs, and in half of the items
+  (seeded) the gold paragraphs are removed, so the answer is not there.
+- MuSiQue: every question retrieves from the open corpus of 1,890 passages (all answerable).
+- CRAG with an external source: a second corpus holding the removed gold paragraphs among
+  other items' paragraphs, standing in for web search; the share of the
+  unanswerable-internally questions it then answers right.
+
+Figures: answer accuracy on answerable questions (a gold answer or alias in a non-refusal
+answer), refusal accuracy on unanswerable ones, false refusals, model rows per question
+(scored pairs + generated answers), seconds per question (all systems batched the same way),
+CRAG's action accuracy against the truth, Self-RAG's retrieve rate, and the Self-RAG retrieve
+decision on a mix of knowledge questions and held-out instructions that need no retrieval.
+
+    python benchmarks/bench_chains.py --data-dir ../shared/data [--hotpot 100] [--musique 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Routed:
+    """One retriever per question (each HotpotQA item searches its own paragraphs)."""
+
+    def __init__(self, retrievers: dict[str, Any]) -> None:
+        self.retrievers = retrievers
+
+    def retrieve(self, query: str, k: int = 4) -> list[Any]:
+        return self.retrievers[query.strip()].retrieve(query, k)
+
+    def query(self, text: str, k: int = 4) -> list[Any]:  # RAGPipeline's interface
+        return self.retrieve(text, k)
+
+
+def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int) -> tuple[list[Any], Routed,
+                                                                          Any, list[bool]]:
+    from expertrag.evaluation.datasets import hotpot_items, load_hotpot_test
+    from expertrag.retrieval.hybrid import HybridRetriever
+
+    rows = load_hotpot_test(data_dir / "hotpotqa" / "test.jsonl")
+    items = hotpot_items(rows[120:120 + n])
+    rng = random.Random("bench-chains-removed")
+    removed = set(rng.sample(range(len(items)), len(items) // 2))
+    has_answer = [i not in removed for i in range(len(items))]
+    retrievers = {}
+    pool = []
+    for i, item in enumerate(items):
+        docs = item.distractors + (item.gold if has_answer[i] else [])
+        retrievers[item.question] = HybridRetriever(docs, embedder=embedder, k=k)
+        if not has_answer[i]:
+            pool += item.gold
+    # the external corpus: the removed gold paragraphs among other items' paragraphs
+    others = hotpot_items(rows[300:400])
+    pool += [d for it in others for d in it.gold + it.distractors]
+    external = HybridRetriever(pool, embedder=embedder, k=k)
+    return items, Routed(retrievers), external, has_answer
+
+
+def musique_setup(data_dir: Path, n: int, embedder: Any, k: int) -> tuple[list[Any], Any]:
+    from expertrag.evaluation.datasets import load_musique, musique_items
+    from expertrag.retrieval.hybrid import HybridRetriever
+    from expertrag.types import Document
+
+    items = musique_items(load_musique(data_dir / "musique" / "questions.json"))[:n]
+    corpus = json.loads((data_dir / "musique" / "corpus.json").read_text(encoding="utf-8"))
+    docs = [Document(text=c["text"], id=f"m{i}", metadata={"title": c.get("title", "")})
+            for i, c in enumerate(corpus)]
+    return items, HybridRetriever(docs, embedder=embedder, k=k)
+
+
+def run_system(name: str, system: Any, questions: list[str], batch: int) -> tuple[list[Any],
+                                                                                  float]:
+    """Answers (batched like every other system) and wall seconds."""
+    out: list[Any] = []
+    started = time.perf_counter()
+    for s in range(0, len(questions), batch):
+        out += system.answer_many(questions[s:s + batch])
+    took = time.perf_counter() - started
+    print(f"  {name}: {len(questions)} questions in {took:.0f} s", flush=True)
+    return out, took
+
+
+def figures(results: list[Any], items: list[Any], has_answer: list[bool],
+            seconds: float) -> dict[str, float]:
+    from expertrag.evaluation.datasets import answer_correct
+    from expertrag.rag import is_refusal
+
+    texts = [getattr(r, "answer", None) or getattr(r, "text", "") for r in results]
+    pos = [i for i, h in enumerate(has_answer) if h]
+    neg = [i for i, h in enumerate(has_answer) if not h]
+    mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
+    rows = []
+    for r in results:
+        calls = getattr(r, "calls", None)
+        if calls is None:  # RAGPipeline: one generated answer per question, nothing scored
+            rows.append(1)
+        else:
+            rows.append(sum(v for key, v in calls.items() if not key.endswith("_tokens")))
+    return {"accuracy": mean([answer_correct(texts[i], items[i]) for i in pos]),
+            "refusal_accuracy": mean([is_refusal(texts[i]) for i in neg]),
+            "false_refusals": mean([is_refusal(texts[i]) for i in pos]),
+            "rows_per_question": mean(rows), "seconds_per_question": seconds / len(results)}
+
+
+def _print(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _fmt(v: float) -> str:
+    return "-" if v != v else f"{v:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--hotpot", type=int, default=100, help="HotpotQA test items (120..)")
+    parser.add_argument("--musique", type=int, default=60, help="MuSiQue questions")
+    parser.add_argument("--k", type=int, default=5, help="passages per question, every system")
+    parser.add_argument("--batch", type=int, default=8, help="questions per batched call")
+    parser.add_argument("--systems", default="naive,crag,self-rag")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if not (args.data_dir / "hotpotqa" / "test.jsonl").is_file():
+        sys.exit(f"error: {args.data_dir} holds no hotpotqa/test.jsonl: pass --data-dir")
+
+    from expertrag import ExpertLLM
+    from expertrag.chains.corrective import INCORRECT, CorrectiveRAG, CRAGConfig
+    from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig
+    from expertrag.embeddings import Embedder
+    from expertrag.experts import attach_shipped
+    from expertrag.rag import RAGPipeline
+    from expertrag.training.critic_data import load_instructions, template_part
+
+    llm = ExpertLLM().load()
+    attach_shipped(llm)
+    embedder = Embedder()
+    wanted = args.systems.split(",")
+    k = args.k
+    sets = []
+    if args.hotpot:
+        items, routed, external, has_answer = hotpot_setup(args.data_dir, args.hotpot,
+                                                           embedder, k)
+        sets.append(("hotpotqa", items, routed, has_answer, external))
+    if args.musique:
+        items, retriever = musique_setup(args.data_dir, args.musique, embedder, k)
+        sets.append(("musique", items, retriever, [True] * len(items), None))
+    report: dict[str, Any] = {}
+    crag_cfg = CRAGConfig(k=k)
+    for name, items, retriever, has_answer, external in sets:
+        questions = [it.question for it in items]
+        print(f"\n{name}: {len(items)} questions ({sum(has_answer)} answerable), k={k}")
+        systems: dict[str, Any] = {}
+        if "naive" in wanted:
+            systems["naive RAG"] = RAGPipeline(llm, retriever, k=k, expert="grounded-qa",
+                                               max_new_tokens=64)
+        if "crag" in wanted:
+            systems["CRAG"] = CorrectiveRAG(llm, retriever, config=crag_cfg)
+            if external is not None:
+                systems["CRAG + external"] = CorrectiveRAG(llm, retriever, external=external,
+                                                           config=crag_cfg)
+        if "self-rag" in wanted:
+            systems["Self-RAG"] = SelfRAG(llm, retriever, config=SelfRAGConfig(k=k))
+        table, figs = [], {}
+        naive_s = None
+        for label, system in systems.items():
+            results, took = run_system(label, system, questions, args.batch)
+            f = figures(results, items, has_answer, took)
+            if label.startswith("CRAG"):
+                truth = has_answer
+                acts = [r.action for r in results]
+                f["action_accuracy"] = sum((a != INCORRECT) == h for a, h in
+                                           zip(acts, truth, strict=True)) / len(acts)
+                f["ambiguous_share"] = acts.count("ambiguous") / len(acts)
+                if label == "CRAG + external":
+                    from expertrag.evaluation.datasets import answer_correct
+
+                    lost = [i for i, h in enumerate(has_answer) if not h]
+                    f["recovered"] = (sum(answer_correct(results[i].answer, items[i])
+                                          for i in lost) / len(lost)) if lost else float("nan")
+            if label == "Self-RAG":
+                f["retrieve_rate"] = sum(r.retrieved for r in results) / len(results)
+            if label == "naive RAG":
+                naive_s = f["seconds_per_question"]
+            ratio = f["seconds_per_question"] / naive_s if naive_s else float("nan")
+            f["seconds_vs_naive"] = ratio
+            figs[label] = f
+            table.append([label, _fmt(f["accuracy"]), _fmt(f["refusal_accuracy"]),
+                          _fmt(f["false_refusals"]), f"{f['rows_per_question']:.1f}",
+                          f"{f['seconds_per_question']:.2f}", f"{ratio:.2f}x",
+                          _fmt(f.get("action_accuracy", float("nan"))),
+                          _fmt(f.get("recovered", float("nan")))])
+        _print(["system", "accuracy (answerable)", "refusal acc (unanswerable)",
+                "false refusals", "model rows / q", "s / q", "s vs naive",
+                "CRAG action acc", "recovered by external"], table)
+        report[name] = figs
+    if "self-rag" in wanted:
+        from expertrag.reflection import Critic
+
+        critic = Critic(llm)
+        held = [r for r in load_instructions() if template_part(r["template"]) == "heldout"]
+        knowledge = [it.question for _, items, _, _, _ in sets for it in items]
+        texts = [r["text"] for r in held] + knowledge
+        truth = [r["retrieve"] for r in held] + [True] * len(knowledge)
+        probs = [SelfRAG.retrieve_probability(j) for j in critic.retrieve(texts)]
+        thr = SelfRAGConfig().retrieve_threshold
+        pred = [p > thr for p in probs]
+        acc = sum(p == t for p, t in zip(pred, truth, strict=True)) / len(truth)
+        no = [p for p, t in zip(pred, truth, strict=True) if not t]
+        print(f"\nSelf-RAG retrieve decision (threshold {thr}): accuracy {acc:.3f} on "
+              f"{len(truth)} ({len(held)} held-out instructions, {len(knowledge)} questions); "
+              f"instructions needing none kept from retrieval: "
+              f"{sum(not p for p in no) / max(1, len(no)):.3f}")
+        report["retrieve_decision"] = {"accuracy": acc, "n": len(truth)}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
