@@ -62,7 +62,8 @@ def tiny_tokenizer() -> Any:
     return tokenizer
 
 
-def tiny_causal_lm(tokenizer: Any | None = None, seed: int = 0) -> Any:
+def tiny_causal_lm(tokenizer: Any | None = None, seed: int = 0,
+                   max_positions: int = 1024) -> Any:
     """A 2-layer random Llama over the tiny tokenizer's vocabulary (deterministic per seed)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -75,7 +76,7 @@ def tiny_causal_lm(tokenizer: Any | None = None, seed: int = 0) -> Any:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=1024,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -91,12 +92,13 @@ def tiny_causal_lm(tokenizer: Any | None = None, seed: int = 0) -> Any:
     return model.eval()
 
 
-def tiny_llm(name: str = "tiny", seed: int = 0) -> Any:
+def tiny_llm(name: str = "tiny", seed: int = 0, max_positions: int = 1024) -> Any:
     """An :class:`~expertrag.models.ExpertLLM` over a fresh tiny random model."""
     from expertrag.models import ExpertLLM
 
     tokenizer = tiny_tokenizer()
-    return ExpertLLM.from_model(tiny_causal_lm(tokenizer, seed=seed), tokenizer, name=name)
+    return ExpertLLM.from_model(tiny_causal_lm(tokenizer, seed=seed, max_positions=max_positions),
+                                tokenizer, name=name)
 
 
 def save_tiny_lora(llm: Any, path: str, seed: int = 1) -> str:

@@ -1,0 +1,47 @@
+"""Retriever chains built on the expert LLM: naive, corrective (CRAG) and self-reflective
+(Self-RAG), framework-free. The LangChain and LlamaIndex skins wrap them
+(``expertrag.langchain.chains``, ``expertrag.llama_index.chains``).
+"""
+
+from expertrag.chains.base import ChainError, SourceTimeoutError, keywords
+from expertrag.chains.corrective import (
+    AMBIGUOUS,
+    CORRECT,
+    INCORRECT,
+    CorrectedContext,
+    CorrectiveRAG,
+    CRAGConfig,
+    CRAGResult,
+    calibrate_thresholds,
+    split_strips,
+)
+from expertrag.chains.self_reflective import (
+    Candidate,
+    NativeCritic,
+    SelfRAG,
+    SelfRAGConfig,
+    SelfRAGResult,
+)
+from expertrag.rag import Answer, RAGPipeline
+
+__all__ = [
+    "AMBIGUOUS",
+    "CORRECT",
+    "INCORRECT",
+    "Answer",
+    "CRAGConfig",
+    "CRAGResult",
+    "Candidate",
+    "ChainError",
+    "CorrectedContext",
+    "CorrectiveRAG",
+    "NativeCritic",
+    "RAGPipeline",
+    "SelfRAG",
+    "SelfRAGConfig",
+    "SelfRAGResult",
+    "SourceTimeoutError",
+    "calibrate_thresholds",
+    "keywords",
+    "split_strips",
+]

@@ -153,10 +153,7 @@ def musique_items(questions: Sequence[dict[str, Any]]) -> list[QAItem]:
 def answer_correct(prediction: str, item: QAItem) -> bool:
     """The answer is right when it is not a refusal and holds a gold answer or alias
     (normalised: case, punctuation and articles ignored)."""
+    from expertrag.evaluation.metrics import contains
     from expertrag.rag import is_refusal
-    from expertrag.training.trainer import _normalize
 
-    if is_refusal(prediction):
-        return False
-    flat = _normalize(prediction)
-    return any(_normalize(a) and _normalize(a) in flat for a in item.answers)
+    return not is_refusal(prediction) and bool(contains(prediction, item.answers))

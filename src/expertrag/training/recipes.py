@@ -121,7 +121,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "base": DEFAULT_BASE,
         "builders": [
             {"builder": "critic", "source": "hotpotqa+halueval+squad2-15+instructions",
-             "params": {"caps": {"retrieve": 500, "isrel": 700, "issup": 1200, "isuse": 700},
+             "params": {"caps": {"retrieve": 450, "isrel": 450, "issup": 900, "isuse": 600},
                         "squad_questions": 400, "retrieve_questions": 240}},
         ],
         "data": [{**_HOTPOT, "use": "IsRel gold vs distractor paragraphs; IsSup fully (both "
@@ -132,10 +132,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                  {**_HALUEVAL_GEN, "use": "further hallucinated answers (IsSup no)"},
                  {**_SQUAD15, "use": "IsRel / IsSup: own paragraph vs a sibling paragraph"},
                  {**_INSTRUCTIONS, "use": "Retrieve: instructions of the train templates"}],
-        "eval_labels": ["yes", "no"],
         # warm start from the relevance expert: it already reads passages against questions
         # (a cold start sat at chance level for ~170 steps when relevance was trained)
-        "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
+        "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                       "gate_proj", "up_proj", "down_proj"],
                    "learning_rate": 4e-4, "epochs": 1, "batch_size": 8, "grad_accum": 1,

@@ -27,15 +27,15 @@ import os
 import random
 import re
 import shutil
-import string
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError
+from expertrag.evaluation.metrics import normalize_answer as _normalize
+from expertrag.evaluation.metrics import token_f1
 from expertrag.models.chat import render_prompt
 from expertrag.models.llm import EXPERT_METADATA
 from expertrag.models.loading import LoadedModel, default_device, load_base_model, model_fingerprint
@@ -132,23 +132,6 @@ def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int,
 
 
 # ------------------------------------------------------------------------------ metrics
-def _normalize(text: str) -> str:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD-style token F1 after normalisation (lower case, no punctuation or articles)."""
-    pred, ref = _normalize(prediction).split(), _normalize(gold).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or common == 0:
-        return float(pred == ref)
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """ROC AUC by the rank-sum formula (ties count half); nan with one class only."""
     pos = [s for s, y in zip(scores, labels, strict=True) if y]

@@ -1,0 +1,250 @@
+"""RAGAS (0.4, the ``ragas.metrics.collections`` API) with expertrag's local judge.
+
+- :func:`import_ragas` imports RAGAS, working around its import-time failure with
+  langchain-community 0.4 (RAGAS 0.4.3 imports ``langchain_community.chat_models.vertexai``,
+  which 0.4 removed; ragas issues #2741, #2745, #2753). Only when that exact import fails, a
+  stand-in module with a ``ChatVertexAI`` that cannot be built is registered, and RAGAS is
+  imported again; once RAGAS stops importing it, the stand-in is never installed.
+- :class:`ExpertRagasLLM` is an ``InstructorBaseRagasLLM`` over :class:`ExpertLLM`: every
+  structured call is decoded under the response model's JSON Schema (xgrammar), so it always
+  parses; array fields must hold at least one item, so the empty statement lists that make
+  Faithfulness and friends return NaN cannot occur. Concurrent calls (RAGAS'
+  ``abatch_score`` gathers them) are batched into one ``generate`` per schema.
+- :class:`ExpertRagasEmbeddings` is a ``BaseRagasEmbedding`` over :class:`Embedder`.
+- :func:`no_openai` makes RAGAS' silent OpenAI fallback impossible: while it is active, the
+  factories that would build an OpenAI client raise instead.
+
+Nothing leaves the machine unless the user configures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from expertrag.errors import ExpertRAGError, InputError
+
+_VERTEX = "langchain_community.chat_models.vertexai"
+
+
+class RagasUnavailableError(ExpertRAGError, ImportError):
+    """RAGAS is not installed (``pip install 'expertrag[ragas]'``) or cannot be imported."""
+
+
+class OpenAIFallbackError(ExpertRAGError, RuntimeError):
+    """Something asked RAGAS for its default OpenAI client while :func:`no_openai` was on."""
+
+
+def _vertex_stand_in() -> types.ModuleType:
+    module = types.ModuleType(_VERTEX)
+
+    class ChatVertexAI:  # only ever used by RAGAS in isinstance checks
+        """Stand-in registered by expertrag: langchain-community 0.4 has no VertexAI chat."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ImportError("ChatVertexAI is not in langchain-community >= 0.4; install "
+                              "langchain-google-vertexai for Vertex AI models")
+
+    module.ChatVertexAI = ChatVertexAI  # type: ignore[attr-defined]
+    module.__expertrag_stand_in__ = True  # type: ignore[attr-defined]
+    return module
+
+
+def import_ragas() -> Any:
+    """``import ragas``, with the langchain-community 0.4 workaround when it is needed."""
+    try:
+        import ragas
+        return ragas
+    except ModuleNotFoundError as exc:
+        if exc.name != _VERTEX and _VERTEX not in str(exc):
+            if exc.name and exc.name.split(".")[0] == "ragas":
+                raise RagasUnavailableError(
+                    "RAGAS is not installed: pip install 'expertrag[ragas]'") from exc
+            raise RagasUnavailableError(f"RAGAS cannot be imported: {exc}") from exc
+    for name in [m for m in sys.modules if m == "ragas" or m.startswith("ragas.")]:
+        del sys.modules[name]  # the half-imported package from the failed attempt
+    sys.modules[_VERTEX] = _vertex_stand_in()
+    import ragas
+    return ragas
+
+
+def _non_empty_arrays(schema: Any) -> Any:
+    """A copy of ``schema`` whose arrays need at least one item (recursively)."""
+    if isinstance(schema, dict):
+        out = {k: _non_empty_arrays(v) for k, v in schema.items()}
+        if out.get("type") == "array" and not out.get("minItems"):
+            out["minItems"] = 1
+        return out
+    if isinstance(schema, list):
+        return [_non_empty_arrays(v) for v in schema]
+    return schema
+
+
+def _base_classes() -> tuple[type, type]:
+    import_ragas()
+    from ragas.embeddings.base import BaseRagasEmbedding
+    from ragas.llms.base import InstructorBaseRagasLLM
+
+    return InstructorBaseRagasLLM, BaseRagasEmbedding
+
+
+class _Batcher:
+    """Collects concurrent structured requests for a moment and runs each schema's group as
+    one batched ``generate`` on the model's worker."""
+
+    def __init__(self, run: Any, window: float) -> None:
+        self.run, self.window = run, window
+        self.pending: list[tuple[str, type, asyncio.Future[Any]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def submit(self, prompt: str, model: type) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((prompt, model, future))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.window)
+        batch, self.pending = self.pending, []
+        groups: dict[type, list[tuple[str, asyncio.Future[Any]]]] = {}
+        for prompt, model, future in batch:
+            groups.setdefault(model, []).append((prompt, future))
+        for model, rows in groups.items():
+            try:
+                results = await asyncio.to_thread(self.run, [p for p, _ in rows], model)
+            except Exception as exc:  # handed to every waiting caller
+                for _, future in rows:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), value in zip(rows, results, strict=True):
+                if not future.done():
+                    future.set_result(value)
+        if self.pending:  # requests that arrived while this batch ran
+            self.flushing = asyncio.get_running_loop().create_task(self._flush())
+
+
+def ExpertRagasLLM(llm: Any, expert: str | None = None, max_new_tokens: int = 256,
+                   batch_window: float = 0.02) -> Any:
+    """A RAGAS ``InstructorBaseRagasLLM`` over ``llm`` (an :class:`ExpertLLM`), answering with
+    ``expert`` (None: the base). Built on call so importing this module needs no RAGAS."""
+    base, _ = _base_classes()
+
+    class _ExpertRagasLLM(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.llm, self.expert, self.max_new_tokens = llm, expert, max_new_tokens
+            self.calls = 0
+            self._batcher: _Batcher | None = None
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        def _run(self, prompts: list[str], response_model: type) -> list[Any]:
+            schema = _non_empty_arrays(copy.deepcopy(response_model.model_json_schema()))
+            convs = [[{"role": "user", "content": p}] for p in prompts]
+            results = self.llm.generate(convs, expert=self.expert, json_schema=schema,
+                                        max_new_tokens=self.max_new_tokens)
+            self.calls += len(convs)
+            return [response_model.model_validate(r.parsed) for r in results]
+
+        def generate(self, prompt: str, response_model: type) -> Any:
+            return self._run([prompt], response_model)[0]
+
+        async def agenerate(self, prompt: str, response_model: type) -> Any:
+            loop = asyncio.get_running_loop()
+            if self._batcher is None or self._loop is not loop:
+                self._batcher, self._loop = _Batcher(self._run, batch_window), loop
+            return await self._batcher.submit(prompt, response_model)
+
+        def __repr__(self) -> str:
+            return f"ExpertRagasLLM({getattr(self.llm, 'model_name', self.llm)!r}, " \
+                   f"expert={self.expert!r})"
+
+    return _ExpertRagasLLM()
+
+
+def ExpertRagasEmbeddings(embedder: Any = None) -> Any:
+    """A RAGAS ``BaseRagasEmbedding`` over expertrag's :class:`Embedder` (default model)."""
+    _, base = _base_classes()
+    if embedder is None:
+        from expertrag.embeddings import Embedder
+
+        embedder = Embedder()
+
+    class _ExpertRagasEmbeddings(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.embedder = embedder
+
+        def embed_text(self, text: str, **kwargs: Any) -> list[float]:
+            return list(self.embedder.embed_query(text))
+
+        async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
+            return await asyncio.to_thread(self.embed_text, text)
+
+        def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            return [list(v) for v in self.embedder.embed_documents(list(texts))]
+
+        async def aembed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+            return await asyncio.to_thread(self.embed_texts, texts)
+
+    return _ExpertRagasEmbeddings()
+
+
+@contextmanager
+def no_openai() -> Iterator[None]:
+    """While active, RAGAS' default-client factories raise :class:`OpenAIFallbackError`
+    instead of building an OpenAI client (``evaluate()`` without ``llm=`` would)."""
+    import_ragas()
+    import ragas.embeddings as emb_pkg
+    import ragas.embeddings.base as emb_base
+    import ragas.llms as llms_pkg
+    import ragas.llms.base as llms_base
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OpenAIFallbackError(
+            "RAGAS tried to build its default OpenAI client; pass expertrag's judge "
+            "(ExpertRagasLLM / ExpertRagasEmbeddings) to every metric instead")
+
+    targets = [(mod, name) for mod in (llms_pkg, llms_base, emb_pkg, emb_base)
+               for name in ("llm_factory", "embedding_factory")
+               if hasattr(mod, name)]
+    evaluation = sys.modules.get("ragas.evaluation")
+    saved = [(mod, name, getattr(mod, name)) for mod, name in targets]
+    if evaluation is not None:
+        for name in ("llm_factory", "embedding_factory"):
+            if hasattr(evaluation, name):
+                saved.append((evaluation, name, getattr(evaluation, name)))
+    for mod, name, _ in saved:
+        setattr(mod, name, refuse)
+    try:
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+def ragas_metric(name: str, llm: Any = None, embeddings: Any = None, **kwargs: Any) -> Any:
+    """A ``ragas.metrics.collections`` metric by name, wired to the given judge."""
+    import_ragas()
+    from ragas.metrics import collections as mc
+
+    metric_class = getattr(mc, name, None)
+    if metric_class is None:
+        raise InputError(f"RAGAS has no collections metric {name!r}")
+    import inspect
+
+    params = inspect.signature(metric_class.__init__).parameters
+    if "llm" in params:
+        if llm is None:
+            raise InputError(f"{name} needs an LLM judge (ExpertRagasLLM)")
+        kwargs["llm"] = llm
+    if "embeddings" in params:
+        if embeddings is None:
+            raise InputError(f"{name} needs embeddings (ExpertRagasEmbeddings)")
+        kwargs["embeddings"] = embeddings
+    return metric_class(**kwargs)
