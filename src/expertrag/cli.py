@@ -285,9 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llm_args(p)
     p.set_defaults(func=cmd_demo)
 
+    from expertrag.evaluation.cli import add_eval_subcommand
     from expertrag.training.cli import add_train_subcommand
 
     add_train_subcommand(sub)
+    add_eval_subcommand(sub)
     return parser
 
 

@@ -157,3 +157,107 @@ def answer_correct(prediction: str, item: QAItem) -> bool:
     from expertrag.rag import is_refusal
 
     return not is_refusal(prediction) and bool(contains(prediction, item.answers))
+
+
+def squad_items(articles: Sequence[dict[str, Any]]) -> list[QAItem]:
+    """QA items from SQuAD 2.0 answerable questions: gold = the question's paragraph,
+    distractors = the other paragraphs of its article."""
+    from expertrag.training.data import _siblings, _squad_questions
+
+    out = []
+    for i, q in enumerate(_squad_questions(articles)):
+        qa = q["qa"]
+        answers = [a.get("text", "").strip() for a in qa.get("answers") or []
+                   if str(a.get("text", "")).strip()]
+        if qa.get("is_impossible") or not answers:
+            continue
+        own = Document(text=q["context"], id=f"{q['article']}:{q['paragraph']}",
+                       metadata={"title": q["title"]})
+        others = [Document(text=t, id=f"{q['article']}:{n}", metadata={"title": q["title"]})
+                  for n, t in _siblings(articles, q)]
+        out.append(QAItem(id=str(qa.get("id", i)), question=q["question"], answer=answers[0],
+                          aliases=answers[1:], gold=[own], distractors=others,
+                          source="squad2"))
+    return out
+
+
+def _passages(value: Any, line: int, key: str, item_id: str) -> list[Document]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataRowError(line, f"{key!r} must be a list of passages")
+    out = []
+    for n, p in enumerate(value):
+        if isinstance(p, str):
+            text, pid, meta = p, f"{item_id}:{key}{n}", {}
+        elif isinstance(p, dict) and isinstance(p.get("text"), str):
+            text, pid = p["text"], str(p.get("id", f"{item_id}:{key}{n}"))
+            meta = {k: v for k, v in p.items() if k not in ("text", "id")}
+        else:
+            raise DataRowError(line, f"{key}[{n}] must be a string or an object with 'text'")
+        if not text.strip():
+            raise DataRowError(line, f"{key}[{n}] is empty")
+        out.append(Document(text=text, id=pid, metadata=meta))
+    return out
+
+
+def load_eval_items(path: str | os.PathLike[str], fmt: str = "auto") -> list[QAItem]:
+    """Evaluation items from a file: expertrag's JSON lines (``{"question", "answer",
+    "aliases"?, "gold": [passages], "distractors": [passages]}``, a passage being a string or
+    ``{"text", "id"?}``), HotpotQA JSON lines, a MuSiQue question list or a SQuAD 2.0 file.
+    ``fmt="auto"`` tells them apart from the content. Errors name the line."""
+    path = _need_file(Path(path))
+    if fmt not in ("auto", "jsonl", "hotpotqa", "musique", "squad"):
+        raise DataError(f"unknown format {fmt!r}: auto, jsonl, hotpotqa, musique or squad")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if fmt in ("auto", "musique", "squad") and stripped[:1] in ("[", "{") and \
+            (fmt != "auto" or not _looks_like_jsonl(stripped)):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}") from exc
+        if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+            return squad_items(doc["data"])
+        if isinstance(doc, list):
+            return musique_items(doc)
+        if fmt != "auto":
+            raise DataError(f"{path}: a JSON document must be a SQuAD file or a MuSiQue list")
+    rows = []  # JSON lines (one object alone is a one-line file)
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rows.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DataRowError(i + 1, f"not valid JSON: {exc}", str(path)) from exc
+    if not rows:
+        raise DataError(f"{path} holds no items")
+    if fmt == "hotpotqa" or (fmt == "auto" and "supporting_facts" in rows[0][1]):
+        return hotpot_items([r for _, r in rows])
+    items = []
+    for line, row in rows:
+        if not isinstance(row, dict):
+            raise DataRowError(line, "each line must be a JSON object", str(path))
+        question, answer = row.get("question"), row.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            raise DataRowError(line, "missing or empty 'question'", str(path))
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataRowError(line, "missing or empty 'answer'", str(path))
+        key = str(row.get("id", line))
+        gold = _passages(row.get("gold", row.get("contexts")), line, "gold", key)
+        items.append(QAItem(id=key, question=question.strip(), answer=answer.strip(),
+                            aliases=[str(a) for a in row.get("aliases") or []], gold=gold,
+                            distractors=_passages(row.get("distractors"), line,
+                                                  "distractors", key),
+                            source=path.name))
+    return items
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    first = text.split("\n", 1)[0]
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return "\n" in text.strip()
