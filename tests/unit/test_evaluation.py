@@ -234,3 +234,60 @@ def test_non_empty_arrays_in_schemas():
     out = _non_empty_arrays(schema)
     assert out["properties"]["s"]["minItems"] == 1 and out["$defs"]["X"]["minItems"] == 2
     assert "minItems" not in schema["properties"]["s"]  # a copy
+
+
+# ------------------------------------------------------------------------------ skins
+def test_langchain_style_evaluators():
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document as LCDocument
+
+    from expertrag.langchain.evaluators import (
+        context_relevance_evaluator,
+        correctness_evaluator,
+        faithfulness_evaluator,
+    )
+
+    rel = context_relevance_evaluator(FakeLLM())
+    out = rel(inputs={"question": "Capital of France?"},
+              outputs={"answer": "Paris", "context": [LCDocument(page_content="Paris!")]})
+    assert out == {"key": "context_relevance", "score": pytest.approx(0.9),
+                   "comment": "1 of 1 contexts relevant"}
+    faith = faithfulness_evaluator(FakeLLM())
+    faith.judge.critic = FakeCritic()
+    rows = faith.batch([({"question": "Q?"}, {"answer": "Paris.", "contexts": ["Paris is."]},
+                         None),
+                        ("Q?", {"output": "I don't know."}, None)])
+    assert rows[0]["score"] == pytest.approx(0.8) and rows[1]["score"] == 1.0
+    correct = correctness_evaluator()
+    assert correct(outputs={"answer": "Paris [1]."}, reference_outputs={"answer": "Paris"})[
+        "score"] == 1.0
+    assert correct(outputs="x", reference_outputs={})["score"] is None
+
+
+async def test_llama_index_evaluators_and_batch_runner():
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.base.response.schema import Response
+    from llama_index.core.evaluation import BatchEvalRunner
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from expertrag.llama_index.evaluators import (
+        ExpertContextRelevancyEvaluator,
+        ExpertCorrectnessEvaluator,
+        ExpertFaithfulnessEvaluator,
+    )
+
+    faith = ExpertFaithfulnessEvaluator(FakeLLM())
+    faith._judge.critic = FakeCritic()
+    result = await faith.aevaluate(query="Q?", response="Paris.", contexts=["Paris is big."])
+    assert result.passing and result.score == pytest.approx(0.8)
+    assert (await faith.aevaluate(response="x")).invalid_result
+    rel = ExpertContextRelevancyEvaluator(FakeLLM())
+    runner = BatchEvalRunner({"relevancy": rel}, workers=1)
+    responses = [Response(response="Paris", source_nodes=[NodeWithScore(node=TextNode(
+        text="Paris is the capital."), score=1.0)])] * 2
+    got = await runner.aevaluate_responses(queries=["Capital?", "Capital?"],
+                                           responses=responses)
+    assert [r.score for r in got["relevancy"]] == pytest.approx([0.9, 0.9])
+    correct = ExpertCorrectnessEvaluator()
+    one_line = await correct.aevaluate(query="Q", response="Paris.", reference="Paris")
+    assert one_line.passing and one_line.score == 1.0

@@ -28,7 +28,7 @@ from expertrag.errors import InputError
 from expertrag.evaluation.datasets import answer_correct
 from expertrag.evaluation.metrics import contains, exact_match, token_f1
 from expertrag.evaluation.robustness import Case
-from expertrag.rag import is_refusal
+from expertrag.rag import is_refusal, strip_citations
 from expertrag.types import Document
 
 Factory = Callable[[Any, Any], Any]
@@ -167,8 +167,9 @@ def _score(case: Case, pipeline: str, result: Any, seconds: float) -> CaseResult
     text = _answer_text(result)
     refused = is_refusal(text)
     item = case.item
-    scores = {"exact_match": exact_match(text, item.answers),
-              "f1": token_f1(text, item.answers), "contains": contains(text, item.answers)}
+    plain = strip_citations(text)
+    scores = {"exact_match": exact_match(plain, item.answers),
+              "f1": token_f1(plain, item.answers), "contains": contains(plain, item.answers)}
     meta: dict[str, Any] = {"answerable": case.answerable}
     if case.counterfactual:
         meta["follows_counterfactual"] = bool(contains(text, case.counterfactual))
