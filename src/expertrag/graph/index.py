@@ -1,0 +1,688 @@
+"""GraphRAG that a 135M model can build: the index, its upkeep and its searches.
+
+:class:`GraphRAG` keeps a knowledge graph of passages and entities in a
+:class:`~expertrag.graph.store.GraphStore` (embedded Ladybug by default, Neo4j optional):
+
+- ``insert(documents)``: chunk (as ingest does), extract entities and relations
+  (:mod:`expertrag.graph.extract`, no LLM by default), resolve entities (normalised names
+  meet; embedding similarity above ``synonym_threshold`` adds SYNONYM edges, as HippoRAG
+  does), and write each document in one transaction. Only what the new documents bring is
+  computed; a document already stored with the same content is skipped.
+- ``delete(doc_id)``: its passages, the relations only it supported and the entities nothing
+  else mentions go; shared ones stay. Delete then re-insert gives the same graph.
+- ``retrieve(query, k, mode)``:
+  - ``"ppr"``: Personalized PageRank over entity + passage nodes (HippoRAG 2), seeded by the
+    question's linked entities and by dense passage scores; passages ranked by PPR mass;
+  - ``"local"``: linked entities expanded ``hops`` hops; passages that mention them, ranked
+    by how many linked entities they hold, with the verbalised paths that connect them;
+  - ``"global"``: community summaries (Louvain, networkx, BSD) ranked against the question;
+  - ``"hybrid"``: reciprocal rank fusion of PPR with BM25 + dense retrieval.
+  Every result is a Document with its score and ``metadata`` naming entities and paths.
+- ``export_graphml(path)`` and ``draw(documents, path)`` (PNG or HTML of the subgraph behind
+  an answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from expertrag.errors import InputError
+from expertrag.graph.extract import CO_OCCURS, make_extractor, normalize
+from expertrag.graph.store import GraphStore
+from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_documents
+from expertrag.types import Document
+
+MODES = ("ppr", "local", "global", "hybrid")
+
+
+@dataclass
+class GraphConfig:
+    """Settings of a :class:`GraphRAG` index and its searches."""
+
+    extraction: str = "spacy"  # "spacy" (no LLM) or "llm"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+    synonym_threshold: float = 0.9
+    link_threshold: float = 0.8
+    link_top: int = 5
+    damping: float = 0.5
+    passage_seed_weight: float = 0.05
+    dense_seed_top: int = 20
+    hops: int = 1
+    communities_resolution: float = 1.0
+    community_sentences: int = 3
+
+    def validate(self) -> GraphConfig:
+        if self.extraction not in ("spacy", "llm"):
+            raise InputError(f"extraction must be 'spacy' or 'llm', got {self.extraction!r}")
+        for name in ("synonym_threshold", "link_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be within (0, 1]")
+        if not 0.0 < self.damping < 1.0:
+            raise InputError(f"damping must be within (0, 1), got {self.damping!r}")
+        if self.hops < 0:
+            raise InputError(f"hops must be >= 0, got {self.hops!r}")
+        return self
+
+
+@dataclass
+class InsertReport:
+    """What one ``insert`` did."""
+
+    documents: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    passages: int = 0
+    new_entities: int = 0
+    relations: int = 0
+    synonyms: int = 0
+    empty_passages: int = 0
+    llm_calls: int = 0
+    seconds: float = 0.0
+    seconds_extract: float = 0.0
+    seconds_embed: float = 0.0
+
+
+@dataclass
+class Community:
+    id: int
+    entities: list[str]
+    summary: str
+    passages: list[str] = field(default_factory=list)
+
+
+def _doc_hash(doc: Document) -> str:
+    return hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:32]
+
+
+def _unit(vectors: Any) -> Any:
+    import numpy as np
+
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.size == 0:
+        return arr.reshape(0, 0)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
+
+
+class GraphRAG:
+    """A knowledge-graph index and retriever (see the module doc).
+
+    ``store``: a :class:`GraphStore` or a folder path for the embedded one. ``embedder``:
+    default the embedded all-MiniLM-L6-v2. ``llm``: needed for ``extraction="llm"``.
+    """
+
+    def __init__(self, store: GraphStore | str | os.PathLike[str], embedder: Any = None,
+                 llm: Any = None, config: GraphConfig | None = None) -> None:
+        self.store = store if isinstance(store, GraphStore) else GraphStore(store)
+        self.config = (config or GraphConfig()).validate()
+        if embedder is None:
+            from expertrag.embeddings import Embedder
+
+            embedder = Embedder()
+        self.embedder = embedder
+        self.llm = llm
+        self.extractor = make_extractor(self.config.extraction, llm=llm)
+        self._linker: Any = None
+        self._cache: dict[str, Any] | None = None
+        self._communities: list[Community] | None = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ indexing
+    def _check(self, documents: Sequence[Document | str]) -> list[Document]:
+        if isinstance(documents, str | Document):
+            documents = [documents]
+        out = []
+        for i, doc in enumerate(documents):
+            if isinstance(doc, str):
+                doc = Document(text=doc)
+            if not isinstance(doc, Document) or not isinstance(doc.text, str):
+                raise InputError(f"documents[{i}] must be a Document or a string")
+            if not doc.text.strip():
+                name = f" (id {doc.id!r})" if doc.id else ""
+                raise InputError(f"documents[{i}]{name} is empty")
+            if doc.id is None:
+                doc = replace(doc, id=f"doc-{_doc_hash(doc)[:16]}")
+            out.append(doc)
+        ids = [d.id for d in out]
+        if len(set(ids)) != len(ids):
+            raise InputError("documents have duplicate ids")
+        return out
+
+    def insert(self, documents: Sequence[Document | str], progress: bool = True,
+               batch: int = 32) -> InsertReport:
+        """Add documents (each in its own transaction); unchanged ones are skipped and
+        changed ones replaced."""
+        from tqdm.auto import tqdm
+
+        docs = self._check(documents)
+        report = InsertReport()
+        started = time.perf_counter()
+        todo = []
+        for doc in docs:
+            stored = self.store.document_hash(str(doc.id))
+            if stored == _doc_hash(doc):
+                report.skipped += 1
+                continue
+            if stored is not None:
+                self.store.delete_document(str(doc.id))
+                report.replaced += 1
+            todo.append(doc)
+        bar = tqdm(total=len(todo), disable=not progress or not todo, desc="graph index",
+                   unit="doc")
+        known = _EntityMatrix(self.store.entities())
+        for s in range(0, len(todo), batch):
+            group = todo[s:s + batch]
+            self._insert_group(group, known, report)
+            bar.update(len(group))
+        bar.close()
+        if todo:
+            self._invalidate()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _insert_group(self, group: list[Document], known: _EntityMatrix,
+                      report: InsertReport) -> None:
+        cfg = self.config
+        chunks_by_doc = [chunk_documents([replace(d, metadata={**d.metadata,
+                                                               "source": str(d.id)})],
+                                         cfg.chunk_size, cfg.chunk_overlap) for d in group]
+        flat = [c for chunks in chunks_by_doc for c in chunks]
+        t = time.perf_counter()
+        extractions = self.extractor.extract([c.text for c in flat])
+        report.seconds_extract += time.perf_counter() - t
+        report.llm_calls += sum(x.llm_calls for x in extractions)
+        # embed the passages and every entity name not stored yet, in two batched passes
+        fresh: dict[str, Any] = {}
+        for x in extractions:
+            for e in x.entities:
+                if e.key not in known and e.key not in fresh:
+                    fresh[e.key] = e
+        t = time.perf_counter()
+        passage_vecs = self.embedder.embed_documents([c.text for c in flat]) if flat else []
+        names = sorted(fresh)
+        vectors = dict(zip(names, _unit(self.embedder.embed_documents(
+            [fresh[k].name for k in names])), strict=True)) if names else {}
+        report.seconds_embed += time.perf_counter() - t
+        where = 0
+        for doc, chunks in zip(group, chunks_by_doc, strict=True):
+            mine = extractions[where:where + len(chunks)]
+            vecs = passage_vecs[where:where + len(chunks)]
+            where += len(chunks)
+            self._write(doc, chunks, mine, vecs, fresh, vectors, known, report)
+
+    def _write(self, doc: Document, chunks: list[Document], extractions: list[Any],
+               vecs: Sequence[Any], fresh: dict[str, Any], vectors: dict[str, Any],
+               known: _EntityMatrix, report: InsertReport) -> None:
+        import numpy as np
+
+        passages, mentions, relations = [], [], []
+        new_keys: set[str] = set()
+        for n, (chunk, x, vec) in enumerate(zip(chunks, extractions, vecs, strict=True)):
+            pid = f"{doc.id}#{n}"
+            passages.append({"id": pid, "position": n, "text": chunk.text,
+                             "meta": {k: v for k, v in chunk.metadata.items()
+                                      if k != "source"},
+                             "emb": [float(v) for v in vec]})
+            if x.empty:
+                report.empty_passages += 1
+            for e in x.entities:
+                mentions.append((pid, e.key))
+                if e.key not in known:
+                    new_keys.add(e.key)
+            for r in x.relations:
+                relations.append({"a": r.subject, "b": r.object, "relation": r.relation,
+                                  "passage": pid, "sentence": r.sentence[:500]})
+        keys = sorted(new_keys)
+        synonyms: set[tuple[str, str, float]] = set()
+        if keys:
+            mat = np.stack([vectors[k] for k in keys])
+            threshold = self.config.synonym_threshold
+            # against every entity stored before this document, and among its own new ones
+            for pool_keys, pool in ((known.keys, known.view()), (keys, mat)):
+                if not pool_keys:
+                    continue
+                sims = mat @ pool.T
+                for i, j in zip(*np.nonzero(sims >= threshold), strict=True):
+                    a, b = keys[i], pool_keys[j]
+                    if a != b:
+                        lo, hi = sorted((a, b))
+                        synonyms.add((lo, hi, round(float(sims[i, j]), 4)))
+        new_rows = [{"id": k, "name": fresh[k].name, "label": fresh[k].label,
+                     "emb": [float(v) for v in vectors[k]]} for k in keys]
+        self.store.write_document(str(doc.id), _doc_hash(doc), dict(doc.metadata), passages,
+                                  new_rows, sorted(set(mentions)), relations,
+                                  sorted(synonyms))
+        if keys:
+            known.add(keys, np.stack([vectors[k] for k in keys]))
+        report.documents += 1
+        report.passages += len(passages)
+        report.new_entities += len(new_rows)
+        report.relations += len(relations)
+        report.synonyms += len(synonyms)
+
+    def delete(self, doc_id: str) -> bool:
+        """Remove a document and what only it supported; False when it is not stored."""
+        gone = self.store.delete_document(str(doc_id))
+        if gone:
+            self._invalidate()
+        return gone
+
+    def _invalidate(self) -> None:
+        self._cache = None
+        self._communities = None
+
+    # ------------------------------------------------------------------ the graph in memory
+    def _graph(self) -> dict[str, Any]:
+        """Node index, the symmetric weighted adjacency (scipy) and lookups, cached until
+        the graph changes."""
+        if self._cache is not None:
+            return self._cache
+        import numpy as np
+        from scipy import sparse
+
+        entities = self.store.entities()
+        passages = self.store.passages()
+        ent_ids = [e[0] for e in entities]
+        pas_ids = [p["id"] for p in passages]
+        index = {k: i for i, k in enumerate(ent_ids)}
+        offset = len(ent_ids)
+        index.update({k: offset + i for i, k in enumerate(pas_ids)})
+        rows, cols, vals = [], [], []
+
+        def edge(a: str, b: str, w: float) -> None:
+            if a in index and b in index and a != b:
+                rows.extend((index[a], index[b]))
+                cols.extend((index[b], index[a]))
+                vals.extend((w, w))
+
+        mentions = self.store.mentions()
+        for p, e in mentions:
+            edge(p, e, 1.0)
+        relations = self.store.relations()
+        for a, _, b, _, _, _ in relations:
+            edge(a, b, 1.0)
+        for a, b, s in self.store.synonyms():
+            edge(a, b, s)
+        n = len(index)
+        adj = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float64)
+        adj.sum_duplicates()
+        by_entity: dict[str, list[str]] = {}
+        by_passage: dict[str, list[str]] = {}
+        for p, e in mentions:
+            by_entity.setdefault(e, []).append(p)
+            by_passage.setdefault(p, []).append(e)
+        self._cache = {
+            "entities": entities, "ent_ids": ent_ids, "names": {e[0]: e[1] for e in entities},
+            "ent_unit": _unit([e[3] for e in entities]) if entities else None,
+            "passages": {p["id"]: p for p in passages}, "pas_ids": pas_ids,
+            "pas_unit": _unit([p["emb"] for p in passages]) if passages else None,
+            "index": index, "offset": offset, "adj": adj, "by_entity": by_entity,
+            "by_passage": by_passage, "relations": relations,
+        }
+        return self._cache
+
+    def _link(self, query: str) -> dict[str, float]:
+        """The question's entities in the graph: exact normalised names (weight 1) and the
+        nearest entity names by embedding above ``link_threshold`` (weight = similarity)."""
+        import numpy as np
+
+        g = self._graph()
+        if not g["ent_ids"]:
+            return {}
+        if self._linker is None:
+            from expertrag.graph.extract import SpacyExtractor
+
+            self._linker = self.extractor if self.config.extraction == "spacy" \
+                else SpacyExtractor()
+        try:
+            mentions = [e.key for e in self._linker.entities_of(query)]
+            surface = [e.name for e in self._linker.entities_of(query)]
+        except Exception:  # no spaCy: the question's keywords
+            from expertrag.chains.base import keywords
+
+            surface = keywords(query).split()
+            mentions = [normalize(s) for s in surface]
+        linked: dict[str, float] = {}
+        names = set(g["ent_ids"])
+        for key in mentions:
+            if key in names:
+                linked[key] = 1.0
+        texts = surface or [query]
+        vecs = _unit(self.embedder.embed_documents(texts))
+        sims = vecs @ g["ent_unit"].T
+        for row in sims:
+            for j in np.argsort(-row)[: self.config.link_top]:
+                if row[j] >= self.config.link_threshold:
+                    key = g["ent_ids"][j]
+                    linked[key] = max(linked.get(key, 0.0), float(row[j]))
+        return linked
+
+    def _dense(self, query: str, top: int) -> list[tuple[str, float]]:
+        import numpy as np
+
+        g = self._graph()
+        if g["pas_unit"] is None:
+            return []
+        q = _unit([self.embedder.embed_query(query)])[0]
+        sims = g["pas_unit"] @ q
+        order = np.argsort(-sims)[:top]
+        return [(g["pas_ids"][i], float(sims[i])) for i in order]
+
+    # ------------------------------------------------------------------ searches
+    def _document(self, pid: str, score: float, mode: str, **meta: Any) -> Document:
+        p = self._graph()["passages"][pid]
+        ents = self._graph()["by_passage"].get(pid, [])
+        return Document(text=p["text"], id=pid, score=score,
+                        metadata={**p["meta"], "source": p["doc"], "doc_id": p["doc"],
+                                  "graph_mode": mode, "entities": ents[:20], **meta})
+
+    def ppr(self, query: str, k: int = 5) -> list[Document]:
+        """Personalized PageRank ranking of passages (HippoRAG 2 seeding)."""
+        import numpy as np
+
+        g = self._graph()
+        n = g["adj"].shape[0]
+        if n == 0:
+            return []
+        seeds = np.zeros(n)
+        linked = self._link(query)
+        for key, w in linked.items():
+            seeds[g["index"][key]] += w
+        dense = self._dense(query, self.config.dense_seed_top)
+        if dense:
+            top = max(s for _, s in dense)
+            for pid, s in dense:
+                seeds[g["index"][pid]] += self.config.passage_seed_weight * max(0.0, s) / \
+                    max(top, 1e-9) * (1 if linked else 20)
+        if seeds.sum() <= 0:
+            return []
+        scores = _pagerank(g["adj"], seeds / seeds.sum(), self.config.damping)
+        off = g["offset"]
+        pas = scores[off:]
+        order = np.argsort(-pas)[:k]
+        linked_names = sorted(linked, key=lambda e: -linked[e])[:10]
+        return [self._document(g["pas_ids"][i], float(pas[i]), "ppr",
+                               linked_entities=linked_names) for i in order if pas[i] > 0]
+
+    def local(self, query: str, k: int = 5) -> list[Document]:
+        """Passages around the question's entities (``hops`` hops), with the paths."""
+        g = self._graph()
+        linked = self._link(query)
+        if not linked:
+            return []
+        adjacency: dict[str, list[tuple[str, str]]] = {}
+        for a, rel, b, _, _, _ in g["relations"]:
+            adjacency.setdefault(a, []).append((b, rel))
+            adjacency.setdefault(b, []).append((a, rel))
+        reached = dict(linked)
+        paths: dict[str, list[str]] = {e: [] for e in linked}
+        frontier = list(linked)
+        for _ in range(self.config.hops):
+            nxt = []
+            for e in frontier:
+                for other, rel in adjacency.get(e, []):
+                    if other not in reached:
+                        reached[other] = reached[e] * 0.5
+                        name = g["names"]
+                        verb = "appears with" if rel == CO_OCCURS else rel
+                        paths[other] = [*paths[e], f"{name.get(e, e)} —{verb}→ "
+                                                   f"{name.get(other, other)}"]
+                        nxt.append(other)
+            frontier = nxt
+        scores: dict[str, float] = {}
+        why: dict[str, list[str]] = {}
+        for e, w in reached.items():
+            for pid in g["by_entity"].get(e, []):
+                scores[pid] = scores.get(pid, 0.0) + w
+                why.setdefault(pid, []).extend(paths.get(e, []))
+        order = sorted(scores, key=lambda p: (-scores[p], p))[:k]
+        return [self._document(p, scores[p], "local", paths=sorted(set(why[p]))[:5],
+                               linked_entities=sorted(linked)[:10]) for p in order]
+
+    def communities(self) -> list[Community]:
+        """Louvain communities of the entity graph with extractive summaries (top entities
+        by degree and the sentences that hold the most of them), cached."""
+        if self._communities is not None:
+            return self._communities
+        import networkx as nx
+
+        g = self._graph()
+        graph = nx.Graph()
+        for a, _, b, _, _, _ in g["relations"]:
+            w = graph.get_edge_data(a, b, {}).get("weight", 0.0)
+            graph.add_edge(a, b, weight=w + 1.0)
+        for a, b, s in self.store.synonyms():
+            graph.add_edge(a, b, weight=s)
+        out = []
+        if graph.number_of_nodes():
+            groups = nx.community.louvain_communities(
+                graph, weight="weight", resolution=self.config.communities_resolution, seed=0)
+            for cid, members in enumerate(sorted(groups, key=lambda s: (-len(s), min(s)))):
+                if len(members) < 2:
+                    continue
+                top = sorted(members, key=lambda e: (-graph.degree(e, weight="weight"), e))
+                sentences: dict[str, int] = {}
+                for a, _, b, _, _, sentence in g["relations"]:
+                    if a in members and b in members and sentence:
+                        sentences[sentence] = sentences.get(sentence, 0) + 1
+                best = sorted(sentences, key=lambda s: (-sentences[s], s))[
+                    : self.config.community_sentences]
+                names = ", ".join(g["names"].get(e, e) for e in top[:8])
+                passages = sorted({p for e in members for p in g["by_entity"].get(e, [])})
+                out.append(Community(cid, sorted(members), f"About: {names}. " + " ".join(best),
+                                     passages))
+        self._communities = out
+        return out
+
+    def global_search(self, query: str, k: int = 5) -> list[Document]:
+        """Community summaries ranked against the question (embedding cosine)."""
+        comms = self.communities()
+        if not comms:
+            return []
+        q = _unit([self.embedder.embed_query(query)])[0]
+        vecs = _unit(self.embedder.embed_documents([c.summary for c in comms]))
+        sims = vecs @ q
+        order = sorted(range(len(comms)), key=lambda i: -sims[i])[:k]
+        return [Document(text=comms[i].summary, id=f"community-{comms[i].id}",
+                         score=float(sims[i]),
+                         metadata={"graph_mode": "global", "community": comms[i].id,
+                                   "entities": comms[i].entities[:20],
+                                   "passages": comms[i].passages[:20]}) for i in order]
+
+    def hybrid(self, query: str, k: int = 5, pool: int = 50) -> list[Document]:
+        """RRF of the PPR ranking with BM25 + dense retrieval over the same passages."""
+        from expertrag.rerank.fusion import reciprocal_rank_fusion
+
+        first = self._first_stage().retrieve(query, pool)
+        graph = self.ppr(query, pool)
+        fused = reciprocal_rank_fusion([graph, first], k=60)
+        out = []
+        for d in fused[:k]:
+            base = self._document(d.id, d.score or 0.0, "hybrid") \
+                if d.id in self._graph()["passages"] else d
+            out.append(replace(base, score=d.score))
+        return out
+
+    def _first_stage(self) -> Any:
+        g = self._graph()
+        if "hybrid" not in g:
+            from expertrag.retrieval.hybrid import HybridRetriever
+
+            docs = [Document(text=p["text"], id=pid) for pid, p in g["passages"].items()]
+            g["hybrid"] = HybridRetriever(docs, embedder=self.embedder)
+        return g["hybrid"]
+
+    def retrieve(self, query: str, k: int = 5, mode: str = "ppr") -> list[Document]:
+        """The top ``k`` results of one search mode (see the module doc)."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("query must be a non-empty string")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if not self._graph()["pas_ids"]:
+            return []
+        return {"ppr": self.ppr, "local": self.local, "global": self.global_search,
+                "hybrid": self.hybrid}[mode](query, k)
+
+    # ------------------------------------------------------------------ export
+    def to_networkx(self, passages: bool = True) -> Any:
+        import networkx as nx
+
+        g = self._graph()
+        graph = nx.MultiGraph()
+        for eid, name, label, _ in g["entities"]:
+            graph.add_node(eid, kind="entity", name=name, label=label or "")
+        for a, rel, b, doc, pid, _ in g["relations"]:
+            graph.add_edge(a, b, kind="related", relation=rel, doc=doc, passage=pid)
+        for a, b, s in self.store.synonyms():
+            graph.add_edge(a, b, kind="synonym", sim=s)
+        if passages:
+            for pid, p in g["passages"].items():
+                graph.add_node(pid, kind="passage", doc=p["doc"], text=p["text"][:200])
+            for p, e in self.store.mentions():
+                graph.add_edge(p, e, kind="mentions")
+        return graph
+
+    def export_graphml(self, path: str | os.PathLike[str]) -> Path:
+        """The whole graph as GraphML (entities, passages, their edges), written atomically."""
+        import tempfile
+
+        import networkx as nx
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".graphml", dir=path.parent)
+        os.close(fd)
+        nx.write_graphml(self.to_networkx(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def draw(self, documents: Sequence[Document], path: str | os.PathLike[str]) -> Path:
+        """A picture of the subgraph behind ``documents`` (their passages, the entities they
+        mention and the edges among those): ``.png`` (matplotlib) or ``.html`` (SVG)."""
+        import networkx as nx
+
+        path = Path(path)
+        full = self.to_networkx()
+        keep = set()
+        for d in documents:
+            if d.id in full:
+                keep.add(d.id)
+                keep.update(full.neighbors(d.id))
+        sub = nx.Graph(full.subgraph(keep))
+        pos = nx.spring_layout(sub, seed=0) if sub.number_of_nodes() else {}
+        labels = {n: (a.get("name") or n)[:24] for n, a in sub.nodes(data=True)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".html":
+            path.write_text(_svg_page(sub, pos, labels), encoding="utf-8")
+            return path
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 7))
+        colors = ["#f4a261" if a.get("kind") == "passage" else "#2a9d8f"
+                  for _, a in sub.nodes(data=True)]
+        nx.draw_networkx(sub, pos, ax=ax, labels=labels, node_color=colors, node_size=260,
+                         font_size=7, edge_color="#999999")
+        ax.set_axis_off()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {**counts, "config": asdict(self.config)}
+
+
+class _EntityMatrix:
+    """The stored entities' unit embeddings, growing as documents are written (amortised
+    appends), for synonym search against everything stored so far."""
+
+    def __init__(self, entities: Sequence[tuple[str, str, str, list[float]]]) -> None:
+        import numpy as np
+
+        self.keys: list[str] = [e[0] for e in entities]
+        self._set = set(self.keys)
+        dim = len(entities[0][3]) if entities else 0
+        self._buf = _unit([e[3] for e in entities]) if entities else np.zeros((0, dim),
+                                                                                dtype=np.float32)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._set
+
+    def view(self) -> Any:
+        return self._buf[: len(self.keys)]
+
+    def add(self, keys: list[str], rows: Any) -> None:
+        import numpy as np
+
+        n = len(self.keys)
+        need = n + len(keys)
+        if self._buf.shape[0] < need or self._buf.shape[1] != rows.shape[1]:
+            grown = np.zeros((max(need, 2 * self._buf.shape[0], 64), rows.shape[1]),
+                             dtype=np.float32)
+            if n:
+                grown[:n] = self._buf[:n]
+            self._buf = grown
+        self._buf[n:need] = rows
+        self.keys.extend(keys)
+        self._set.update(keys)
+
+
+def _pagerank(adj: Any, personalization: Any, damping: float, iters: int = 100,
+              tol: float = 1e-10) -> Any:
+    """Personalized PageRank by power iteration on a column-normalised sparse matrix;
+    dangling mass returns to the personalization vector."""
+    import numpy as np
+
+    out_weight = np.asarray(adj.sum(axis=1)).ravel()
+    inv = np.divide(1.0, out_weight, out=np.zeros_like(out_weight), where=out_weight > 0)
+    transition = adj.T.multiply(inv).tocsr()  # column j spreads node j's mass
+    dangling = out_weight == 0
+    scores = personalization.copy()
+    for _ in range(iters):
+        spread = transition @ scores
+        spread += scores[dangling].sum() * personalization
+        nxt = (1 - damping) * personalization + damping * spread
+        if np.abs(nxt - scores).sum() < tol:
+            scores = nxt
+            break
+        scores = nxt
+    return scores
+
+
+def _svg_page(sub: Any, pos: dict[Any, Any], labels: dict[Any, str]) -> str:
+    import html
+
+    def xy(n: Any) -> tuple[float, float]:
+        x, y = pos[n]
+        return 40 + (x + 1) * 380, 40 + (1 - y) * 300
+
+    parts = []
+    for a, b in sub.edges():
+        (x1, y1), (x2, y2) = xy(a), xy(b)
+        parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
+                     'stroke="#999"/>')
+    for n, attrs in sub.nodes(data=True):
+        x, y = xy(n)
+        color = "#f4a261" if attrs.get("kind") == "passage" else "#2a9d8f"
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{color}"/>'
+                     f'<text x="{x + 9:.1f}" y="{y + 4:.1f}" font-size="11">'
+                     f'{html.escape(labels[n])}</text>')
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>expertrag graph</title>"
+            "</head><body><svg xmlns='http://www.w3.org/2000/svg' width='860' height='700'>"
+            + "".join(parts) + "</svg></body></html>")
+

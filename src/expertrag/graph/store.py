@@ -1,0 +1,260 @@
+"""Graph storage behind one small interface, in Cypher: an embedded Ladybug database by
+default (the maintained fork of Kuzu, MIT, persistent, transactional), or a Neo4j server
+through its official driver for graphs that outgrow one machine.
+
+The schema (property graph):
+
+- ``(:Document {id, hash, meta})``
+- ``(:Passage {id, doc, position, text, meta, emb})``, ``emb`` the passage embedding
+- ``(:Entity {id, name, label, emb})``, ``id`` the normalised name
+- ``(:Passage)-[:MENTIONS]->(:Entity)``
+- ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, one per supporting
+  passage, so deleting a document removes exactly the edges only it supported
+- ``(:Entity)-[:SYNONYM {sim}]->(:Entity)``, entity-resolution edges
+
+A document is written in one transaction (:meth:`GraphStore.write_document`) and deleted in
+one (:meth:`GraphStore.delete_document`): a process killed mid-index loses nothing already
+committed and leaves no half-written document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from expertrag.errors import ExpertRAGError, InputError
+
+_SCHEMA = [
+    "CREATE NODE TABLE IF NOT EXISTS Document(id STRING, hash STRING, meta STRING, "
+    "PRIMARY KEY(id))",
+    "CREATE NODE TABLE IF NOT EXISTS Passage(id STRING, doc STRING, position INT64, "
+    "text STRING, meta STRING, emb DOUBLE[], PRIMARY KEY(id))",
+    "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING, name STRING, label STRING, "
+    "emb DOUBLE[], PRIMARY KEY(id))",
+    "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Passage TO Entity)",
+    "CREATE REL TABLE IF NOT EXISTS RELATED(FROM Entity TO Entity, relation STRING, "
+    "doc STRING, passage STRING, sentence STRING)",
+    "CREATE REL TABLE IF NOT EXISTS SYNONYM(FROM Entity TO Entity, sim DOUBLE)",
+]
+_NEO4J_SCHEMA = [
+    "CREATE CONSTRAINT expertrag_document IF NOT EXISTS FOR (d:Document) REQUIRE d.id IS UNIQUE",
+    "CREATE CONSTRAINT expertrag_passage IF NOT EXISTS FOR (p:Passage) REQUIRE p.id IS UNIQUE",
+    "CREATE CONSTRAINT expertrag_entity IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE",
+]
+
+
+class GraphStoreError(ExpertRAGError, RuntimeError):
+    """The graph database cannot be opened or a write failed (nothing was committed)."""
+
+
+class _Ladybug:
+    """The embedded Ladybug (Kuzu) database at ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            import ladybug
+        except ImportError as exc:
+            raise GraphStoreError("the embedded graph database needs ladybug: pip install "
+                                  "'expertrag[graph]'") from exc
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = ladybug.Database(str(folder / "graph.lbdb"))
+            self.conn = ladybug.Connection(self.db)
+        except RuntimeError as exc:
+            raise GraphStoreError(f"cannot open the graph database at {folder}: {exc}") from exc
+        for statement in _SCHEMA:
+            self.conn.execute(statement)
+
+    def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        result = self.conn.execute(query, params or {})
+        return result.get_all() if result.has_next() else []
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+        self.db.close()
+
+
+class _Neo4j:
+    """A Neo4j server through the official ``neo4j`` driver (same Cypher)."""
+
+    def __init__(self, uri: str, auth: tuple[str, str] | None = None,
+                 database: str | None = None) -> None:
+        try:
+            import neo4j
+        except ImportError as exc:
+            raise GraphStoreError("Neo4j storage needs the official driver: pip install "
+                                  "neo4j") from exc
+        self.driver = neo4j.GraphDatabase.driver(uri, auth=auth)
+        self.database = database
+        self.session = self.driver.session(database=database)
+        self.tx: Any = None
+        for statement in _NEO4J_SCHEMA:
+            self.session.run(statement).consume()
+
+    def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        target = self.tx if self.tx is not None else self.session
+        return [list(record.values()) for record in target.run(query, params or {})]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.tx = self.session.begin_transaction()
+        try:
+            yield
+        except BaseException:
+            self.tx.rollback()
+            raise
+        else:
+            self.tx.commit()
+        finally:
+            self.tx = None
+
+    def close(self) -> None:
+        self.session.close()
+        self.driver.close()
+
+
+class GraphStore:
+    """The knowledge graph's storage. ``GraphStore(path)`` opens (or creates) the embedded
+    database in the folder ``path``; ``GraphStore.neo4j(uri, auth)`` reaches a server."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, backend: Any = None
+                 ) -> None:
+        if backend is None:
+            if path is None:
+                raise InputError("GraphStore needs a folder path (or a backend)")
+            backend = _Ladybug(path)
+        self.backend = backend
+        self.path = Path(path) if path is not None else None
+
+    @classmethod
+    def neo4j(cls, uri: str, auth: tuple[str, str] | None = None,
+              database: str | None = None) -> GraphStore:
+        return cls(backend=_Neo4j(uri, auth, database))
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> GraphStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reads
+    def document_hash(self, doc_id: str) -> str | None:
+        rows = self.backend.run("MATCH (d:Document {id: $id}) RETURN d.hash", {"id": doc_id})
+        return rows[0][0] if rows else None
+
+    def documents(self) -> list[str]:
+        return sorted(r[0] for r in self.backend.run("MATCH (d:Document) RETURN d.id"))
+
+    def entities(self) -> list[tuple[str, str, str, list[float]]]:
+        """(id, name, label, embedding) of every entity, by id."""
+        rows = self.backend.run("MATCH (e:Entity) RETURN e.id, e.name, e.label, e.emb")
+        return sorted((r[0], r[1], r[2], list(r[3] or [])) for r in rows)
+
+    def passages(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Passages (all, or those with ``ids``) as dicts, by id."""
+        if ids is None:
+            rows = self.backend.run("MATCH (p:Passage) RETURN p.id, p.doc, p.position, "
+                                    "p.text, p.meta, p.emb")
+        else:
+            rows = self.backend.run("MATCH (p:Passage) WHERE p.id IN $ids RETURN p.id, p.doc, "
+                                    "p.position, p.text, p.meta, p.emb", {"ids": list(ids)})
+        out = [{"id": r[0], "doc": r[1], "position": r[2], "text": r[3],
+                "meta": json.loads(r[4] or "{}"), "emb": list(r[5] or [])} for r in rows]
+        return sorted(out, key=lambda p: p["id"])
+
+    def mentions(self) -> list[tuple[str, str]]:
+        rows = self.backend.run("MATCH (p:Passage)-[:MENTIONS]->(e:Entity) RETURN p.id, e.id")
+        return sorted((r[0], r[1]) for r in rows)
+
+    def relations(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(subject, relation, object, doc, passage, sentence) of every RELATED edge."""
+        rows = self.backend.run("MATCH (a:Entity)-[r:RELATED]->(b:Entity) RETURN a.id, "
+                                "r.relation, b.id, r.doc, r.passage, r.sentence")
+        return sorted(tuple(r) for r in rows)  # type: ignore[misc]
+
+    def synonyms(self) -> list[tuple[str, str, float]]:
+        rows = self.backend.run("MATCH (a:Entity)-[s:SYNONYM]->(b:Entity) RETURN a.id, b.id, "
+                                "s.sim")
+        return sorted((r[0], r[1], float(r[2])) for r in rows)
+
+    def counts(self) -> dict[str, int]:
+        q = {"documents": "MATCH (d:Document) RETURN count(*)",
+             "passages": "MATCH (p:Passage) RETURN count(*)",
+             "entities": "MATCH (e:Entity) RETURN count(*)",
+             "mentions": "MATCH ()-[m:MENTIONS]->() RETURN count(*)",
+             "relations": "MATCH ()-[r:RELATED]->() RETURN count(*)",
+             "synonyms": "MATCH ()-[s:SYNONYM]->() RETURN count(*)"}
+        return {k: int(self.backend.run(v)[0][0]) for k, v in q.items()}
+
+    # ------------------------------------------------------------------ writes
+    def write_document(self, doc_id: str, doc_hash: str, meta: dict[str, Any],
+                       passages: Sequence[dict[str, Any]], entities: Sequence[dict[str, Any]],
+                       mentions: Sequence[tuple[str, str]],
+                       relations: Sequence[dict[str, Any]],
+                       synonyms: Sequence[tuple[str, str, float]]) -> None:
+        """One document with everything it brings, in one transaction. ``entities`` are
+        the new ones (existing ones are matched by id and left as they are)."""
+        run = self.backend.run
+        try:
+            with self.backend.transaction():
+                run("MERGE (d:Document {id: $id}) SET d.hash = $hash, d.meta = $meta",
+                    {"id": doc_id, "hash": doc_hash, "meta": json.dumps(meta, default=str)})
+                if passages:
+                    run("UNWIND $rows AS r MERGE (p:Passage {id: r.id}) SET p.doc = r.doc, "
+                        "p.position = r.position, p.text = r.text, p.meta = r.meta, "
+                        "p.emb = r.emb",
+                        {"rows": [{**p, "doc": doc_id, "meta": json.dumps(p.get("meta") or {},
+                                                                          default=str)}
+                                  for p in passages]})
+                if entities:
+                    run("UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name, "
+                        "e.label = r.label, e.emb = r.emb", {"rows": list(entities)})
+                if mentions:
+                    run("UNWIND $rows AS r MATCH (p:Passage {id: r.p}), (e:Entity {id: r.e}) "
+                        "MERGE (p)-[:MENTIONS]->(e)",
+                        {"rows": [{"p": p, "e": e} for p, e in mentions]})
+                if relations:
+                    run("UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
+                        "CREATE (a)-[:RELATED {relation: r.relation, doc: r.doc, "
+                        "passage: r.passage, sentence: r.sentence}]->(b)",
+                        {"rows": [{**r, "doc": doc_id} for r in relations]})
+                if synonyms:
+                    run("UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
+                        "MERGE (a)-[s:SYNONYM]->(b) SET s.sim = r.sim",
+                        {"rows": [{"a": a, "b": b, "sim": s} for a, b, s in synonyms]})
+        except RuntimeError as exc:
+            raise GraphStoreError(f"writing document {doc_id!r} failed (nothing of it was "
+                                  f"committed): {exc}") from exc
+
+    def delete_document(self, doc_id: str) -> bool:
+        """Remove the document, its passages, the relations only it supported and the
+        entities no remaining passage mentions, in one transaction. False if absent."""
+        if self.document_hash(doc_id) is None:
+            return False
+        run = self.backend.run
+        with self.backend.transaction():
+            run("MATCH (:Entity)-[r:RELATED]->(:Entity) WHERE r.doc = $doc DELETE r",
+                {"doc": doc_id})
+            run("MATCH (p:Passage) WHERE p.doc = $doc DETACH DELETE p", {"doc": doc_id})
+            run("MATCH (e:Entity) WHERE NOT EXISTS { MATCH (e)<-[:MENTIONS]-(:Passage) } "
+                "DETACH DELETE e")
+            run("MATCH (d:Document {id: $id}) DELETE d", {"id": doc_id})
+        return True

@@ -1,0 +1,241 @@
+"""GraphRAG on tiny hand-made documents: a rule-based test extractor and a hashing embedder
+(no spaCy, no model download), the embedded Ladybug store, incremental insert and delete,
+the four searches, export, and crash safety."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ladybug")
+
+from expertrag.errors import InputError  # noqa: E402
+from expertrag.graph import GraphConfig, GraphRAG, GraphStore, normalize  # noqa: E402
+from expertrag.graph.extract import CO_OCCURS, Entity, Extraction, Relation  # noqa: E402
+from expertrag.types import Document  # noqa: E402
+
+DOCS = [
+    Document("Ada Lovelace worked with Charles Babbage in London. Babbage designed the "
+             "Analytical Engine.", id="ada"),
+    Document("The Analytical Engine was never built. Charles Babbage lived in London.",
+             id="engine"),
+    Document("Mr Holmes lives in London with Watson. Sherlock plays the violin.", id="holmes"),
+    Document("Paris is the capital of France. The Seine flows through Paris.", id="paris"),
+]
+
+
+class CapsExtractor:
+    """Capitalised word runs are entities; two in one sentence co-occur."""
+
+    name = "caps"
+
+    def entities_of(self, text: str) -> list[Entity]:
+        found = {}
+        for m in re.finditer(r"(?:[A-Z][a-z]+)(?:\s+[A-Z][a-z]+)*", text):
+            name = m.group(0)
+            key = normalize(name)
+            if key not in ("the", "mr", "who", "what", "where", "when") and key not in found:
+                found[key] = Entity(name, key, "CAPS")
+        return list(found.values())
+
+    def extract(self, texts):
+        out = []
+        for text in texts:
+            ents, rels = {}, []
+            for sentence in re.split(r"(?<=\.)\s+", text):
+                mine = self.entities_of(sentence)
+                for e in mine:
+                    ents.setdefault(e.key, e)
+                for i, a in enumerate(mine):
+                    for b in mine[i + 1:]:
+                        lo, hi = sorted((a.key, b.key))
+                        rels.append(Relation(lo, CO_OCCURS, hi, sentence))
+            out.append(Extraction(list(ents.values()), rels))
+        return out
+
+
+class HashEmbedder:
+    """Bag-of-words hashing; "sherlock", "holmes" and "mr holmes" share a bucket."""
+
+    ALIAS = {"sherlock": "holmes"}
+
+    def _vec(self, text: str) -> list[float]:
+        v = [0.0] * 64
+        for w in re.findall(r"\w+", text.lower()):
+            w = self.ALIAS.get(w, w)
+            if w in ("mr", "the"):
+                continue
+            v[int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1.0
+        v[63] += 1e-3
+        return v
+
+    def embed_documents(self, texts):
+        return [self._vec(t) for t in texts]
+
+    def embed_query(self, text):
+        return self._vec(text)
+
+
+def graph_at(path: Path, **config) -> GraphRAG:
+    g = GraphRAG(path, embedder=HashEmbedder(), config=GraphConfig(**config))
+    g.extractor = g._linker = CapsExtractor()
+    return g
+
+
+def test_insert_builds_passages_entities_and_synonyms(tmp_path):
+    g = graph_at(tmp_path / "g", synonym_threshold=0.9)
+    report = g.insert(DOCS, progress=False)
+    assert report.documents == 4 and report.passages == 4 and report.skipped == 0
+    counts = g.store.counts()
+    assert counts["documents"] == 4 and counts["passages"] == 4
+    names = {e[0] for e in g.store.entities()}
+    assert {"ada lovelace", "charles babbage", "london", "analytical engine"} <= names
+    # "Sherlock" and "Mr Holmes" meet through a synonym edge
+    syn = {(a, b) for a, b, _ in g.store.synonyms()}
+    assert ("holmes", "sherlock") in syn or ("mr holmes", "sherlock") in syn
+    again = g.insert(DOCS, progress=False)
+    assert again.skipped == 4 and again.documents == 0  # re-inserting is a no-op
+    assert g.store.counts() == counts
+    g.close()
+
+
+def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS, progress=False)
+    queries = ["Who worked with Charles Babbage?", "Where does Sherlock live?",
+               "What flows through Paris?"]
+    before = {(q, m): [(d.id, round(d.score, 8)) for d in g.retrieve(q, k=3, mode=m)]
+              for q in queries for m in ("ppr", "local")}
+    state = (g.store.entities(), g.store.relations(), g.store.synonyms(), g.store.mentions())
+    assert g.delete("ada")
+    names = {e[0] for e in g.store.entities()}
+    assert "ada lovelace" not in names  # only "ada" mentioned her
+    assert {"charles babbage", "london"} <= names  # shared with other documents
+    assert all(r[3] != "ada" for r in g.store.relations())
+    assert not g.delete("ada")
+    g.insert([DOCS[0]], progress=False)
+    assert (g.store.entities(), g.store.relations(), g.store.synonyms(),
+            g.store.mentions()) == state
+    after = {(q, m): [(d.id, round(d.score, 8)) for d in g.retrieve(q, k=3, mode=m)]
+             for q in queries for m in ("ppr", "local")}
+    assert after == before
+    g.close()
+
+
+def test_changed_document_is_replaced(tmp_path):
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS[:2], progress=False)
+    report = g.insert([Document("Grace Hopper wrote compilers.", id="ada")], progress=False)
+    assert report.replaced == 1 and report.documents == 1
+    names = {e[0] for e in g.store.entities()}
+    assert "grace hopper" in names and "ada lovelace" not in names
+    g.close()
+
+
+def test_searches_rank_and_explain(tmp_path):
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS, progress=False)
+    ppr = g.retrieve("Who worked with Charles Babbage?", k=2, mode="ppr")
+    assert ppr[0].id == "ada#0" and ppr[0].score > ppr[1].score
+    assert ppr[0].metadata["source"] == "ada" and "charles babbage" in \
+        ppr[0].metadata["linked_entities"]
+    local = g.retrieve("Tell me about Ada Lovelace", k=3, mode="local")
+    assert local[0].id == "ada#0"
+    assert any("Ada Lovelace —appears with→" in p for p in local[0].metadata["paths"]) or \
+        local[0].metadata["linked_entities"] == ["ada lovelace"]
+    glob = g.retrieve("Paris and the Seine", k=1, mode="global")
+    assert glob and glob[0].metadata["graph_mode"] == "global"
+    assert "paris#0" in glob[0].metadata["passages"]
+    hybrid = g.retrieve("What flows through Paris?", k=2, mode="hybrid")
+    assert hybrid[0].id == "paris#0"
+    with pytest.raises(InputError, match="mode"):
+        g.retrieve("x", mode="telepathy")
+    with pytest.raises(InputError, match="empty"):
+        g.insert([Document("  ", id="blank")], progress=False)
+    with pytest.raises(InputError, match="query"):
+        g.retrieve(" ")
+    g.close()
+
+
+def test_export_and_pictures(tmp_path):
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS, progress=False)
+    path = g.export_graphml(tmp_path / "out" / "graph.graphml")
+    text = path.read_text()
+    assert "<graphml" in text and "charles babbage" in text
+    docs = g.retrieve("Who worked with Charles Babbage?", k=2)
+    png = g.draw(docs, tmp_path / "out" / "answer.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    page = g.draw(docs, tmp_path / "out" / "answer.html").read_text()
+    assert "<svg" in page and "charles babbage" in page.lower()
+    g.close()
+
+
+def test_reopening_keeps_the_graph(tmp_path):
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS, progress=False)
+    counts = g.store.counts()
+    g.close()
+    again = graph_at(tmp_path / "g")
+    assert again.store.counts() == counts
+    assert again.retrieve("Who worked with Charles Babbage?", k=1)[0].id == "ada#0"
+    again.close()
+
+
+def test_a_killed_index_loses_nothing_committed(tmp_path):
+    """A process dies in the middle of writing its third document: reopening shows the
+    first two complete and nothing of the third."""
+    root = Path(__file__).resolve().parents[1]
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path[:0] = [{str(root)!r}, {str(root / 'unit')!r}]
+        from test_graph import DOCS, graph_at
+        from pathlib import Path
+        g = graph_at(Path({str(tmp_path / 'g')!r}))
+        g.insert(DOCS[:2], progress=False)
+        run = g.store.backend.run
+        calls = [0]
+        def dying(query, params=None):
+            calls[0] += 1
+            if "MENTIONS" in query and "MERGE" in query:
+                os._exit(3)  # killed mid-transaction, after passages and entities
+            return run(query, params)
+        g.store.backend.run = dying
+        g.insert([DOCS[2]], progress=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    store = GraphStore(tmp_path / "g")
+    assert store.documents() == ["ada", "engine"]
+    assert {p["doc"] for p in store.passages()} == {"ada", "engine"}
+    assert not any("holmes" in e[0] for e in store.entities())
+    store.close()
+
+
+def test_config_is_checked():
+    with pytest.raises(InputError, match="extraction"):
+        GraphConfig(extraction="magic").validate()
+    with pytest.raises(InputError, match="damping"):
+        GraphConfig(damping=1.0).validate()
+
+
+def test_llm_extractor_parses_triples_on_a_tiny_model():
+    from tiny_models import tiny_llm
+
+    from expertrag.graph.extract import LLMExtractor
+
+    ex = LLMExtractor(tiny_llm(max_positions=4096), max_new_tokens=40)
+    out = ex.extract(["Ada Lovelace worked with Charles Babbage.", "Paris is big."])
+    assert len(out) == 2 and all(x.llm_calls == 1 for x in out)
+    parsed = LLMExtractor._parse("", {"triples": [
+        {"subject": "Ada Lovelace", "relation": "Worked With", "object": "Charles Babbage"},
+        {"subject": "it", "relation": "is", "object": "it"}]})
+    assert [e.key for e in parsed.entities] == ["ada lovelace", "charles babbage"]
+    assert parsed.relations[0].relation == "worked with"
