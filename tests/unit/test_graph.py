@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("ladybug")
 
-from expertrag.errors import InputError  # noqa: E402
-from expertrag.graph import GraphConfig, GraphRAG, GraphStore, normalize  # noqa: E402
-from expertrag.graph.extract import CO_OCCURS, Entity, Extraction, Relation  # noqa: E402
-from expertrag.types import Document  # noqa: E402
+from expertrag.errors import InputError
+from expertrag.graph import GraphConfig, GraphRAG, GraphStore, normalize
+from expertrag.graph.extract import CO_OCCURS, Entity, Extraction, Relation
+from expertrag.types import Document
 
 DOCS = [
     Document("Ada Lovelace worked with Charles Babbage in London. Babbage designed the "
