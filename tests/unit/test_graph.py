@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -63,7 +64,7 @@ class CapsExtractor:
 class HashEmbedder:
     """Bag-of-words hashing; "sherlock", "holmes" and "mr holmes" share a bucket."""
 
-    ALIAS = {"sherlock": "holmes"}
+    ALIAS: ClassVar[dict[str, str]] = {"sherlock": "holmes"}
 
     def _vec(self, text: str) -> list[float]:
         v = [0.0] * 64
