@@ -240,3 +240,53 @@ def test_llm_extractor_parses_triples_on_a_tiny_model():
         {"subject": "it", "relation": "is", "object": "it"}]})
     assert [e.key for e in parsed.entities] == ["ada lovelace", "charles babbage"]
     assert parsed.relations[0].relation == "worked with"
+
+
+def test_graph_skins_and_pipeline(tmp_path):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import QueryBundle
+
+    from expertrag.graph.pipeline import GraphRetrieverAdapter
+    from expertrag.langchain.graph import ExpertGraphRetriever
+    from expertrag.llama_index.graph import ExpertGraphRetriever as LIGraphRetriever
+
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS, progress=False)
+    lc = ExpertGraphRetriever(graph=g, k=2)
+    docs = lc.invoke("Who worked with Charles Babbage?")
+    assert docs[0].id == "ada#0" and docs[0].metadata["graph_mode"] == "ppr"
+    assert len(lc.invoke("Who worked with Charles Babbage?", k=1)) == 1
+    li = LIGraphRetriever(graph=g, k=2, mode="local")
+    nodes = li.retrieve(QueryBundle("Tell me about Ada Lovelace"))
+    assert nodes[0].node.node_id == "ada#0"
+    adapter = GraphRetrieverAdapter(g, "hybrid")
+    assert adapter.query("What flows through Paris?", 1)[0].id == "paris#0"
+    with pytest.raises(InputError, match="mode"):
+        GraphRetrieverAdapter(g, "nope")
+    g.close()
+
+
+def test_graph_evaluation_pipeline_ranks_only_the_case_passages(monkeypatch):
+    from expertrag.evaluation.datasets import QAItem
+    from expertrag.evaluation.robustness import plain_cases
+    from expertrag.evaluation.runner import CaseRetriever
+    from expertrag.graph import pipeline
+
+    real = GraphRAG.__init__
+
+    def init(self, store, embedder=None, llm=None, config=None):
+        real(self, store, embedder=HashEmbedder(), llm=llm, config=config)
+        self.extractor = self._linker = CapsExtractor()
+
+    monkeypatch.setattr(GraphRAG, "__init__", init)
+    items = [QAItem(id=str(i), question=f"Who worked with {who}?", answer="x",
+                    gold=[Document(DOCS[i].text, id=f"g{i}")],
+                    distractors=[Document(DOCS[3].text, id=f"n{i}")]) for i, who in
+             enumerate(["Charles Babbage", "Babbage"])]
+    retriever = CaseRetriever(plain_cases(items, n=2))
+    graph = pipeline._CaseGraph(retriever)
+    got = graph.retrieve(items[0].question, 2)
+    assert {d.metadata.get("doc_id", d.id) for d in got} == {"g0", "n0"}
+    assert got[0].metadata["doc_id"] == "g0"
+    assert graph.retrieve("unknown question", 2) == []

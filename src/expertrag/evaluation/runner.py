@@ -52,8 +52,15 @@ def _self_rag(llm: Any, retriever: Any, k: int = 5) -> Any:
     return SelfRAG(llm, retriever, config=SelfRAGConfig(k=k))
 
 
-#: Built-in pipelines by name (``expertrag eval --pipelines naive,crag,self-rag``).
-PIPELINES: dict[str, Factory] = {"naive": _naive, "crag": _crag, "self-rag": _self_rag}
+def _graph(llm: Any, retriever: Any, k: int = 5) -> Any:
+    from expertrag.graph.pipeline import evaluation_factory
+
+    return evaluation_factory(llm, retriever, k=k)
+
+
+#: Built-in pipelines by name (``expertrag eval --pipelines naive,crag,self-rag,graph``).
+PIPELINES: dict[str, Factory] = {"naive": _naive, "crag": _crag, "self-rag": _self_rag,
+                                 "graph": _graph}
 
 
 def register_pipeline(name: str, factory: Factory) -> None:

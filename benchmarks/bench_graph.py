@@ -1,0 +1,197 @@
+"""GraphRAG vs BM25 / dense / hybrid retrieval on MuSiQue, one run, same passages.
+
+Shared MuSiQue: 100 multi-hop questions over the open corpus of 1,890 passages (each one a
+document of one chunk). Passage Recall@2 / Recall@5 of the supporting paragraphs for BM25,
+dense (all-MiniLM-L6-v2), hybrid (RRF), graph PPR, graph local and PPR fused with hybrid.
+Indexing without the LLM (spaCy): seconds (and against embedding the same corpus),
+entities and edges per chunk, share of chunks with nothing extracted, index size on disk,
+query latency p50/p95. With the LLM (grammar-constrained triples): the same extraction
+figures on a sample of ``--llm-chunks`` passages (the whole corpus with ``--llm-full``).
+Answer accuracy with the ``grounded-qa`` expert over the best graph mode vs hybrid.
+
+    python benchmarks/bench_graph.py --data-dir ../shared/data [--llm-chunks 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _print(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def recall(ranked: list[str], gold: set[str], k: int) -> float:
+    return len(set(ranked[:k]) & gold) / len(gold) if gold else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--llm-chunks", type=int, default=120,
+                        help="passages to extract with the LLM for its figures")
+    parser.add_argument("--llm-full", action="store_true",
+                        help="index the whole corpus with the LLM too (slow on CPU)")
+    parser.add_argument("--answers", type=int, default=60,
+                        help="questions answered with grounded-qa (0: skip)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    qpath = args.data_dir / "musique" / "questions.json"
+    if not qpath.is_file():
+        sys.exit(f"error: {qpath} not found: pass --data-dir")
+
+    from expertrag.embeddings import Embedder
+    from expertrag.evaluation.datasets import answer_correct, musique_items
+    from expertrag.graph import GraphConfig, GraphRAG
+    from expertrag.retrieval.bm25 import BM25Retriever
+    from expertrag.retrieval.hybrid import HybridRetriever
+    from expertrag.types import Document
+
+    questions = json.loads(qpath.read_text(encoding="utf-8"))[: args.questions]
+    corpus = json.loads((args.data_dir / "musique" / "corpus.json").read_text(
+        encoding="utf-8"))
+    docs = [Document(text=c["text"], id=f"m{i}", metadata={"title": c.get("title", "")})
+            for i, c in enumerate(corpus)]
+    by_text = {d.text.strip(): d.id for d in docs}
+    items = musique_items(questions)
+    gold = []
+    for q in questions:
+        ids = {by_text.get(p["paragraph_text"].strip()) for p in q["paragraphs"]
+               if p.get("is_supporting")}
+        gold.append({f"{i}#0" for i in ids if i})
+    missing = sum(1 for g, q in zip(gold, questions, strict=True)
+                  if len(g) < sum(p.get("is_supporting", False) for p in q["paragraphs"]))
+    print(f"MuSiQue: {len(questions)} questions, {len(docs)} passages "
+          f"({missing} questions with a supporting paragraph not found in the corpus)")
+
+    embedder = Embedder()
+    started = time.perf_counter()
+    embedder.embed_documents([d.text for d in docs])
+    embed_s = time.perf_counter() - started
+    print(f"embedding the corpus alone: {embed_s:.1f} s")
+
+    # ---------------------------------------------------------------- baselines
+    chunk_ids = [Document(text=d.text, id=f"{d.id}#0") for d in docs]
+    bm25 = BM25Retriever(chunk_ids)
+    hybrid = HybridRetriever(chunk_ids, embedder=embedder, k=5)
+    rankers: dict[str, Any] = {
+        "BM25": lambda q: [d.id for d in bm25.retrieve(q, 5)],
+        "dense (all-MiniLM-L6-v2)": lambda q: [d.id for d in hybrid.dense_retrieve(q, 5)],
+        "hybrid (BM25 + dense, RRF)": lambda q: [d.id for d in hybrid.retrieve(q, 5)],
+    }
+
+    # ---------------------------------------------------------------- graph, no LLM
+    folder = Path(tempfile.mkdtemp(prefix="bench-graph-"))
+    graph = GraphRAG(folder / "spacy", embedder=embedder, config=GraphConfig())
+    report = graph.insert(docs, progress=True)
+    counts = graph.store.counts()
+    graph.retrieve(items[0].question, k=5)  # build the in-memory graph once
+    index_rows = [["spaCy (no LLM)", f"{report.seconds:.1f}",
+                   f"{report.seconds / embed_s:.2f}x", "0",
+                   f"{report.new_entities / report.passages:.2f}",
+                   f"{report.relations / report.passages:.2f}",
+                   f"{report.empty_passages / report.passages:.3f}",
+                   f"{_size(folder / 'spacy') / 1e6:.1f}"]]
+    for mode in ("ppr", "local", "hybrid"):
+        label = {"ppr": "graph PPR", "local": "graph local",
+                 "hybrid": "graph PPR + hybrid (RRF)"}[mode]
+        rankers[label] = (lambda m: lambda q: [d.id for d in graph.retrieve(q, 5, mode=m)])(
+            mode)
+
+    rows, latency, figures = [], {}, {}
+    for label, rank in rankers.items():
+        r2, r5, times = [], [], []
+        for item, g in zip(items, gold, strict=True):
+            t = time.perf_counter()
+            ranked = rank(item.question)
+            times.append(time.perf_counter() - t)
+            r2.append(recall(ranked, g, 2))
+            r5.append(recall(ranked, g, 5))
+        times.sort()
+        latency[label] = (statistics.median(times), times[int(0.95 * (len(times) - 1))])
+        figures[label] = {"recall@2": statistics.mean(r2), "recall@5": statistics.mean(r5)}
+        rows.append([label, f"{figures[label]['recall@2']:.3f}",
+                     f"{figures[label]['recall@5']:.3f}",
+                     f"{latency[label][0] * 1000:.0f}", f"{latency[label][1] * 1000:.0f}"])
+    print(f"\npassage recall, {len(items)} MuSiQue questions, {len(docs)} passages")
+    _print(["retriever", "Recall@2", "Recall@5", "p50 ms", "p95 ms"], rows)
+    dense5 = figures["dense (all-MiniLM-L6-v2)"]["recall@5"]
+    hybrid5 = figures["hybrid (BM25 + dense, RRF)"]["recall@5"]
+    best = max((k for k in figures if k.startswith("graph")),
+               key=lambda k: figures[k]["recall@5"])
+    print(f"best graph mode: {best}: Recall@5 {figures[best]['recall@5']:.3f} "
+          f"({(figures[best]['recall@5'] - dense5) * 100:+.1f} points vs dense, "
+          f"{(figures[best]['recall@5'] - hybrid5) * 100:+.1f} vs hybrid)")
+
+    # ---------------------------------------------------------------- graph, with the LLM
+    from expertrag import ExpertLLM
+
+    llm = ExpertLLM().load()
+    sample = docs if args.llm_full else docs[: args.llm_chunks]
+    llm_graph = GraphRAG(folder / "llm", embedder=embedder, llm=llm,
+                         config=GraphConfig(extraction="llm"))
+    rep = llm_graph.insert(sample, progress=True)
+    index_rows.append([f"LLM triples ({len(sample)} passages)", f"{rep.seconds:.1f}",
+                       f"{rep.seconds / (embed_s * len(sample) / len(docs)):.1f}x",
+                       f"{rep.llm_calls / rep.passages:.2f}",
+                       f"{rep.new_entities / rep.passages:.2f}",
+                       f"{rep.relations / rep.passages:.2f}",
+                       f"{rep.empty_passages / rep.passages:.3f}",
+                       f"{_size(folder / 'llm') / 1e6:.1f}"])
+    print("\nindexing")
+    _print(["extraction", "seconds", "vs embedding", "LLM calls / chunk", "entities / chunk",
+            "edges / chunk", "chunks with nothing", "index MB"], index_rows)
+    print(f"spaCy graph: {counts}")
+
+    # ---------------------------------------------------------------- answers
+    answer_rows = []
+    if args.answers:
+        from expertrag.experts import attach_shipped
+        from expertrag.graph.pipeline import GraphRetrieverAdapter
+        from expertrag.rag import RAGPipeline
+
+        attach_shipped(llm, ["grounded-qa"])
+        sub = items[: args.answers]
+        best_mode = {"graph PPR": "ppr", "graph local": "local",
+                     "graph PPR + hybrid (RRF)": "hybrid"}[best]
+        for label, retriever in (("hybrid", hybrid),
+                                 (best, GraphRetrieverAdapter(graph, best_mode))):
+            pipe = RAGPipeline(llm, retriever, k=5, expert="grounded-qa", max_new_tokens=48)
+            t = time.perf_counter()
+            answers = []
+            for s in range(0, len(sub), 8):
+                answers += pipe.answer_many([it.question for it in sub[s:s + 8]])
+            took = time.perf_counter() - t
+            acc = statistics.mean(answer_correct(a.text, it) for a, it in
+                                  zip(answers, sub, strict=True))
+            answer_rows.append([label, f"{acc:.3f}", f"{took / len(sub):.2f}"])
+        print(f"\nanswers with grounded-qa, k=5, {len(sub)} questions")
+        _print(["retriever", "accuracy", "s / question"], answer_rows)
+    if args.json:
+        args.json.write_text(json.dumps({"recall": figures, "latency": latency,
+                                         "index": index_rows, "answers": answer_rows},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
