@@ -215,7 +215,7 @@ def ragas_part(llm: Any, data_dir: Path, n: int) -> list[list[str]]:
     ours: dict[str, float] = {}
     for name in metrics:
         sub = [{**it, "reference": it["answer"]} for it in items]
-        values, took, nan = ragas_scores_reference(llm, name, sub)
+        _values, took, nan = ragas_scores_reference(llm, name, sub)
         ours[name] = took
         rows.append([name, "RAGAS + expertrag judge", str(len(items)), _f(nan), f"{took:.2f}"])
     started = time.perf_counter()
@@ -305,9 +305,9 @@ def langchain_path(llm: Any, items: list[dict[str, Any]],
             result = evaluate(data, metrics=[legacy[name]], llm=wrapped, embeddings=emb,
                               show_progress=False, raise_exceptions=False)
             frame = result.to_pandas()
-            column = [c for c in frame.columns if c not in ("user_input", "response",
+            column = next(c for c in frame.columns if c not in ("user_input", "response",
                                                             "retrieved_contexts",
-                                                            "reference")][0]
+                                                            "reference"))
             values = [float(v) for v in frame[column]]
             fail = sum(1 for v in values if v != v or math.isinf(v)) / len(values)
         except Exception as exc:
