@@ -3,6 +3,7 @@ warm start, on tiny hand-made rows and a tiny random model (no shared data)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -208,3 +209,43 @@ def test_warm_start_refuses_a_mismatched_adapter(tmp_path):
                      config(tmp_path, output_dir=str(tmp_path / "z"), epochs=1,
                             eval_fraction=0.0, init_adapter=str(Path(tmp_path / "none"))))
     assert MODULES
+
+
+# ------------------------------------------------------------------------------ refusal gate
+def test_pick_threshold_maximises_balanced_accuracy():
+    from expertrag.training.gate import pick_threshold
+
+    probs = [0.1, 0.2, 0.35, 0.4, 0.6, 0.7, 0.9, 0.95]
+    refuse = [False, False, False, True, False, True, True, True]
+    got = pick_threshold(probs, refuse)
+    # 0.375 and 0.65 both give balanced accuracy 0.875: the higher one answers more
+    assert got["threshold"] == pytest.approx(0.65)
+    assert got["at_threshold"]["refusal_accuracy"] == 0.75
+    assert got["at_threshold"]["false_refusal_rate"] == 0.0
+    assert got["at_0.5"]["refusal_accuracy"] == 0.75
+    with pytest.raises(InputError, match="both kinds"):
+        pick_threshold([0.2], [True])
+
+
+def test_calibrated_gate_is_recorded_and_served(tmp_path):
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.rag import REFUSAL
+    from expertrag.training.gate import calibrate_gate
+
+    llm = tiny_llm()
+    folder = tmp_path / "gq"
+    train_expert(llm.loaded, label_rows(8), None,
+                 config(tmp_path, output_dir=str(folder), epochs=1, eval_fraction=0.0))
+    llm.add_expert("gq", folder)
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"}],
+             "answer": REFUSAL if i % 2 else "Paris [1]."} for i in range(8)]
+    result = calibrate_gate(llm, "gq", rows, folder, source="test rows")
+    meta = json.loads((folder / EXPERT_METADATA).read_text())
+    assert meta["refusal_gate"]["threshold"] == result["threshold"]
+    assert meta["refusal_gate"]["text"] == REFUSAL and result["rows"] == 8
+    assert "Refusal gate" in (folder / "README.md").read_text()
+    again = tiny_llm()
+    again.add_expert("gq", folder)
+    res = again.generate(rows[0]["messages"], expert="gq", max_new_tokens=4)
+    assert res.refusal_probability is not None
+    assert (res.text == REFUSAL) == (res.refusal_probability >= result["threshold"])

@@ -497,3 +497,45 @@ def test_label_probabilities_on_raw_prompts(llm: ExpertLLM) -> None:
     assert same == pytest.approx(templated)
     with pytest.raises(InputError, match="raw=True"):
         llm.label_probabilities([HELLO], raw=True)
+
+
+# ------------------------------------------------------------------ refusal gate
+def test_refusal_gate_decides_by_probability(llm: ExpertLLM) -> None:
+    from expertrag.rag import REFUSAL
+
+    first = llm.tokenizer(REFUSAL, add_special_tokens=False)["input_ids"][0]
+    p = llm.label_probabilities([HELLO], labels=(llm.tokenizer.decode([first]),),
+                                normalize=False)[0]
+    always = llm.generate(HELLO, max_new_tokens=6, refusal_threshold=0.0)
+    assert always.text == REFUSAL and always.finish_reason == "stop"
+    assert always.refusal_probability == pytest.approx(next(iter(p.values())), rel=1e-3)
+    never = llm.generate([HELLO, PROMPTS[0]], max_new_tokens=6, refusal_threshold=1.0)
+    for res in never:
+        assert res.text != REFUSAL and 0.0 <= res.refusal_probability < 1.0
+    plain_run = llm.generate(HELLO, max_new_tokens=6)
+    assert plain_run.refusal_probability is None  # no expert gate, no threshold: untouched
+    with pytest.raises(InputError, match="refusal_threshold"):
+        llm.generate(HELLO, refusal_threshold=1.5)
+
+
+def test_an_expert_ships_its_gate(tmp_path: Path) -> None:
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.rag import REFUSAL
+
+    model = tiny_llm(name="gated")
+    folder = Path(save_tiny_lora(model, str(tmp_path / "gated")))
+    (folder / EXPERT_METADATA).write_text(json.dumps(
+        {"refusal_gate": {"text": REFUSAL, "threshold": 0.0}}))
+    model.add_expert("gated", folder)
+    assert model.expert_info("gated")["gate"] == (REFUSAL, 0.0)
+    mixed = model.generate([HELLO, HELLO], expert=["gated", None], max_new_tokens=5)
+    assert mixed[0].text == REFUSAL and mixed[0].refusal_probability is not None
+    assert mixed[1].refusal_probability is None
+    off = model.generate(HELLO, expert="gated", max_new_tokens=5, refusal_gate=False)
+    assert off.refusal_probability is None
+    streamed = "".join(c.text for c in model.stream(HELLO, expert="gated", max_new_tokens=5))
+    assert streamed == REFUSAL
+    bad = Path(save_tiny_lora(model, str(tmp_path / "bad")))
+    (bad / EXPERT_METADATA).write_text(json.dumps({"refusal_gate": {"threshold": 2}}))
+    with pytest.raises(ExpertError, match="refusal_gate"):
+        model.add_expert("bad", bad)

@@ -70,6 +70,8 @@ class GenerationResult:
     parsed: Any = None
     #: log-probability of each generated token (with ``logprobs=True``)
     logprobs: list[float] | None = None
+    #: the probability that the answer starts as the refusal, where a refusal gate applied
+    refusal_probability: float | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -105,6 +107,8 @@ class _Options:
     parallel_tool_calls: bool = True
     logprobs: bool = False
     continue_final_message: bool = False
+    refusal_gate: bool = True
+    refusal_threshold: float | None = None
 
     @property
     def constrained(self) -> bool:
@@ -308,8 +312,17 @@ class ExpertLLM:
                         f"expert {name!r}: weight {key} has shape {list(shape)} but module "
                         f"{module_name} is {in_f}->{out_f}: it was trained for another base"
                     )
+        gate = meta.get("refusal_gate")
+        if gate is not None:
+            ok = (isinstance(gate, dict) and isinstance(gate.get("text"), str)
+                  and gate["text"].strip() and isinstance(gate.get("threshold"), int | float)
+                  and 0.0 <= gate["threshold"] <= 1.0)
+            if not ok:
+                raise ExpertError(f"expert {name!r}: refusal_gate in {EXPERT_METADATA} needs "
+                                  "a non-empty 'text' and a 'threshold' within [0, 1]")
+            gate = (gate["text"], float(gate["threshold"]))
         return {"path": str(folder), "config": config, "metadata": meta,
-                "dora": bool(config.get("use_dora"))}
+                "dora": bool(config.get("use_dora")), "gate": gate}
 
     def _attach(self, name: str, info: dict[str, Any]) -> None:
         from peft import PeftModel
@@ -429,7 +442,9 @@ class ExpertLLM:
                  stop: str | list[str] | None, json_schema: dict[str, Any] | None,
                  json_mode: bool, tools: list[dict[str, Any]] | None,
                  tool_choice: str | None, parallel_tool_calls: bool = True,
-                 logprobs: bool = False, continue_final_message: bool = False) -> _Options:
+                 logprobs: bool = False, continue_final_message: bool = False,
+                 refusal_gate: bool = True, refusal_threshold: float | None = None
+                 ) -> _Options:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -455,10 +470,13 @@ class ExpertLLM:
             raise InputError("tools and json_schema/json_mode cannot be combined in one call")
         if norm_tools and continue_final_message:
             raise InputError("continue_final_message cannot be combined with tools")
+        if refusal_threshold is not None and not 0.0 <= refusal_threshold <= 1.0:
+            raise InputError(f"refusal_threshold must be within [0, 1], got "
+                             f"{refusal_threshold!r}")
         return _Options(max_new_tokens, float(temperature), float(top_p), seed, stops,
                         json_schema, bool(json_mode), norm_tools, choice,
                         bool(parallel_tool_calls), bool(logprobs),
-                        bool(continue_final_message))
+                        bool(continue_final_message), bool(refusal_gate), refusal_threshold)
 
     @staticmethod
     def _as_batch(messages: Any) -> tuple[list[Messages], bool]:
@@ -508,6 +526,8 @@ class ExpertLLM:
         parallel_tool_calls: bool = True,
         logprobs: bool = False,
         continue_final_message: bool = False,
+        refusal_gate: bool = True,
+        refusal_threshold: float | None = None,
     ) -> Any:
         """Generate for one conversation (returns a GenerationResult) or a batch
         (a list of conversations; returns a list), in one batched forward pass.
@@ -519,12 +539,22 @@ class ExpertLLM:
         generated token's log-probability (``result.logprobs``, ``result.mean_logprob``).
         `continue_final_message=True` continues a final, partial assistant message (its text
         is not repeated in the result).
+
+        Refusal gate: an expert that ships a calibrated ``refusal_gate`` (e.g. grounded-qa)
+        refuses only when the probability that its answer starts as the refusal reaches the
+        threshold; below it the refusal's first token is barred and the model answers. Greedy
+        decoding alone refuses whenever the refusal's single first token beats every
+        answer's first token, even when most of the mass is on answers. The probability is
+        read from the first decoding step (no extra forward pass) and reported as
+        ``result.refusal_probability``. ``refusal_gate=False`` turns it off;
+        ``refusal_threshold`` sets the threshold for this call (and gates the bare base too).
         """
         prompts, experts, opts, is_batch = self._request(messages, expert, dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop=stop, json_schema=json_schema, json_mode=json_mode, tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-            logprobs=logprobs, continue_final_message=continue_final_message))
+            logprobs=logprobs, continue_final_message=continue_final_message,
+            refusal_gate=refusal_gate, refusal_threshold=refusal_threshold))
         results = self._worker.run(lambda: self._generate_rows(prompts, experts, opts))
         return results if is_batch else results[0]
 
@@ -582,11 +612,14 @@ class ExpertLLM:
         expert: str | list[str | None] | None = None,
         batch_size: int = 16,
         raw: bool = False,
+        normalize: bool = True,
     ) -> list[dict[str, float]]:
         """P(label) for the first generated token of each conversation, from one forward
         pass per conversation and no generation: a calibrated score for grading/reranking.
         ``raw=True``: ``batch`` holds prompt strings sent as they are, without the chat
-        template (for models with their own prompt format, e.g. Self-RAG checkpoints)."""
+        template (for models with their own prompt format, e.g. Self-RAG checkpoints).
+        ``normalize=False``: each label's probability under the whole vocabulary (they need
+        not sum to one), e.g. how likely the answer is to start with a refusal."""
         if not labels or len(set(labels)) != len(labels):
             raise InputError(f"labels must be distinct non-empty strings, got {labels!r}")
         if raw:
@@ -598,7 +631,8 @@ class ExpertLLM:
             convs = [validate_messages(m) for m in batch]
             experts = self._experts_for(expert, len(convs))
             prompts = [render_prompt(self.tokenizer, m) for m in convs]
-        return self._worker.run(lambda: self._label_probs(prompts, experts, labels, batch_size))
+        return self._worker.run(lambda: self._label_probs(prompts, experts, labels, batch_size,
+                                                          normalize))
 
     # ------------------------------------------------------------------ worker side
     def _encode(self, prompts: list[str]) -> Any:
@@ -617,7 +651,8 @@ class ExpertLLM:
                 )
 
     def _label_probs(self, prompts: list[str], experts: list[str | None],
-                     labels: tuple[str, ...], batch_size: int) -> list[dict[str, float]]:
+                     labels: tuple[str, ...], batch_size: int,
+                     normalize: bool = True) -> list[dict[str, float]]:
         """Batches are planned from the token lengths (``plan_batches``): on mixed-length
         prompts that saves most of the padding a fixed batch of the longest would cost."""
         import torch
@@ -647,7 +682,10 @@ class ExpertLLM:
                 with torch.inference_mode():
                     # logits_to_keep=1: the LM head runs on the last position only
                     logits = self._model(**inputs, **extra, logits_to_keep=1).logits[:, -1, :]
-                probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
+                if normalize:
+                    probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
+                else:
+                    probs = torch.softmax(logits.float(), dim=-1)[:, ids].tolist()
                 for i, row in zip(rows, probs, strict=True):
                     out[i] = dict(zip(labels, row, strict=True))
         return out
@@ -744,10 +782,13 @@ class ExpertLLM:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopStrings(tok, opts.stop, width)]
             )
+        gate = None if opts.constrained else self._gate(experts, opts, width)
         if opts.constrained:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [self.grammars.logits_processor([self._grammar(opts)] * len(prompts))]
             )
+        elif gate is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([gate])
         if on_tokens is not None:
             kwargs["streamer"] = _TokenStreamer(on_tokens)
         if opts.seed is not None:
@@ -762,6 +803,11 @@ class ExpertLLM:
         grammar = self._grammar(opts) if opts.constrained else None
         results = [self._result(row, n, e, opts, set(eos), grammar)
                    for row, n, e in zip(new_tokens, lengths, experts, strict=True)]
+        if gate is not None:
+            for i, res in enumerate(results):
+                res.refusal_probability = gate.probabilities[i]
+                if gate.refused[i]:  # the gate decided: the answer is the refusal text
+                    res.text, res.finish_reason = gate.texts[i], "stop"
         if opts.logprobs:
             with torch.inference_mode():  # the chosen token's log-probability at each step
                 steps = torch.stack([torch.log_softmax(sc.float(), dim=-1)
@@ -771,6 +817,23 @@ class ExpertLLM:
             for res, row in zip(results, picked, strict=True):
                 res.logprobs = [float(v) for v in row[:res.completion_tokens]]
         return results
+
+    def _gate(self, experts: list[str | None], opts: _Options, width: int) -> Any:
+        """The refusal-gate processor for these rows, or None when no row has a gate."""
+        from expertrag.rag import REFUSAL
+
+        if not opts.refusal_gate:
+            return None
+        rows: list[tuple[str, float] | None] = []
+        for e in experts:
+            own = self._experts[e].get("gate") if e is not None else None
+            if opts.refusal_threshold is not None:
+                own = (own[0] if own else REFUSAL, opts.refusal_threshold)
+            rows.append(own)
+        if all(r is None for r in rows):
+            return None
+        eos = _eos_ids(self.base_model, self.tokenizer)
+        return _RefusalGate(self.tokenizer, rows, width, eos[0])
 
     def _grammar(self, opts: _Options) -> Any:
         if opts.tools:
@@ -812,7 +875,8 @@ def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     allowed = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None,
                "stop": None, "json_schema": None, "json_mode": False, "tools": None,
                "tool_choice": None, "parallel_tool_calls": True, "logprobs": False,
-               "continue_final_message": False}
+               "continue_final_message": False, "refusal_gate": True,
+               "refusal_threshold": None}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise InputError(f"unknown generation arguments: {sorted(unknown)}")
@@ -834,6 +898,47 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 def _first_stop(text: str, stops: list[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+class _RefusalGate:
+    """At the first decoding step, row by row: P(the refusal's first token) >= threshold
+    forces the refusal (then end of text); below it, that token is barred. Records the
+    probability; rows without a gate are left alone."""
+
+    def __init__(self, tokenizer: Any, rows: list[tuple[str, float] | None], width: int,
+                 eos: int) -> None:
+        self.width, self.eos = width, eos
+        self.rows = [None if r is None else
+                     (tokenizer(r[0], add_special_tokens=False)["input_ids"][0], r[1])
+                     for r in rows]
+        self.texts = [r[0] if r is not None else "" for r in rows]
+        self.probabilities: list[float | None] = [None] * len(rows)
+        self.refused = [False] * len(rows)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        step = input_ids.shape[1] - self.width
+        if step == 0:
+            probs = torch.softmax(scores.float(), dim=-1)
+            for i, row in enumerate(self.rows):
+                if row is None:
+                    continue
+                token, threshold = row
+                p = float(probs[i, token])
+                self.probabilities[i] = p
+                if p >= threshold:
+                    self.refused[i] = True
+                    scores[i, :] = -float("inf")
+                    scores[i, token] = 0.0
+                else:
+                    scores[i, token] = -float("inf")
+        elif step == 1:
+            for i, refused in enumerate(self.refused):
+                if refused:
+                    scores[i, :] = -float("inf")
+                    scores[i, self.eos] = 0.0
+        return scores
 
 
 class _StopStrings:

@@ -399,7 +399,8 @@ def _siblings(articles: Sequence[Row], q: dict[str, Any]) -> list[tuple[int, str
 def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
                      p_no_oracle: float = 0.0, seed: int = 42,
                      max_questions: int | None = None, max_answerable: int | None = None,
-                     max_impossible: int | None = None) -> list[Row]:
+                     max_impossible: int | None = None,
+                     exclude: set[str] | None = None) -> list[Row]:
     """Grounded-QA rows from SQuAD 2.0: each question's own paragraph plus ``distractors_k``
     (an int, or a ``(low, high)`` range drawn per question) other paragraphs of the same
     article, shuffled. Answerable questions target their first gold answer citing the
@@ -410,10 +411,13 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
     Sampling (seeded): ``max_questions`` keeps that many questions of either kind;
     ``max_answerable`` / ``max_impossible`` cap each kind separately instead (SQuAD 2.0's
     unanswerable questions are written to look answerable; how many of them an expert sees
-    sets how readily it refuses). The row index in errors counts questions in file order."""
+    sets how readily it refuses). ``exclude``: question ids never to use (e.g. the ones a
+    training run used, when building a calibration set). The row index in errors counts
+    questions in file order."""
     _check_count(distractors_k)
     questions = _squad_questions(squad_articles)
-    keep = list(range(len(questions)))
+    keep = [i for i, q in enumerate(questions)
+            if not exclude or str(q["qa"].get("id", i)) not in exclude]
     if max_answerable is not None or max_impossible is not None:
         if max_questions is not None:
             raise InputError("pass max_questions or max_answerable/max_impossible, not both")

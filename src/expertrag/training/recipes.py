@@ -105,6 +105,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.04,
                    "eval_generate": 32, "eval_max_new_tokens": 24, "save_every": 10,
                    "save_dtype": "float16", "seed": 42},
+        # refuse by a calibrated probability, not greedy argmax (expertrag.training.gate):
+        # on the held-out eval split plus SQuAD questions no training row used
+        "refusal_gate": {"squad_questions": 120},
         "timing": "see the model card (measured wall time and hardware of the shipped run)",
         "usage": "Pass `expert=\"grounded-qa\"` to `RAGPipeline` (the CLI does it when shipped).",
         "licence": ADAPTER_LICENCE,
@@ -304,7 +307,53 @@ def run_recipe(
                           recipe, resume=resume)
     if recipe.get("ship_rank"):
         record_shrink(report.output_dir, recipe["ship_rank"])
+    if recipe.get("refusal_gate"):
+        calibrate_recipe_gate(recipe, rows, config, report.output_dir, data, base_model)
     return report
+
+
+def gate_calibration_rows(recipe: dict[str, Any], rows: list[dict[str, Any]],
+                          config: TrainConfig,
+                          data: str | os.PathLike[str] | None) -> list[dict[str, Any]]:
+    """Rows the expert was not trained on: the recipe's held-out eval split, plus SQuAD 2.0
+    questions of the 15-article file that no training row used, each once with its
+    paragraph (answer) and once without it (refusal)."""
+    from expertrag.training.data import split_rows
+
+    _, held = split_rows(rows, config.eval_fraction, config.seed)
+    used = {str(r["meta"].get("id")) for r in rows if r["meta"].get("source") == "squad2"}
+    n = int(recipe["refusal_gate"].get("squad_questions", 0))
+    extra: list[dict[str, Any]] = []
+    if n:
+        articles = load_squad(data_dir(data) / SQUAD_ARTICLES)
+        extra = build_squad_raft(articles, distractors_k=(0, 2), p_no_oracle=0.5,
+                                 max_answerable=n, max_impossible=0, exclude=used,
+                                 seed=config.seed + 1)
+    return held + extra
+
+
+def calibrate_recipe_gate(recipe: dict[str, Any], rows: list[dict[str, Any]],
+                          config: TrainConfig, folder: str | os.PathLike[str],
+                          data: str | os.PathLike[str] | None, base_model: Any = None
+                          ) -> dict[str, Any]:
+    """Calibrate and record the trained expert's refusal gate (see training.gate)."""
+    from expertrag.models.llm import ExpertLLM
+    from expertrag.models.loading import LoadedModel
+    from expertrag.training.gate import calibrate_gate
+
+    calibration = gate_calibration_rows(recipe, rows, config, data)
+    if isinstance(base_model, LoadedModel):
+        llm = ExpertLLM.from_model(base_model.model, base_model.tokenizer, name=base_model.name)
+    else:
+        llm = ExpertLLM.from_pretrained(base_model or recipe.get("base", DEFAULT_BASE))
+    name = recipe.get("name", "expert")
+    llm.add_expert(name, folder)
+    try:
+        return calibrate_gate(llm, name, calibration, folder, source=(
+            "the recipe's held-out eval split and SQuAD 2.0 questions no training row used, "
+            "each with and without its paragraph"))
+    finally:
+        llm.close()
 
 
 def record_shrink(folder: str | os.PathLike[str], rank: int) -> dict[str, Any]:
