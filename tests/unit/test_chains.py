@@ -428,3 +428,13 @@ def test_native_reflection_tokens_on_a_tiny_model():
         assert math.isclose(sum(j.probs.values()), 1.0, rel_tol=1e-5)
     chain = SelfRAG(llm, corpus("A passage."), config=SelfRAGConfig(expert=None))
     assert isinstance(chain.critic, NativeCritic)  # chosen by the vocabulary
+
+
+def test_no_strip_passing_the_floor_keeps_the_best_document_whole():
+    chain, _, _ = crag(corpus("Dogs bark. France is in Europe. It is big.", "Cats purr."),
+                       strip_sentences=1, strip_floor=0.5)
+    res = chain.answer("Where is France?")
+    assert res.action == AMBIGUOUS
+    (passage,) = res.context.passages
+    assert passage.id == "d0" and passage.text == "Dogs bark. France is in Europe. It is big."
+    assert passage.metadata["crag_strips"] == [0, 1, 2]

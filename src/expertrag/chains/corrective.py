@@ -316,14 +316,20 @@ class CorrectiveRAG:
     def _recompose(self, docs: Sequence[Document], strips: list[Strip],
                    scores_by_doc: Sequence[float]) -> list[Document]:
         """The kept strips (best first, at most ``max_strips``, each >= the floor) joined per
-        source document, in document order; no strip passes: the best strip of the best
+        source document, in document order. When no strip passes, the documents themselves
+        were judged relevant enough but no piece alone is: keep every strip of the best
         document, so Correct and Ambiguous always have context."""
         cfg = self.config
         passing = [s for s in strips if s.score >= cfg.floor]
         passing.sort(key=lambda s: -s.score)
         kept = passing[: cfg.max_strips]
         if not kept and strips:
-            kept = [max(strips, key=lambda s: (s.score, -s.source))]
+            def doc_score(s: Strip) -> float:
+                return scores_by_doc[s.source] if s.source < len(scores_by_doc) \
+                    and scores_by_doc[s.source] == scores_by_doc[s.source] else s.score
+
+            best = max(strips, key=lambda s: (doc_score(s), -s.source)).source
+            kept = [s for s in strips if s.source == best]
         passages = []
         for i in sorted({s.source for s in kept}):
             mine = sorted((s for s in kept if s.source == i), key=lambda s: s.index)
