@@ -77,3 +77,27 @@ def test_graph_cookbook_runs() -> None:
     assert "graph: 7 documents" in out and "ppr: [" in out
     assert "LangChain answer:" in out and "LlamaIndex answer:" in out
     assert "third Saturday" in out.split("LangChain answer:", 1)[1].splitlines()[0]
+
+
+@pytest.mark.skipif(not os.environ.get("EXPERTRAG_NEO4J_URI"),
+                    reason="set EXPERTRAG_NEO4J_URI (and EXPERTRAG_NEO4J_AUTH=user:password) "
+                           "to run the graph store against a Neo4j server")
+def test_the_same_graph_on_neo4j() -> None:
+    pytest.importorskip("neo4j")
+    from expertrag.graph import GraphRAG, GraphStore
+
+    auth = os.environ.get("EXPERTRAG_NEO4J_AUTH", "neo4j:neo4j").split(":", 1)
+    store = GraphStore.neo4j(os.environ["EXPERTRAG_NEO4J_URI"], auth=(auth[0], auth[1]))
+    for doc in store.documents():  # a clean slate on the test database
+        store.delete_document(doc)
+    graph = GraphRAG(store)
+    graph.insert(TEXTS, progress=False)
+    assert graph.store.counts()["documents"] == 5
+    top = graph.retrieve("Where did Marie Curie work?", k=1)
+    assert "Marie Curie" in top[0].text
+    first = graph.store.documents()[0]
+    before = graph.retrieve("capital of France", k=3)
+    graph.delete(first)
+    graph.insert([t for t in TEXTS if t], progress=False)
+    assert [d.id for d in graph.retrieve("capital of France", k=3)] == [d.id for d in before]
+    graph.close()

@@ -212,3 +212,27 @@ def test_eval_command_with_fakes(tmp_path, monkeypatch, capsys):
     assert cli.main(["eval", "--data", str(path), "--pipelines", "nope", "--out",
                      str(out)]) == 2
     assert "unknown pipelines" in capsys.readouterr().err
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    cases = robustness_cases(items(2), ["noise"])
+    results = run_cases(cases, {"echo": lambda llm, r: Echo(r)}, llm=None, progress=False)
+    written = write_report(results, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+                    "--window-size=1100,900", f"--screenshot={shot}",
+                    written["report.html"].as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000  # a real page, not a blank one
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        colours = img.convert("RGB").resize((64, 64)).getcolors(64 * 64)
+    assert colours is not None and len(colours) > 20  # text, table rules and plots drawn
