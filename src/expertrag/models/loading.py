@@ -270,6 +270,28 @@ def load_base_model(
     )
 
 
+def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
+    """The tokenizer of ``model`` (alias, GGUF, folder or hub id) without its weights: a GGUF
+    alias reads the de-quantized cache (building it once if needed)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(model)
+    folder = source.path
+    if source.kind == "gguf":
+        cache = gguf_cache_dir(source.path)
+        if not (cache / _CACHE_MARKER).is_file():
+            _dequantize_gguf_to_cache(source.path, cache)
+        folder = str(cache)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except OSError as exc:
+        raise ModelNotFoundError(f"could not load the tokenizer of {model!r}: {exc}") from exc
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def model_fingerprint(hf_model: Any) -> str:
     """A short content hash of a base model: its shape config plus a slice of its input
     embeddings. Adapters record it so they are refused on a different base."""

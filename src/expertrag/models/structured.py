@@ -150,18 +150,24 @@ class GrammarFactory:
         """``<tool_call>[call, ...]</tool_call>``: a JSON list of calls, each matching one
         tool's schema. With `required` the list holds at least one call; otherwise the
         model may answer ``[]`` (no tool needed). Without `parallel`, at most one call."""
-        xgr = self._xgr
         key = "tools:" + json.dumps([tools, required, parallel], sort_keys=True)
+        return self._cached(key, lambda: self.tool_calls_grammar(tools, required, parallel))
+
+    def tool_calls_grammar(self, tools: list[dict[str, Any]], required: bool,
+                           parallel: bool = True) -> Any:
+        """The uncompiled grammar of :meth:`tool_calls` (``str()`` of it is its EBNF, what a
+        server with structured outputs takes)."""
+        xgr = self._xgr
         schema = tool_list_schema(tools, required, parallel)
+        return xgr.Grammar.concat(
+            xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_OPEN}"'),
+            self._schema_grammar(schema),
+            xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_CLOSE}"'),
+        )
 
-        def build() -> Any:
-            return xgr.Grammar.concat(
-                xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_OPEN}"'),
-                self._schema_grammar(schema),
-                xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_CLOSE}"'),
-            )
-
-        return self._cached(key, build)
+    def schema_ebnf(self, schema: dict[str, Any]) -> str:
+        """The EBNF of the grammar :meth:`json_schema` compiles."""
+        return str(self._schema_grammar(schema))
 
     def _closing_scores(self) -> Any:
         """Per-token preference for finishing a JSON value fast, computed once: a token that

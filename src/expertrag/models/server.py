@@ -1,0 +1,531 @@
+"""The expert LLM over a multi-LoRA inference server with an OpenAI-compatible API (vLLM).
+
+:class:`ServerLLM` has :class:`~expertrag.models.ExpertLLM`'s interface, so every component
+that takes one (chat skins, rerankers, CRAG / Self-RAG graders and critics, GraphRAG
+extraction, evaluators) runs against a server unchanged:
+
+- experts are the server's LoRA model names (``/v1/models`` entries whose ``parent`` is the
+  base); ``expert=None`` is the base; ``add_expert(name, path)`` loads an adapter at run time
+  (vLLM's ``/v1/load_lora_adapter``, with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``);
+- prompts are rendered here with the same chat template as in-process and sent to
+  ``/v1/completions``, so the server sees exactly the prompt ``ExpertLLM`` would decode;
+- ``json_schema`` / JSON mode / tool calls go through the server's structured outputs with
+  the same xgrammar grammar as in-process (as EBNF), so they always parse;
+- ``label_probabilities`` reads the labels' first-token log-probabilities from one
+  one-token request (``logprob_token_ids``), the refusal gate from the same figure;
+- a batch becomes concurrent requests (at most ``concurrency`` at a time);
+- typed errors: :class:`ServerError` (down, HTTP error), :class:`ServerTimeoutError`,
+  :class:`~expertrag.errors.UnknownExpertError` for an expert the server does not serve,
+  :class:`ServerCapabilityError` when it returns no log-probabilities.
+
+Configuration from code or the environment: ``EXPERTRAG_SERVER_URL``,
+``EXPERTRAG_SERVER_API_KEY``, ``EXPERTRAG_SERVER_TIMEOUT``, ``EXPERTRAG_SERVER_CONCURRENCY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from expertrag.errors import ExpertRAGError, InputError, UnknownExpertError
+from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.llm import GenerationResult, StreamChunk, _first_stop
+from expertrag.models.structured import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    call_key,
+    normalize_tool,
+    parse_json,
+    parse_tool_calls,
+)
+
+ENV_URL = "EXPERTRAG_SERVER_URL"
+ENV_KEY = "EXPERTRAG_SERVER_API_KEY"
+ENV_TIMEOUT = "EXPERTRAG_SERVER_TIMEOUT"
+ENV_CONCURRENCY = "EXPERTRAG_SERVER_CONCURRENCY"
+
+
+class ServerError(ExpertRAGError, ConnectionError):
+    """The server is down, unreachable, or answered with an error."""
+
+
+class ServerTimeoutError(ServerError, TimeoutError):
+    """The server did not answer within the timeout."""
+
+
+class ServerCapabilityError(ServerError):
+    """The server lacks something a call needs (log-probabilities, structured outputs)."""
+
+
+class ServerLLM:
+    """``ExpertLLM`` over an OpenAI-compatible multi-LoRA server (see the module doc).
+
+    ``tokenizer``: a tokenizer object, a local folder, or a model alias (default: the
+    embedded SmolLM2's cached tokenizer); it renders prompts and finds label tokens, so it
+    must be the served base's tokenizer.
+    """
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key: str | None = None, timeout: float | None = None,
+                 concurrency: int | None = None, tokenizer: Any = None) -> None:
+        url = base_url or os.environ.get(ENV_URL)
+        if not url:
+            raise InputError(f"ServerLLM needs a base_url (or ${ENV_URL})")
+        self.base_url = url.rstrip("/").removesuffix("/v1")
+        self.api_key = api_key or os.environ.get(ENV_KEY)
+        self.timeout = float(timeout or os.environ.get(ENV_TIMEOUT) or 120.0)
+        self.concurrency = int(concurrency or os.environ.get(ENV_CONCURRENCY) or 8)
+        if self.concurrency < 1:
+            raise InputError(f"concurrency must be >= 1, got {self.concurrency}")
+        self._model = model
+        self._tokenizer = tokenizer
+        self._models: list[dict[str, Any]] | None = None
+        self._grammars: Any = None
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def client(self) -> Any:
+        import httpx
+
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx.Client(base_url=self.base_url, headers=headers,
+                                        timeout=self.timeout)
+        return self._client
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        try:
+            response = self.client.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            raise ServerTimeoutError(f"{self.base_url}{path} did not answer within "
+                                     f"{self.timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the model server at {self.base_url}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404 and body and "model" in body:
+            raise UnknownExpertError(f"the server does not serve model {body['model']!r} "
+                                     f"(it serves: {', '.join(self._names())})")
+        if response.status_code >= 400:
+            raise ServerError(f"{self.base_url}{path} answered {response.status_code}: "
+                              f"{response.text[:300]}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServerError(f"{self.base_url}{path} answered with no JSON") from exc
+
+    def models(self, refresh: bool = False) -> list[dict[str, Any]]:
+        """The server's ``/v1/models`` entries (cached; ``refresh`` asks again)."""
+        with self._lock:
+            if self._models is None or refresh:
+                self._models = list(self._request("GET", "/v1/models").get("data") or [])
+            return self._models
+
+    def _names(self) -> list[str]:
+        try:
+            return [m["id"] for m in self.models()]
+        except ServerError:
+            return []
+
+    @property
+    def model_name(self) -> str:
+        """The served base model's name."""
+        if self._model is None:
+            bases = [m["id"] for m in self.models() if not m.get("parent")]
+            if not bases:
+                raise ServerError(f"{self.base_url} serves no base model")
+            self._model = bases[0]
+        return self._model
+
+    @property
+    def experts(self) -> list[str]:
+        """The LoRA models the server serves on the base (sorted)."""
+        base = self.model_name
+        return sorted(m["id"] for m in self.models() if m.get("parent") in (base, None)
+                      and m["id"] != base and m.get("parent"))
+
+    @property
+    def context_window(self) -> int:
+        for m in self.models():
+            if m["id"] == self.model_name and m.get("max_model_len"):
+                return int(m["max_model_len"])
+        return 8192
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None or isinstance(self._tokenizer, str):
+            from expertrag.models.loading import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self._tokenizer or "smollm2-135m-instruct")
+        return self._tokenizer
+
+    @property
+    def grammars(self) -> Any:
+        if self._grammars is None:
+            from expertrag.models.structured import GrammarFactory
+
+            self._grammars = GrammarFactory(self.tokenizer, len(self.tokenizer))
+        return self._grammars
+
+    def add_expert(self, name: str, path: str, *, check_base: bool = True) -> None:
+        """Load a LoRA adapter into the server under ``name`` (vLLM dynamic LoRA); ``path``
+        must be readable by the server process."""
+        if name in self.experts:
+            return
+        self._request("POST", "/v1/load_lora_adapter", {"lora_name": name,
+                                                        "lora_path": str(path)})
+        self.models(refresh=True)
+
+    def _model_for(self, expert: str | None) -> str:
+        if expert is None:
+            return self.model_name
+        if expert not in self.experts:
+            raise UnknownExpertError(f"expert {expert!r} is not served by {self.base_url} "
+                                     f"(experts: {', '.join(self.experts) or 'none'})")
+        return expert
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, messages: Any, tools: list[dict[str, Any]] | None = None) -> str:
+        return render_prompt(self.tokenizer, validate_messages(messages), tools)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------------ completions
+    def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = self._request("POST", "/v1/completions", body)
+        choices = out.get("choices") or []
+        if not choices:
+            raise ServerError("the server returned no completion")
+        return {"choice": choices[0], "usage": out.get("usage") or {}}
+
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def _body(self, prompt: str, model: str, max_new_tokens: int, temperature: float,
+              top_p: float, seed: int | None, stop: list[str]) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_new_tokens,
+                                "temperature": temperature, "top_p": top_p,
+                                "add_special_tokens": False, "skip_special_tokens": True}
+        if seed is not None:
+            body["seed"] = seed
+        if stop:
+            body["stop"] = list(stop)
+        return body
+
+    def _first_probability(self, prompt: str, model: str, token_ids: list[int]
+                           ) -> list[float]:
+        """Full-vocabulary probabilities of ``token_ids`` as the next token."""
+        body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                "logprobs": len(token_ids), "logprob_token_ids": token_ids,
+                "add_special_tokens": False, "return_tokens_as_token_ids": True}
+        choice = self._complete(body)["choice"]
+        top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0]
+        if not top:
+            raise ServerCapabilityError("the server returned no log-probabilities (start "
+                                        "vLLM with --max-logprobs >= the number of labels)")
+        by_id: dict[int, float] = {}
+        for key, value in top.items():
+            text = str(key)
+            tid = int(text.split(":", 1)[1]) if text.startswith("token_id:") else \
+                self.tokenizer.convert_tokens_to_ids(text)
+            by_id[tid] = float(value)
+        return [math.exp(by_id[t]) if t in by_id else 0.0 for t in token_ids]
+
+    def label_probabilities(self, batch: list[Any], labels: tuple[str, ...] = ("yes", "no"),
+                            *, expert: str | list[str | None] | None = None,
+                            batch_size: int = 16, raw: bool = False,
+                            normalize: bool = True) -> list[dict[str, float]]:
+        """P(label) for the first generated token of each conversation, from one-token
+        requests with the labels' log-probabilities (same semantics as in-process)."""
+        if not labels or len(set(labels)) != len(labels):
+            raise InputError(f"labels must be distinct non-empty strings, got {labels!r}")
+        ids = []
+        for label in labels:
+            toks = self.tokenizer(label, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise InputError(f"label {label!r} encodes to no tokens")
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise InputError(f"labels {labels!r} share their first token; pick distinct words")
+        prompts = list(batch) if raw else [self.render(m) for m in batch]
+        experts = list(expert) if isinstance(expert, list | tuple) else [expert] * len(prompts)
+        if len(experts) != len(prompts):
+            raise InputError(f"got {len(experts)} experts for a batch of {len(prompts)}")
+        models = [self._model_for(e) for e in experts]
+
+        def one(i: int) -> dict[str, float]:
+            probs = self._first_probability(prompts[i], models[i], ids)
+            if normalize:
+                total = sum(probs) or 1.0
+                probs = [p / total for p in probs]
+            return dict(zip(labels, probs, strict=True))
+
+        return self._map(one, list(range(len(prompts))))
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, messages: Any, *, expert: str | list[str | None] | None = None,
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, stop: str | list[str] | None = None,
+                 json_schema: dict[str, Any] | None = None, json_mode: bool = False,
+                 tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
+                 parallel_tool_calls: bool = True, logprobs: bool = False,
+                 continue_final_message: bool = False, refusal_gate: bool = True,
+                 refusal_threshold: float | None = None) -> Any:
+        """``ExpertLLM.generate`` against the server: one request per conversation, the batch
+        sent concurrently (``concurrency`` at a time)."""
+        is_batch = isinstance(messages, list) and messages and all(
+            isinstance(m, list | str) for m in messages)
+        convs = [validate_messages(m) for m in (messages if is_batch else [messages])]
+        experts = list(expert) if isinstance(expert, list | tuple) else [expert] * len(convs)
+        if len(experts) != len(convs):
+            raise InputError(f"got {len(experts)} experts for a batch of {len(convs)}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        norm_tools = [normalize_tool(t) for t in tools or []]
+        choice = "any" if tool_choice == "required" else (tool_choice or "auto")
+        if choice == "none":
+            norm_tools = []
+        elif norm_tools and choice not in ("auto", "any"):
+            norm_tools = [t for t in norm_tools if t["name"] == choice]
+            if not norm_tools:
+                raise InputError(f"tool_choice {tool_choice!r} names no bound tool")
+        if norm_tools and (json_schema is not None or json_mode):
+            raise InputError("tools and json_schema/json_mode cannot be combined in one call")
+        models = [self._model_for(e) for e in experts]
+        gates = [self._gate(e, refusal_gate, refusal_threshold) for e in experts]
+
+        def one(i: int) -> GenerationResult:
+            return self._generate_one(convs[i], models[i], experts[i], max_new_tokens,
+                                      temperature, top_p, seed, stops, json_schema, json_mode,
+                                      norm_tools, choice, parallel_tool_calls, logprobs,
+                                      continue_final_message, gates[i])
+
+        results = self._map(one, list(range(len(convs))))
+        return results if is_batch else results[0]
+
+    def _gate(self, expert: str | None, enabled: bool, threshold: float | None
+              ) -> tuple[str, float] | None:
+        from expertrag.rag import REFUSAL
+
+        if not enabled:
+            return None
+        own = None
+        if expert is not None:
+            meta = (self._expert_meta().get(expert) or {}).get("refusal_gate")
+            if meta:
+                own = (meta["text"], float(meta["threshold"]))
+        if threshold is not None:
+            own = (own[0] if own else REFUSAL, threshold)
+        return own
+
+    def _expert_meta(self) -> dict[str, dict[str, Any]]:
+        """Shipped experts' metadata (their refusal gates), by name."""
+        if not hasattr(self, "_meta_cache"):
+            from expertrag.experts import shipped_experts
+            from expertrag.models.llm import EXPERT_METADATA
+
+            cache = {}
+            for name, folder in shipped_experts().items():
+                path = folder / EXPERT_METADATA
+                if path.is_file():
+                    cache[name] = json.loads(path.read_text(encoding="utf-8"))
+            self._meta_cache = cache
+        return self._meta_cache
+
+    def _generate_one(self, conv: list[dict[str, Any]], model: str, expert: str | None,
+                      max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                      stops: list[str], json_schema: dict[str, Any] | None, json_mode: bool,
+                      tools: list[dict[str, Any]], choice: str, parallel: bool,
+                      logprobs: bool, continue_final: bool,
+                      gate: tuple[str, float] | None) -> GenerationResult:
+        tok = self.tokenizer
+        if tools:
+            return self._tool_call(conv, model, expert, max_new_tokens, temperature, top_p,
+                                   seed, stops, tools, choice, parallel)
+        schema = json_schema if json_schema is not None else (
+            {"type": "object"} if json_mode else None)
+        prompt = render_prompt(tok, conv, json_schema=schema,
+                               continue_final_message=continue_final)
+        body = self._body(prompt, model, max_new_tokens, temperature, top_p, seed, stops)
+        refusal_p = None
+        if schema is not None:
+            body["structured_outputs"] = {"grammar": self.grammars.schema_ebnf(schema)}
+        elif gate is not None:
+            first = tok(gate[0], add_special_tokens=False)["input_ids"][0]
+            (refusal_p,) = self._first_probability(prompt, model, [first])
+            if refusal_p >= gate[1]:
+                return GenerationResult(text=gate[0], prompt_tokens=self.count_tokens(prompt),
+                                        completion_tokens=1, finish_reason="stop",
+                                        model_name=self.model_name, expert=expert,
+                                        refusal_probability=refusal_p)
+            body["logit_bias"] = {str(first): -100}
+        if logprobs:
+            body["logprobs"] = 1
+        out = self._complete(body)
+        choice_ = out["choice"]
+        text = str(choice_.get("text") or "")
+        cut = _first_stop(text, stops)
+        if cut is not None:
+            text = text[:cut]
+        finish = "length" if choice_.get("finish_reason") == "length" else "stop"
+        usage = out["usage"]
+        result = GenerationResult(
+            text=text, prompt_tokens=int(usage.get("prompt_tokens") or self.count_tokens(
+                prompt)), completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=finish, model_name=self.model_name, expert=expert,
+            refusal_probability=refusal_p)
+        if logprobs:
+            lps = (choice_.get("logprobs") or {}).get("token_logprobs") or []
+            result.logprobs = [float(v) for v in lps if v is not None]
+        if schema is not None:
+            result.parsed = parse_json(text, json_schema if json_schema is not None else
+                                       {"type": "object"})
+        return result
+
+    def _tool_call(self, conv: list[dict[str, Any]], model: str, expert: str | None,
+                   max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                   stops: list[str], tools: list[dict[str, Any]], choice: str,
+                   parallel: bool) -> GenerationResult:
+        """The same two passes as in-process: the grammar-constrained call list, then (for
+        ``auto`` with no fresh call) a plain text answer."""
+        tok = self.tokenizer
+        prompt = render_prompt(tok, conv, tools)
+        grammar = self.grammars.tool_calls_grammar(tools, required=choice != "auto",
+                                                   parallel=parallel)
+        body = self._body(prompt, model, max_new_tokens, temperature, top_p, seed, [])
+        body["structured_outputs"] = {"grammar": str(grammar)}
+        out = self._complete(body)
+        text = str(out["choice"].get("text") or "")
+        calls = parse_tool_calls(text)
+        seen = {call_key(c["name"], c.get("arguments") or {}) for m in conv
+                if m["role"] == "assistant" for c in m.get("tool_calls") or []}
+        fresh = []
+        for call in calls:
+            key = call_key(call.name, call.arguments)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(call)
+        usage = out["usage"]
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        if fresh or choice != "auto":
+            return GenerationResult(text="", prompt_tokens=prompt_tokens,
+                                    completion_tokens=completion, finish_reason="tool_calls"
+                                    if fresh else "stop", model_name=self.model_name,
+                                    expert=expert, tool_calls=fresh)
+        plain = render_prompt(tok, conv)
+        body = self._body(plain, model, max_new_tokens, temperature, top_p, seed,
+                          [*stops, TOOL_CALL_OPEN])
+        answer = self._complete(body)
+        text = str(answer["choice"].get("text") or "")
+        cut = _first_stop(text, [*stops, TOOL_CALL_OPEN, TOOL_CALL_CLOSE])
+        usage = answer["usage"]
+        return GenerationResult(
+            text=text if cut is None else text[:cut],
+            prompt_tokens=prompt_tokens + int(usage.get("prompt_tokens") or 0),
+            completion_tokens=completion + int(usage.get("completion_tokens") or 0),
+            finish_reason="stop", model_name=self.model_name, expert=expert)
+
+    async def agenerate(self, messages: Any, **kwargs: Any) -> Any:
+        """Async :meth:`generate` (the requests run on worker threads)."""
+        return await asyncio.to_thread(self.generate, messages, **kwargs)
+
+    def stream(self, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        """Text pieces as the server streams them; the last chunk carries the result.
+        Constrained calls (JSON, tools) and gated refusals arrive in one piece."""
+        expert = kwargs.get("expert")
+        plain = not (kwargs.get("json_schema") is not None or kwargs.get("json_mode")
+                     or kwargs.get("tools") or kwargs.get("logprobs"))
+        gate = self._gate(expert, kwargs.get("refusal_gate", True),
+                          kwargs.get("refusal_threshold"))
+        if not plain or gate is not None or isinstance(expert, list):
+            result = self.generate(messages, **kwargs)
+            yield StreamChunk(result.text)
+            yield StreamChunk("", final=result)
+            return
+        yield from self._stream_plain(messages, **kwargs)
+
+    def _stream_plain(self, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        conv = validate_messages(messages)
+        model = self._model_for(kwargs.get("expert"))
+        stops = kwargs.get("stop")
+        stops = [stops] if isinstance(stops, str) else list(stops or [])
+        prompt = render_prompt(self.tokenizer, conv, continue_final_message=kwargs.get(
+            "continue_final_message", False))
+        body = self._body(prompt, model, int(kwargs.get("max_new_tokens", 256)),
+                          float(kwargs.get("temperature", 0.0)), float(kwargs.get("top_p", 1.0)),
+                          kwargs.get("seed"), stops)
+        body.update(stream=True, stream_options={"include_usage": True})
+        text, usage, finish = "", {}, "stop"
+        try:
+            with self.client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ServerError(f"streaming answered {response.status_code}: "
+                                      f"{response.text[:300]}")
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    usage = event.get("usage") or usage
+                    for c in event.get("choices") or []:
+                        piece = c.get("text") or ""
+                        if c.get("finish_reason") == "length":
+                            finish = "length"
+                        if piece:
+                            text += piece
+                            yield StreamChunk(piece)
+        except Exception as exc:
+            import httpx
+
+            if isinstance(exc, httpx.TimeoutException):
+                raise ServerTimeoutError(f"streaming did not finish within "
+                                         f"{self.timeout:g} s") from exc
+            if isinstance(exc, httpx.HTTPError):
+                raise ServerError(f"streaming from {self.base_url} failed: {exc}") from exc
+            raise
+        result = GenerationResult(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                  completion_tokens=int(usage.get("completion_tokens") or 0),
+                                  finish_reason=finish, model_name=self.model_name,
+                                  expert=kwargs.get("expert"))
+        yield StreamChunk("", final=result)
+
+    async def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """Async :meth:`stream` (a worker thread reads the server's stream)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for chunk in self.stream(messages, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except Exception as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        task = loop.run_in_executor(None, produce)
+        while (item := await queue.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        await task
+
