@@ -42,10 +42,10 @@ class Fake(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(200, {"data": self.models})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Fake.requests.append({"path": self.path, **body})
         if self.path == "/v1/load_lora_adapter":
@@ -191,7 +191,7 @@ def test_runtime_adapter_loading_and_errors(server):
 
 def test_a_slow_server_is_a_timeout():
     class Slow(Fake):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             import time
 
             time.sleep(2)
