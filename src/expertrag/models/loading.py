@@ -270,18 +270,25 @@ def load_base_model(
     )
 
 
+def served_model_dir(model: str = DEFAULT_MODEL) -> str:
+    """A folder of safetensors weights + tokenizer for ``model`` that another process (an
+    inference server) can load: the de-quantized cache of a GGUF alias (built once), or the
+    model's own folder."""
+    source = resolve_source(model)
+    if source.kind != "gguf":
+        return source.path
+    cache = gguf_cache_dir(source.path)
+    if not (cache / _CACHE_MARKER).is_file():
+        _dequantize_gguf_to_cache(source.path, cache)
+    return str(cache)
+
+
 def load_tokenizer(model: str = DEFAULT_MODEL) -> Any:
     """The tokenizer of ``model`` (alias, GGUF, folder or hub id) without its weights: a GGUF
     alias reads the de-quantized cache (building it once if needed)."""
     from transformers import AutoTokenizer
 
-    source = resolve_source(model)
-    folder = source.path
-    if source.kind == "gguf":
-        cache = gguf_cache_dir(source.path)
-        if not (cache / _CACHE_MARKER).is_file():
-            _dequantize_gguf_to_cache(source.path, cache)
-        folder = str(cache)
+    folder = served_model_dir(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except OSError as exc:
