@@ -163,8 +163,9 @@ class ChatExpertLLM(BaseChatModel):
         with _ATTACH_LOCK:
             for name, path in self.experts.items():
                 if name in core.experts:
-                    known = Path(core.expert_info(name)["path"]).resolve()
-                    if known != Path(path).resolve():
+                    recorded = core.expert_info(name).get("path")
+                    known = Path(recorded).resolve() if recorded else None
+                    if known is not None and known != Path(path).resolve():
                         raise InputError(
                             f"expert {name!r} is already attached to {self.base_model!r} from "
                             f"{known}; it cannot also come from {path}"

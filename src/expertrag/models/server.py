@@ -88,6 +88,7 @@ class ServerLLM:
         self._models: list[dict[str, Any]] | None = None
         self._grammars: Any = None
         self._client: Any = None
+        self._paths: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
@@ -178,12 +179,19 @@ class ServerLLM:
 
     def add_expert(self, name: str, path: str, *, check_base: bool = True) -> None:
         """Load a LoRA adapter into the server under ``name`` (vLLM dynamic LoRA); ``path``
-        must be readable by the server process."""
-        if name in self.experts:
-            return
-        self._request("POST", "/v1/load_lora_adapter", {"lora_name": name,
-                                                        "lora_path": str(path)})
-        self.models(refresh=True)
+        must be readable by the server process. A name the server already serves is kept."""
+        if name not in self.experts:
+            self._request("POST", "/v1/load_lora_adapter", {"lora_name": name,
+                                                            "lora_path": str(path)})
+            self.models(refresh=True)
+        self._paths[name] = str(path)
+
+    def expert_info(self, name: str) -> dict[str, Any]:
+        """What is known of a served expert (its path when this client loaded it)."""
+        if name not in self.experts:
+            raise UnknownExpertError(f"expert {name!r} is not served by {self.base_url}")
+        return {"path": self._paths.get(name), "served_by": self.base_url,
+                "gate": (self._expert_meta().get(name) or {}).get("refusal_gate")}
 
     def _model_for(self, expert: str | None) -> str:
         if expert is None:
