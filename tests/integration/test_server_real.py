@@ -47,7 +47,7 @@ def server_url() -> Any:
         subprocess.run(["bash", str(ROOT / "scripts" / "setup_vllm.sh")], check=True,
                        timeout=1800)
     port = _free_port()
-    log = open(ROOT / ".pytest-vllm.log", "w")  # noqa: SIM115 - closed below
+    log = open(ROOT / ".pytest-vllm.log", "w")
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "serve_vllm.sh")],
                             env={**os.environ, "PORT": str(port)}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
