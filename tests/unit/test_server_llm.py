@@ -75,7 +75,8 @@ class Fake(BaseHTTPRequestHandler):
         if "structured_outputs" in body and "tool_call" in body["structured_outputs"]["grammar"]:
             text = Fake.script.get("tool_text", '<tool_call>[{"name": "search", "arguments": '
                                                 '{"q": "paris"}}]</tool_call>')
-        return self._send(200, {"choices": [{"text": text, "finish_reason": "stop",
+        finish = Fake.script.get("finish", "stop")
+        return self._send(200, {"choices": [{"text": text, "finish_reason": finish,
                                              "logprobs": {"token_logprobs": [-0.1, -0.2]}}],
                                 "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
 
@@ -127,6 +128,24 @@ def test_structured_output_sends_the_grammar_and_parses(server):
     assert called.tool_calls[0].name == "search" and called.tool_calls[0].arguments == {
         "q": "paris"}
     assert called.finish_reason == "tool_calls"
+
+
+def test_output_cut_off_by_max_tokens_is_closed_by_the_grammar(server):
+    """A small model can loop inside a string until the budget ends: the reply is closed
+    here by the grammar (as in-process), so it still parses and validates."""
+    Fake.script.update(text='{"answer": "the cat was a cat and the', finish="length")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"},
+                                               "n": {"type": "integer"}},
+              "required": ["answer", "n"]}
+    res = server.generate(HELLO, json_schema=schema, max_new_tokens=12)
+    assert res.finish_reason == "length"
+    assert res.parsed["answer"].startswith("the cat was") and isinstance(res.parsed["n"], int)
+    Fake.script["tool_text"] = '<tool_call>[{"name": "search", "arguments": {"q": "par'
+    tool = {"name": "search", "description": "Search", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}
+    called = server.generate(HELLO, tools=[tool], tool_choice="any", max_new_tokens=12)
+    assert called.tool_calls[0].name == "search"
+    assert called.tool_calls[0].arguments["q"].startswith("par")
 
 
 def test_label_probabilities_from_log_probabilities(server):

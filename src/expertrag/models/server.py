@@ -394,6 +394,11 @@ class ServerLLM:
         if cut is not None:
             text = text[:cut]
         finish = "length" if choice_.get("finish_reason") == "length" else "stop"
+        if schema is not None and finish == "length":
+            # out of tokens inside a constrained value: close it by grammar, as in-process
+            grammar = (self.grammars.json_schema(json_schema) if json_schema is not None
+                       else self.grammars.json_object())
+            text += tok.decode(self.grammars.complete(grammar, text))
         usage = out["usage"]
         result = GenerationResult(
             text=text, prompt_tokens=int(usage.get("prompt_tokens") or self.count_tokens(
@@ -422,6 +427,9 @@ class ServerLLM:
         body["structured_outputs"] = {"grammar": str(grammar)}
         out = self._complete(body)
         text = str(out["choice"].get("text") or "")
+        if out["choice"].get("finish_reason") == "length":
+            text += tok.decode(self.grammars.complete(self.grammars.tool_calls(
+                tools, required=choice != "auto", parallel=parallel), text))
         calls = parse_tool_calls(text)
         seen = {call_key(c["name"], c.get("arguments") or {}) for m in conv
                 if m["role"] == "assistant" for c in m.get("tool_calls") or []}

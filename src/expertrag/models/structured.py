@@ -187,19 +187,24 @@ class GrammarFactory:
             self._closing = torch.tensor(scores, dtype=torch.float32)
         return self._closing
 
-    def complete(self, compiled: Any, ids: list[int], max_steps: int = 256) -> list[int]:
+    def complete(self, compiled: Any, ids: list[int] | str, max_steps: int = 256) -> list[int]:
         """Tokens that close an unfinished constrained output as fast as the grammar allows.
 
         Used when generation hits max_new_tokens inside a value (small models can loop in
         a string or a number): no model call, only the grammar and a preference for closing
-        tokens, so the result still parses and validates."""
+        tokens, so the result still parses and validates. `ids` are the generated tokens,
+        or the generated text (what a server returns)."""
         import torch
 
         xgr = self._xgr
         matcher = xgr.GrammarMatcher(compiled)
-        for token in ids:
-            if not matcher.accept_token(token):
-                raise StructuredOutputError("generated tokens do not match the grammar")
+        if isinstance(ids, str):
+            if not matcher.accept_string(ids):
+                raise StructuredOutputError("generated text does not match the grammar")
+        else:
+            for token in ids:
+                if not matcher.accept_token(token):
+                    raise StructuredOutputError("generated tokens do not match the grammar")
         stops = set(self._info.stop_token_ids)
         bitmask = xgr.allocate_token_bitmask(1, self._info.vocab_size)
         base = self._closing_scores()
