@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--k", type=int, default=4, help="passages per question (CRAGConfig.k)")
     parser.add_argument("--precision", type=float, default=0.9)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

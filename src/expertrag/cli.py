@@ -38,8 +38,18 @@ def make_store(db: str, collection: str) -> VectorStore:
     return VectorStore(path=db, collection=collection)
 
 
-def make_llm(model: str) -> Any:
-    """Build the LLM (weights load lazily, on the first generation)."""
+def make_llm(model: str, server: str | None = None) -> Any:
+    """Build the LLM: in-process (weights load lazily, on the first generation), or a
+    client of the multi-LoRA server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
+    import os
+
+    from expertrag.models.server import ENV_URL
+
+    url = server or os.environ.get(ENV_URL)
+    if url:
+        from expertrag.models.server import ServerLLM
+
+        return ServerLLM(url)
     from expertrag.models.llm import ExpertLLM
 
     return ExpertLLM.from_pretrained(model=model)
@@ -151,7 +161,7 @@ def _print_answers(answers: Sequence[Answer], as_json: bool) -> None:
 def _answer(args: argparse.Namespace, store: VectorStore, questions: list[str]) -> list[Answer]:
     from expertrag.rag import RAGPipeline
 
-    llm = make_llm(args.model)
+    llm = make_llm(args.model, getattr(args, "server", None))
     expert = choose_expert(llm, args.expert)
     pipeline = RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens)
     if len(questions) == 1:
@@ -255,6 +265,9 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4, help="passages to retrieve (default: 4)")
     p.add_argument("--expert", default=None, help="LoRA expert to answer with")
     p.add_argument("--model", default=DEFAULT_LLM, help="LLM alias, path or HF id")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="answer through an OpenAI-compatible multi-LoRA server (vLLM) at URL "
+                        "instead of in-process (default: $EXPERTRAG_SERVER_URL if set)")
     p.add_argument("--max-new-tokens", type=int, default=192, help="answer length limit")
     p.add_argument("--json", action="store_true", help="print answers as JSON")
 

@@ -61,7 +61,7 @@ class FakeLLM:
 def fakes(monkeypatch):
     llms: list[FakeLLM] = []
 
-    def make_llm(model: str) -> FakeLLM:
+    def make_llm(model: str, server: str | None = None) -> FakeLLM:
         llms.append(FakeLLM())
         return llms[-1]
 
@@ -188,3 +188,18 @@ def test_choose_expert(monkeypatch):
 
 def test_shipped_experts_is_empty_without_the_module():
     assert isinstance(cli.shipped_experts(), dict)
+
+
+def test_server_option_and_environment_pick_the_server_client(monkeypatch):
+    from expertrag.models.llm import ExpertLLM
+    from expertrag.models.server import ServerLLM
+
+    monkeypatch.delenv("EXPERTRAG_SERVER_URL", raising=False)
+    args = cli.build_parser().parse_args(["ask", "q?", "--server", "http://127.0.0.1:9/v1"])
+    assert args.server == "http://127.0.0.1:9/v1"
+    llm = cli.make_llm(args.model, args.server)
+    assert isinstance(llm, ServerLLM) and llm.base_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("EXPERTRAG_SERVER_URL", "http://127.0.0.1:10")
+    assert cli.make_llm("any").base_url == "http://127.0.0.1:10"
+    monkeypatch.delenv("EXPERTRAG_SERVER_URL")
+    assert isinstance(cli.make_llm("smollm2-135m-instruct"), ExpertLLM)

@@ -124,7 +124,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "base": DEFAULT_BASE,
         "builders": [
             {"builder": "critic", "source": "hotpotqa+halueval+squad2-15+instructions",
-             "params": {"caps": {"retrieve": 450, "isrel": 450, "issup": 900, "isuse": 600},
+             "params": {"caps": {"retrieve": 160, "isrel": 100, "issup": 260, "isuse": 160},
                         "squad_questions": 400, "retrieve_questions": 240}},
         ],
         "data": [{**_HOTPOT, "use": "IsRel gold vs distractor paragraphs; IsSup fully (both "
