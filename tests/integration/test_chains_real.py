@@ -46,7 +46,10 @@ def test_crag_answers_from_the_relevant_passage_and_cites_it(llm: Any, retriever
 
     res = CorrectiveRAG(llm, retriever).answer("When was the Saltmere Head lighthouse built?")
     assert res.action == CORRECT
-    assert "1862" in res.answer and [d.id for d in res.citations] == ["d0"]
+    cited = [d.id for d in res.citations]
+    assert "1862" in res.answer and cited and cited[0] == "d0"
+    # every citation resolves to a source document of a passage the generator was given
+    assert set(cited) <= {p.id for p in res.context.passages}
     assert res.context.scores[0] == max(res.context.scores)
 
 

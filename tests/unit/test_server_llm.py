@@ -235,3 +235,19 @@ def test_components_run_unchanged_on_the_server(server):
     assert 0.0 < scores[0] <= 1.0
     (j,) = Critic(server).retrieve(["Who founded Rome?"])
     assert set(j.probs) == {"yes", "no"}
+
+
+def test_the_framework_skins_take_a_server_client(server):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.llms import ChatMessage
+
+    from expertrag.langchain import ChatExpertLLM
+    from expertrag.llama_index import ExpertLlamaLLM
+
+    chat = ChatExpertLLM.from_core(server, model="grounded-qa")
+    assert chat.invoke("Where is the Eiffel tower?").content == "Paris [1]."
+    assert Fake.requests[-1]["model"] == "grounded-qa"
+    llm = ExpertLlamaLLM.from_core(server)
+    assert llm.chat([ChatMessage(role="user", content="Where?")]).message.content == \
+        "Paris [1]."

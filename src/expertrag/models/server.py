@@ -138,6 +138,11 @@ class ServerLLM:
             return []
 
     @property
+    def model_id(self) -> str:
+        """The served base model's name (``ExpertLLM.model_id``'s counterpart)."""
+        return self.model_name
+
+    @property
     def model_name(self) -> str:
         """The served base model's name."""
         if self._model is None:
