@@ -117,9 +117,12 @@ def test_resume_continues_exactly(tmp_path):
                      callback=interrupt)
     checkpoints = sorted(p.name for p in (Path(cfg_b.output_dir) / "checkpoints").iterdir())
     assert checkpoints == ["step-000004"]  # only the newest, no temp folder left behind
+    state = json.loads((Path(cfg_b.output_dir) / "checkpoints" / "step-000004" / "state.json")
+                       .read_text(encoding="utf-8"))
     resumed = train_expert(tiny_llm().loaded, qa_rows(), None, cfg_b, {"name": "a"},
                            resume=True)
     assert resumed.resumed_from_step == 4
+    assert resumed.seconds > state["seconds"] > 0  # wall time adds up across the runs
     assert resumed.steps == full.steps == 6
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in full.history], rel=1e-5)

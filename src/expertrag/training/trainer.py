@@ -453,6 +453,7 @@ def train_expert(
         before: tuple[float | None, dict[str, float]] | None = None
         resumed_from = 0
         trained_tokens = 0
+        prior_seconds = 0.0  # wall time of the runs a resumed checkpoint continues
         checkpoint = _latest_checkpoint(ck_root) if resume else None
         if checkpoint is not None:
             state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
@@ -474,6 +475,7 @@ def train_expert(
             history, trained_tokens = state["history"], state["trained_tokens"]
             before = (state["eval_loss_before"], state["metrics_before"])
             resumed_from = step
+            prior_seconds = float(state.get("seconds", 0.0))
             logger.info("resuming from %s (step %d)", checkpoint, step)
         elif resume:
             logger.info("no checkpoint in %s: starting from scratch", ck_root)
@@ -499,6 +501,7 @@ def train_expert(
                     "history": history, "trained_tokens": trained_tokens,
                     "eval_loss_before": before[0], "metrics_before": before[1],
                     "signature": signature,
+                    "seconds": prior_seconds + time.perf_counter() - started,
                 }), encoding="utf-8")
                 final = ck_root / f"step-{step:06d}"
                 if final.exists():
@@ -560,7 +563,7 @@ def train_expert(
         eval_started = time.perf_counter()
         eval_loss, metrics = run.evaluate(eval_enc, eval_kept, gen_pick) if eval_enc else (None, {})
         eval_seconds += time.perf_counter() - eval_started
-        seconds = time.perf_counter() - started
+        seconds = prior_seconds + time.perf_counter() - started
         tail = history[-max(1, min(len(history), 20)):]
         train_loss = sum(h["loss"] for h in tail) / len(tail) if tail else None
         report = TrainReport(
