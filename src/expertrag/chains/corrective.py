@@ -60,9 +60,11 @@ _SENTENCE_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n|
 class CRAGConfig:
     """Settings of a :class:`CorrectiveRAG` chain; saved and loaded as JSON.
 
-    The default ``upper`` / ``lower`` were calibrated for the shipped ``relevance`` expert on
-    HotpotQA test items 400-499 (never used by the benchmarks' answer sets); ``calibration``
-    records how. Calibrate again for another evaluator or your own data.
+    The default ``upper`` / ``lower`` (0.6 / 0.2) are provisional, chosen by hand for the
+    shipped ``relevance`` expert; ``benchmarks/calibrate_crag.py`` calibrates them on HotpotQA
+    test items 400-499 (never used by the benchmarks' answer sets) and its result is to
+    replace them. ``calibrate(items)`` picks them for another evaluator or your own data and
+    ``calibration`` records how.
     """
 
     upper: float = 0.6
