@@ -321,6 +321,8 @@ def main() -> None:
                         help="grounded-qa v1 to compare: REV:PATH in git history or a folder "
                              "('' to leave it out)")
     parser.add_argument("--limit", type=int, default=120, help="first N HotpotQA test items")
+    parser.add_argument("--models", default="base,v1,shipped",
+                        help="grounded / demo parts: which of base,v1,shipped to run")
     parser.add_argument("--part", choices=["relevance", "grounded", "demo", "critic", "speed",
                                            "all"], default="all")
     parser.add_argument("--speed-tokens", type=int, default=64,
@@ -357,14 +359,16 @@ def main() -> None:
             sys.exit(f"error: expert {name!r} not found in {folder}: train it first "
                      f"(expertrag train --recipe {name} --output {folder})")
         _attach(llm, name, folder)
-    models: list[tuple[str, str | None]] = [("base, prompted", None)]
+    wanted = set(args.models.split(","))
+    models: list[tuple[str, str | None]] = [("base, prompted", None)] if "base" in wanted else []
     tmp = tempfile.TemporaryDirectory(prefix="bench-experts-")
-    if args.v1 and parts & {"grounded", "demo"}:
+    if args.v1 and "v1" in wanted and parts & {"grounded", "demo"}:
         folder = Path(args.v1) if Path(args.v1).is_dir() else \
             expert_from_git(args.v1, Path(tmp.name) / "grounded-qa-v1")
         _attach(llm, "grounded-qa-v1", folder)
         models.append(("grounded-qa v1", "grounded-qa-v1"))
-    models.append(("grounded-qa (shipped)", "grounded-qa"))
+    if "shipped" in wanted:
+        models.append(("grounded-qa (shipped)", "grounded-qa"))
     out: dict[str, Any] = {}
     if "relevance" in parts:
         out["relevance"] = relevance_part(llm, items, args.batch_size)
