@@ -3,7 +3,7 @@ share it, so the two can never disagree)."""
 
 from __future__ import annotations
 
-from expertrag.langchain import ChatExpertLLM
+from langchain_expertrag import ChatExpertLLM
 
 
 class ExpertChatCapabilities:

@@ -16,8 +16,8 @@ from langchain_tests.integration_tests import (
 )
 from tiny_models import save_tiny_lora
 
-from expertrag.langchain import ExpertEmbeddings
 from expertrag.models import ExpertLLM
+from langchain_expertrag import ExpertEmbeddings
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ pytest.importorskip("langchain_tests")
 
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
-from expertrag.langchain.retrievers import ExpertHybridRetriever
+from langchain_expertrag import ExpertHybridRetriever
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ pytest.importorskip("langchain_tests")
 from langchain_capabilities import ExpertChatCapabilities
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
-from expertrag.langchain import ExpertEmbeddings
+from langchain_expertrag import ExpertEmbeddings
 
 
 class TestChatExpertLLMUnit(ExpertChatCapabilities, ChatModelUnitTests):
