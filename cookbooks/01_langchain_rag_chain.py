@@ -27,8 +27,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
 from expertrag.ingest import ingest_folder
-from expertrag.langchain import ChatExpertLLM, ExpertChromaRetriever
 from expertrag.retrieval import VectorStore
+from langchain_expertrag import ChatExpertLLM, ExpertChromaRetriever
 
 # 1. a persistent Chroma collection holding the sample corpus
 db = tempfile.mkdtemp(prefix="expertrag-cookbook-")

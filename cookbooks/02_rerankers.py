@@ -72,9 +72,7 @@ def langchain_chain(llm: ExpertLLM, reranker: LLMReranker) -> str:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
 
-    from expertrag.langchain import ChatExpertLLM
-    from expertrag.langchain.rerankers import ExpertReranker
-    from expertrag.langchain.retrievers import ExpertHybridRetriever
+    from langchain_expertrag import ChatExpertLLM, ExpertHybridRetriever, ExpertReranker
 
     retriever = ContextualCompressionRetriever(
         base_retriever=ExpertHybridRetriever(documents=CORPUS, k=5),
@@ -101,8 +99,9 @@ def llama_index_engine(llm: ExpertLLM, reranker: LLMReranker) -> str:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.schema import TextNode
 
-    from expertrag.llama_index import ExpertEmbedding, ExpertLlamaLLM
-    from expertrag.llama_index.postprocessors import ExpertRerank
+    from llama_index.embeddings.expertrag import ExpertEmbedding
+    from llama_index.llms.expertrag import ExpertLlamaLLM
+    from llama_index.postprocessor.expertrag_rerank import ExpertRerank
 
     index = VectorStoreIndex([TextNode(text=t) for t in CORPUS], embed_model=ExpertEmbedding())
     engine = index.as_query_engine(

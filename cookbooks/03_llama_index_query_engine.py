@@ -25,7 +25,8 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.node_parser import SentenceSplitter
 from pydantic import BaseModel
 
-from expertrag.llama_index import ExpertEmbedding, ExpertLlamaLLM
+from llama_index.embeddings.expertrag import ExpertEmbedding
+from llama_index.llms.expertrag import ExpertLlamaLLM
 
 # 1. documents
 folder = resources.files("expertrag") / "data" / "sample_corpus"

@@ -73,10 +73,10 @@ def core(llm: ExpertLLM, retriever: HybridRetriever) -> None:
 def langchain(llm: ExpertLLM) -> None:
     from langchain_core.runnables import RunnableLambda
 
-    from expertrag.langchain import ExpertHybridRetriever
-    from expertrag.langchain.chains import (
+    from langchain_expertrag import (
         CorrectedContextRetriever,
         CorrectiveRAGChain,
+        ExpertHybridRetriever,
         SelfRAGChain,
     )
 
@@ -94,8 +94,8 @@ def langchain(llm: ExpertLLM) -> None:
 
 
 def llama_index(llm: ExpertLLM) -> None:
-    from expertrag.llama_index import ExpertHybridRetriever
-    from expertrag.llama_index.chains import CorrectiveRAGQueryEngine, SelfRAGQueryEngine
+    from llama_index.query_engine.expertrag import CorrectiveRAGQueryEngine, SelfRAGQueryEngine
+    from llama_index.retrievers.expertrag import ExpertHybridRetriever
 
     retriever = ExpertHybridRetriever(CORPUS, k=3)
     response = CorrectiveRAGQueryEngine(llm, retriever).query(ASK)

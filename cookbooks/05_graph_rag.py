@@ -60,9 +60,8 @@ def langchain(graph: GraphRAG, llm: ExpertLLM) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
 
-    from expertrag.langchain import ChatExpertLLM
-    from expertrag.langchain.graph import ExpertGraphRetriever
     from expertrag.rag import INSTRUCTIONS
+    from langchain_expertrag import ChatExpertLLM, ExpertGraphRetriever
 
     retriever = ExpertGraphRetriever(graph=graph, k=3)
     prompt = ChatPromptTemplate.from_messages([(
@@ -85,8 +84,8 @@ def langchain(graph: GraphRAG, llm: ExpertLLM) -> None:
 def llama_index(graph: GraphRAG, llm: ExpertLLM) -> None:
     from llama_index.core.query_engine import RetrieverQueryEngine
 
-    from expertrag.llama_index import ExpertLlamaLLM
-    from expertrag.llama_index.graph import ExpertGraphRetriever
+    from llama_index.llms.expertrag import ExpertLlamaLLM
+    from llama_index.retrievers.expertrag import ExpertGraphRetriever
 
     engine = RetrieverQueryEngine.from_args(
         ExpertGraphRetriever(graph=graph, k=2),

@@ -52,13 +52,14 @@ def langchain(llm: ExpertLLM) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
-    from expertrag.langchain import ChatExpertLLM, ExpertHybridRetriever
-    from expertrag.langchain.evaluators import (
+    from expertrag.rag import INSTRUCTIONS
+    from langchain_expertrag import (
+        ChatExpertLLM,
+        ExpertHybridRetriever,
         context_relevance_evaluator,
         correctness_evaluator,
         faithfulness_evaluator,
     )
-    from expertrag.rag import INSTRUCTIONS
 
     retriever = ExpertHybridRetriever(documents=CORPUS, k=2)
     prompt = ChatPromptTemplate.from_messages([(
@@ -85,11 +86,12 @@ def llama_index(llm: ExpertLLM) -> None:
     from llama_index.core.evaluation import BatchEvalRunner
     from llama_index.core.schema import TextNode
 
-    from expertrag.llama_index import ExpertEmbedding, ExpertLlamaLLM
-    from expertrag.llama_index.evaluators import (
+    from llama_index.embeddings.expertrag import ExpertEmbedding
+    from llama_index.evaluation.expertrag import (
         ExpertContextRelevancyEvaluator,
         ExpertFaithfulnessEvaluator,
     )
+    from llama_index.llms.expertrag import ExpertLlamaLLM
 
     index = VectorStoreIndex([TextNode(text=t) for t in CORPUS], embed_model=ExpertEmbedding())
     engine = index.as_query_engine(llm=ExpertLlamaLLM.from_core(llm, max_new_tokens=32),
