@@ -270,6 +270,15 @@ def test_calibration_picks_trustworthy_thresholds():
         chain.calibrate([{"question": "q", "documents": ["x"]}])
 
 
+def test_default_thresholds_are_the_shipped_calibration():
+    from expertrag.chains.corrective import SHIPPED_CALIBRATION
+
+    cfg = CRAGConfig()
+    assert (cfg.upper, cfg.lower) == (SHIPPED_CALIBRATION["upper"], SHIPPED_CALIBRATION["lower"])
+    assert cfg.calibration == SHIPPED_CALIBRATION and cfg.calibration is not SHIPPED_CALIBRATION
+    assert CRAGConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_config_round_trips_and_validates(tmp_path):
     cfg = CRAGConfig(upper=0.7, lower=0.1, strips="words", calibration={"n": 3})
     path = cfg.save(tmp_path / "crag.json")
