@@ -227,6 +227,24 @@ def test_pick_threshold_maximises_balanced_accuracy():
         pick_threshold([0.2], [True])
 
 
+def test_pick_threshold_keeps_false_refusals_under_the_cap():
+    from expertrag.training.gate import pick_threshold
+
+    probs = [0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8]
+    refuse = [False, True, False, True, True, True, False, True]
+    free = pick_threshold(probs, refuse)
+    capped = pick_threshold(probs, refuse, max_false_refusals=0.0)
+    assert free["threshold"] == pytest.approx(0.325)
+    assert free["at_threshold"]["false_refusal_rate"] == pytest.approx(1 / 3)
+    # nothing answerable may be refused: only 0.8 stays above every answerable row
+    assert capped["threshold"] == pytest.approx(0.7)
+    assert capped["at_threshold"]["refusal_accuracy"] == pytest.approx(0.2)
+    assert capped["at_threshold"]["false_refusal_rate"] == 0.0
+    assert capped["max_false_refusals"] == 0.0
+    with pytest.raises(InputError, match="max_false_refusals"):
+        pick_threshold(probs, refuse, max_false_refusals=1.5)
+
+
 def test_calibrated_gate_is_recorded_and_served(tmp_path):
     from expertrag.models.llm import EXPERT_METADATA
     from expertrag.rag import REFUSAL
@@ -244,6 +262,13 @@ def test_calibrated_gate_is_recorded_and_served(tmp_path):
     assert meta["refusal_gate"]["threshold"] == result["threshold"]
     assert meta["refusal_gate"]["text"] == REFUSAL and result["rows"] == 8
     assert "Refusal gate" in (folder / "README.md").read_text()
+    from expertrag.training.gate import record_gate
+
+    record_gate(folder, 0.3, {**result, "threshold": 0.3, "max_false_refusals": 0.15})
+    card = (folder / "README.md").read_text()
+    assert card.count("## Refusal gate") == 1 and ">= 0.300" in card and "at most 15%" in card
+    assert json.loads((folder / EXPERT_METADATA).read_text())["refusal_gate"]["threshold"] == 0.3
+    record_gate(folder, result["threshold"], result)
     again = tiny_llm()
     again.add_expert("gq", folder)
     res = again.generate(rows[0]["messages"], expert="gq", max_new_tokens=4)

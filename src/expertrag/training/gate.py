@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,14 @@ def refusal_probabilities(llm: Any, rows: Sequence[dict[str, Any]], expert: str 
     return [p[label] for p in probs]
 
 
-def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool]) -> dict[str, Any]:
+def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool],
+                   max_false_refusals: float | None = None) -> dict[str, Any]:
     """The threshold of best balanced accuracy (ties: the highest, so that the expert
-    answers rather than refuses) and the figures it gives, with 0.5 for comparison."""
+    answers rather than refuses) and the figures it gives, with 0.5 for comparison.
+
+    ``max_false_refusals`` caps the share of answerable rows refused: the pick is then the
+    best balanced accuracy among the thresholds that keep within the cap (a wrong refusal
+    costs a user more than a wrong answer that cites its passage)."""
     from expertrag.training.trainer import roc_auc
 
     pairs = sorted(zip((float(p) for p in probabilities), (bool(r) for r in refuse),
@@ -53,13 +59,20 @@ def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool]) -> di
 
     values = sorted({p for p, _ in pairs})
     cuts = [0.0, *[(a + b) / 2 for a, b in itertools.pairwise(values)], 1.0]
-    scored = [(figures(t)["balanced_accuracy"], t) for t in cuts]
-    best = max(b for b, _ in scored)
+    if max_false_refusals is not None and not 0 <= max_false_refusals <= 1:
+        raise InputError(f"max_false_refusals must lie in [0, 1], got {max_false_refusals!r}")
+    scored = [(figures(t)["balanced_accuracy"], t) for t in cuts
+              if max_false_refusals is None
+              or figures(t)["false_refusal_rate"] <= max_false_refusals]
+    best = max(b for b, _ in scored)  # never empty: 1.0 refuses nothing
     threshold = max(t for b, t in scored if b == best)
-    return {"threshold": round(threshold, 4), "at_threshold": figures(threshold),
-            "at_0.5": figures(0.5), "auc": roc_auc([p for p, _ in pairs],
-                                                   [int(r) for _, r in pairs]),
-            "rows": len(pairs), "refusal_rows": pos}
+    out = {"threshold": round(threshold, 4), "at_threshold": figures(threshold),
+           "at_0.5": figures(0.5), "auc": roc_auc([p for p, _ in pairs],
+                                                  [int(r) for _, r in pairs]),
+           "rows": len(pairs), "refusal_rows": pos}
+    if max_false_refusals is not None:
+        out["max_false_refusals"] = max_false_refusals
+    return out
 
 
 def record_gate(folder: str | os.PathLike[str], threshold: float,
@@ -78,7 +91,13 @@ def record_gate(folder: str | os.PathLike[str], threshold: float,
     card = folder / "README.md"
     if card.is_file():
         at = calibration["at_threshold"]
-        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + (
+        cap = calibration.get("max_false_refusals")
+        capped = (f" (the best balanced accuracy among thresholds refusing at most {cap:.0%} "
+                  "of the answerable rows)") if cap is not None else ""
+        text = card.read_text(encoding="utf-8")
+        # a recalibration replaces the card's gate section (up to the next section)
+        text = re.sub(r"\n*## Refusal gate\n.*?(?=\n## |\Z)", "", text, flags=re.S)
+        _atomic_write(card, text.rstrip("\n") + (
             f"\n\n## Refusal gate\n\nThe expert refuses only when P(its answer starts with "
             f"`{REFUSAL}`) >= {threshold:.3f}, read from the first decoding step "
             "(`ExpertLLM.generate` applies it; `refusal_gate=False` turns it off). Calibrated "
@@ -87,16 +106,22 @@ def record_gate(folder: str | os.PathLike[str], threshold: float,
             f"{calibration['auc']:.3f}, refusal accuracy {at['refusal_accuracy']:.3f}, false "
             f"refusals {at['false_refusal_rate']:.3f} (greedy argmax-like 0.5: "
             f"{calibration['at_0.5']['refusal_accuracy']:.3f} / "
-            f"{calibration['at_0.5']['false_refusal_rate']:.3f}).\n"), encoding="utf-8")
+            f"{calibration['at_0.5']['false_refusal_rate']:.3f}){capped}.\n"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def calibrate_gate(llm: Any, expert: str, rows: Sequence[dict[str, Any]],
                    folder: str | os.PathLike[str] | None = None,
-                   source: str = "") -> dict[str, Any]:
+                   source: str = "", max_false_refusals: float | None = None) -> dict[str, Any]:
     """Pick the threshold for ``expert`` on ``rows`` (grounded rows whose ``answer`` is the
     refusal or not) and, with ``folder``, record it there."""
     probs = refusal_probabilities(llm, rows, expert)
-    result = pick_threshold(probs, [r["answer"] == REFUSAL for r in rows])
+    result = pick_threshold(probs, [r["answer"] == REFUSAL for r in rows], max_false_refusals)
     result["source"] = source
     if folder is not None:
         record_gate(folder, result["threshold"], result)
