@@ -112,10 +112,13 @@ def save_tiny_lora(llm: Any, path: str, seed: int = 1) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from expertrag.models.llm import peft_deprecation_quiet
+
     base = AutoModelForCausalLM.from_config(llm.base_model.config)
-    peft_model = get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    )
+    with peft_deprecation_quiet():  # peft reads a property transformers deprecated
+        peft_model = get_peft_model(
+            base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        )
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

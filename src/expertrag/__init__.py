@@ -18,6 +18,7 @@ from expertrag.errors import (
     ModelNotFoundError,
     StructuredOutputError,
     UnknownExpertError,
+    UnsupportedSchemaError,
 )
 from expertrag.types import Document
 
@@ -63,6 +64,7 @@ __all__ = [
     "StructuredOutputError",
     "ToolCall",
     "UnknownExpertError",
+    "UnsupportedSchemaError",
     "VectorStore",
     "__version__",
     "load_base_model",

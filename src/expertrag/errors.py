@@ -11,6 +11,15 @@ class InputError(ExpertRAGError, ValueError):
     """An argument or input document is invalid (empty, unreadable, wrong type)."""
 
 
+class InvalidFilesError(InputError):
+    """Some files of a folder cannot be ingested; ``problems`` lists every one of them as
+    ``(relative_path, reason)``, not just the first."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class ModelNotFoundError(ExpertRAGError, FileNotFoundError):
     """A model alias, path or id could not be resolved to loadable weights."""
 
@@ -32,6 +41,17 @@ class ContextWindowExceededError(ExpertRAGError, ValueError):
 
 class StructuredOutputError(ExpertRAGError, ValueError):
     """A JSON schema or tool definition cannot be compiled, or output failed validation."""
+
+
+class UnsupportedSchemaError(StructuredOutputError):
+    """A JSON Schema uses a keyword (or combination) that structured output can neither
+    enforce nor check and retry; raised before any token is generated. ``keyword`` names
+    it and ``path`` says where it is (a JSON pointer, "" for the root)."""
+
+    def __init__(self, message: str, *, keyword: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.keyword = keyword
+        self.path = path
 
 
 class EmptyCollectionError(ExpertRAGError, LookupError):

@@ -15,7 +15,9 @@ import logging
 import queue
 import re
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from expertrag.errors import (
     ContextWindowExceededError,
     ExpertError,
     InputError,
+    StructuredOutputError,
     UnknownExpertError,
 )
 from expertrag.models.batching import (
@@ -34,9 +37,11 @@ from expertrag.models.batching import (
 )
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
+from expertrag.models.schemas import prepare_schema
 from expertrag.models.structured import (
     TOOL_CALL_OPEN,
     GrammarFactory,
+    SchemaViolation,
     ToolCall,
     call_key,
     normalize_tool,
@@ -50,8 +55,25 @@ logger = logging.getLogger(__name__)
 EXPERT_METADATA = "expertrag_expert.json"
 _BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: how many times a row whose JSON fails a post-checked keyword (uniqueItems) is generated
+#: again, sampling; bounded, so a call never loops
+SCHEMA_RETRIES = 2
 
 Messages = list[dict[str, Any]]
+
+
+@contextmanager
+def peft_deprecation_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning that wrapping a model in peft triggers with
+    transformers >= 5: peft reads ``model.is_gradient_checkpointing``, a property transformers
+    deprecated for ``is_activation_checkpointing``. peft's use is internal (nothing for a user
+    to change), so the warning is noise on every first run; every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 _SHARED: dict[str, ExpertLLM] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -72,6 +94,8 @@ class GenerationResult:
     logprobs: list[float] | None = None
     #: the probability that the answer starts as the refusal, where a refusal gate applied
     refusal_probability: float | None = None
+    #: set while the parsed JSON fails the schema (before a retry); never on a returned result
+    _violation: SchemaViolation | None = field(default=None, repr=False, compare=False)
 
     @property
     def mean_logprob(self) -> float | None:
@@ -109,6 +133,7 @@ class _Options:
     continue_final_message: bool = False
     refusal_gate: bool = True
     refusal_threshold: float | None = None
+    attempt: int = 0  # > 0 on a retry after a failed post-check (see _grouped)
 
     @property
     def constrained(self) -> bool:
@@ -329,9 +354,10 @@ class ExpertLLM:
 
         self._unmerge()
         if self._peft is None:
-            self._peft = PeftModel.from_pretrained(
-                self.base_model, info["path"], adapter_name=name, is_trainable=False
-            )
+            with peft_deprecation_quiet():
+                self._peft = PeftModel.from_pretrained(
+                    self.base_model, info["path"], adapter_name=name, is_trainable=False
+                )
         else:
             self._route(self._peft.active_adapter)  # a clean, enabled state to load into
             self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
@@ -468,6 +494,10 @@ class ExpertLLM:
                 norm_tools = [t for t in norm_tools if t["name"] == choice]
         if norm_tools and (json_schema is not None or json_mode):
             raise InputError("tools and json_schema/json_mode cannot be combined in one call")
+        if json_schema is not None:
+            # refuse, before any token, a schema keyword that can be neither enforced by the
+            # grammar nor post-checked (UnsupportedSchemaError names it)
+            prepare_schema(json_schema)
         if norm_tools and continue_final_message:
             raise InputError("continue_final_message cannot be combined with tools")
         if refusal_threshold is not None and not 0.0 <= refusal_threshold <= 1.0:
@@ -739,6 +769,32 @@ class ExpertLLM:
 
     def _grouped(self, prompts: list[str], experts: list[str | None], opts: _Options,
                  on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
+        """Generate, then give JSON rows that fail a post-checked schema keyword (e.g.
+        uniqueItems, when dropping repeats is not enough) up to SCHEMA_RETRIES more tries,
+        sampled. Retries do not stream; their tokens count in the usage."""
+        results = self._grouped_once(prompts, experts, opts, on_tokens)
+        if opts.json_schema is None:
+            return results
+        for attempt in range(1, SCHEMA_RETRIES + 1):
+            bad = [i for i, r in enumerate(results) if r._violation is not None]
+            if not bad:
+                break
+            retry = replace(opts, temperature=max(opts.temperature, 0.7),
+                            seed=(opts.seed or 0) + attempt, attempt=attempt)
+            again = self._grouped_once([prompts[i] for i in bad], [experts[i] for i in bad],
+                                       retry, None)
+            for i, res in zip(bad, again, strict=True):
+                res.completion_tokens += results[i].completion_tokens
+                results[i] = res
+        for res in results:
+            if res._violation is not None:
+                raise StructuredOutputError(
+                    f"{res._violation} (still after {SCHEMA_RETRIES} retries)"
+                ) from res._violation
+        return results
+
+    def _grouped_once(self, prompts: list[str], experts: list[str | None], opts: _Options,
+                      on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(prompts)
         for rows in self._groups(experts):
             sub = self._generate_group([prompts[i] for i in rows], [experts[i] for i in rows],
@@ -849,7 +905,7 @@ class ExpertLLM:
         finish = "stop" if end is not None else "length"
         if end is None and grammar is not None:
             # out of tokens inside a constrained value: close it by grammar, so it parses
-            ids = ids + self.grammars.complete(grammar, ids)
+            ids = ids + self.grammars.complete(grammar, ids, jitter=opts.attempt)
         used = ids if end is None else ids[: end + 1]
         text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
         cut = _first_stop(text, opts.stop)
@@ -863,7 +919,15 @@ class ExpertLLM:
             if result.tool_calls:
                 result.finish_reason = "tool_calls"
         elif opts.json_schema is not None or opts.json_mode:
-            result.parsed = parse_json(text, opts.json_schema)
+            try:
+                result.parsed = parse_json(text, opts.json_schema)
+            except SchemaViolation as exc:
+                result._violation = exc  # _grouped retries the row
+            else:
+                if opts.json_schema is not None and result.parsed != json.loads(text,
+                                                                                 strict=False):
+                    # repeats dropped under uniqueItems: the text says what parsed says
+                    result.text = json.dumps(result.parsed, ensure_ascii=False)
         return result
 
     def close(self) -> None:

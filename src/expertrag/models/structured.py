@@ -13,10 +13,10 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from expertrag.errors import InputError, StructuredOutputError
+from expertrag.models.schemas import dedupe_arrays, prepare_schema, validator
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -129,15 +129,21 @@ class GrammarFactory:
                     raise StructuredOutputError(f"cannot compile grammar: {exc}") from exc
             return self._cache[key]
 
-    def _schema_grammar(self, schema: dict[str, Any]) -> Any:
+    def _schema_grammar(self, schema: dict[str, Any], strict: bool = True) -> Any:
+        """The grammar of `schema` after :func:`~expertrag.models.schemas.prepare_schema`
+        (formats as bounded patterns, allOf merged, ...; unsupported keywords refused with
+        `strict`, else left to xgrammar, as for tool parameters)."""
+        prepared = prepare_schema(schema, strict=strict).grammar
         return self._xgr.Grammar.from_json_schema(
-            json.dumps(schema), any_whitespace=False, separators=_SEPARATORS, strict_mode=True
+            json.dumps(prepared), any_whitespace=False, separators=_SEPARATORS,
+            strict_mode=True
         )
 
     def json_schema(self, schema: dict[str, Any]) -> Any:
         """A compiled grammar for exactly one JSON value matching `schema`."""
         if not isinstance(schema, dict):
             raise StructuredOutputError(f"json_schema must be a dict, got {type(schema).__name__}")
+        prepare_schema(schema)  # refuses an unsupported schema outside the cache lock
         key = "schema:" + json.dumps(schema, sort_keys=True)
         return self._cached(key, lambda: self._schema_grammar(schema))
 
@@ -161,7 +167,7 @@ class GrammarFactory:
         schema = tool_list_schema(tools, required, parallel)
         return xgr.Grammar.concat(
             xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_OPEN}"'),
-            self._schema_grammar(schema),
+            self._schema_grammar(schema, strict=False),
             xgr.Grammar.from_ebnf(f'root ::= "{TOOL_CALL_CLOSE}"'),
         )
 
@@ -187,13 +193,16 @@ class GrammarFactory:
             self._closing = torch.tensor(scores, dtype=torch.float32)
         return self._closing
 
-    def complete(self, compiled: Any, ids: list[int] | str, max_steps: int = 256) -> list[int]:
+    def complete(self, compiled: Any, ids: list[int] | str, max_steps: int = 256,
+                 jitter: int = 0) -> list[int]:
         """Tokens that close an unfinished constrained output as fast as the grammar allows.
 
         Used when generation hits max_new_tokens inside a value (small models can loop in
         a string or a number): no model call, only the grammar and a preference for closing
         tokens, so the result still parses and validates. `ids` are the generated tokens,
-        or the generated text (what a server returns)."""
+        or the generated text (what a server returns). A non-zero `jitter` (a retry's
+        number) breaks ties between equally short tokens at random, seeded by it, so a retry
+        does not close with the very items that failed uniqueItems before."""
         import torch
 
         xgr = self._xgr
@@ -208,12 +217,15 @@ class GrammarFactory:
         stops = set(self._info.stop_token_ids)
         bitmask = xgr.allocate_token_bitmask(1, self._info.vocab_size)
         base = self._closing_scores()
+        gen = torch.Generator().manual_seed(jitter) if jitter else None
         extra: list[int] = []
         for _ in range(max_steps):
             if matcher.is_terminated():
                 return extra
             matcher.fill_next_token_bitmask(bitmask)
             scores = base.clone().unsqueeze(0)
+            if gen is not None:  # fresh ties at every step: items differ from each other
+                scores += 0.9 * torch.rand(scores.shape, generator=gen)
             xgr.apply_token_bitmask_inplace(scores, bitmask)
             for stop in stops:  # ending is always the best choice once allowed
                 if scores[0, stop] > float("-inf"):
@@ -229,27 +241,39 @@ class GrammarFactory:
         return self._xgr.contrib.hf.LogitsProcessor(compiled)
 
 
-@lru_cache(maxsize=64)
-def _validator(schema_json: str) -> Any:
-    import jsonschema
+class SchemaViolation(StructuredOutputError):
+    """Output parsed but does not validate; ``keywords`` are the failing keywords (a
+    post-checked one such as uniqueItems is retried by ExpertLLM)."""
 
-    schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
+    def __init__(self, message: str, keywords: list[str]) -> None:
+        super().__init__(message)
+        self.keywords = keywords
 
 
 def parse_json(text: str, schema: dict[str, Any] | None) -> Any:
-    """Parse and validate constrained output; raise StructuredOutputError if it fails
-    (only possible when generation was cut off by max_new_tokens)."""
+    """Parse and validate constrained output with ``jsonschema`` (formats included).
+
+    Arrays that repeat items under ``uniqueItems`` lose their repeats when the value then
+    validates (the grammar cannot forbid repeats). Anything else that fails raises
+    :class:`SchemaViolation`, naming the keyword."""
     try:
         value = json.loads(text, strict=False)  # raw control characters in strings
     except json.JSONDecodeError as exc:
         raise StructuredOutputError(
             f"output is not complete JSON ({exc}); raise max_new_tokens. Output: {text[:200]!r}"
         ) from exc
-    if schema is not None:
-        errors = sorted(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value), key=str)
-        if errors:
-            raise StructuredOutputError(f"output does not match the schema: {errors[0].message}")
+    if schema is None:
+        return value
+    check = validator(schema)
+    errors = list(check.iter_errors(value))
+    if errors and all(e.validator == "uniqueItems" for e in errors):
+        value = dedupe_arrays(value, errors)
+        errors = list(check.iter_errors(value))
+    if errors:
+        errors.sort(key=str)
+        keywords = sorted({str(e.validator) for e in errors})
+        raise SchemaViolation(f"output does not match the schema ({', '.join(keywords)}): "
+                              f"{errors[0].message}", keywords)
     return value
 
 
