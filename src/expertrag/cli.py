@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expertrag import __version__
-from expertrag.errors import ExpertError, ExpertRAGError
+from expertrag.errors import ExpertError, ExpertRAGError, UnknownExpertError
 from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ingest_folder
 from expertrag.retrieval.store import DEFAULT_COLLECTION, DEFAULT_DB_PATH
 
@@ -98,7 +98,12 @@ def choose_expert(llm: Any, requested: str | None) -> str | None:
             print(f"warning: not using expert {name!r}: {exc}", file=sys.stderr)
             return None
         return name
-    # An explicitly requested but unknown expert is passed on: the LLM names the problem.
+    attached = getattr(llm, "experts", None)
+    if requested and attached is not None:
+        choices = sorted({*list(attached), *shipped})
+        have = ", ".join(choices) if choices else "none (attach one with add_expert)"
+        raise UnknownExpertError(f"unknown expert {requested!r}; choose one of: {have}")
+    # Unknown to us, and the LLM cannot list its experts: it names the problem itself.
     return requested
 
 
@@ -177,12 +182,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         chunk_overlap=args.chunk_overlap,
         progress=not args.quiet,
+        skip_invalid=args.skip_invalid,
     )
     stale = f", removed {report.removed} stale chunks" if report.removed else ""
     print(
         f"ingested {report.files} files as {report.chunks} chunks into {args.db} "
         f"(collection {args.collection!r}, {store.count()} chunks in total{stale})"
     )
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files that cannot be ingested:")
+        for name, reason in report.skipped:
+            print(f"  {name} {reason}")
     return 0
 
 
@@ -272,28 +282,58 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print answers as JSON")
 
 
+_EXAMPLES = {
+    None: """examples:
+  expertrag demo                                  # answer sample questions, offline
+  expertrag ingest docs/                          # index a folder of .txt/.md files
+  expertrag ask "What is the annual fee?"         # answer from the indexed folder
+  expertrag <command> --help                      # options of one command""",
+    "ingest": """examples:
+  expertrag ingest docs/
+  expertrag ingest docs/ --db ./kb --collection handbook
+  expertrag ingest docs/ --skip-invalid           # leave out files that are not UTF-8""",
+    "ask": """examples:
+  expertrag ask "What is the annual fee?"
+  expertrag ask "Who built it?" "When?" --k 6 --json
+  expertrag ask "What is the annual fee?" --expert grounded-qa""",
+    "demo": """examples:
+  expertrag demo
+  expertrag demo --json > answers.json""",
+}
+
+
+def _sub_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:]
+                          + ".", epilog=_EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``expertrag`` command."""
     parser = argparse.ArgumentParser(
-        prog="expertrag", description="Grounded question answering with small local models."
+        prog="expertrag", description="Grounded question answering with small local models.",
+        epilog=_EXAMPLES[None], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"expertrag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="chunk and index a folder of .txt/.md files")
+    p = _sub_parser(sub, "ingest", "chunk and index a folder of .txt/.md files")
     p.add_argument("folder", help="folder to ingest (recursively)")
     _add_store_args(p)
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP)
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="ingest the readable files and list the ones left out (not UTF-8, "
+                        "empty); by default any such file refuses the whole folder")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("ask", help="answer questions from an ingested collection")
+    p = _sub_parser(sub, "ask", "answer questions from an ingested collection")
     p.add_argument("question", nargs="+", help="one or more questions (quote each)")
     _add_store_args(p)
     _add_llm_args(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("demo", help="ingest the sample corpus and answer sample questions")
+    p = _sub_parser(sub, "demo", "ingest the sample corpus and answer sample questions")
     _add_store_args(p, db_default=None)
     _add_llm_args(p)
     p.set_defaults(func=cmd_demo)

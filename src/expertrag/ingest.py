@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expertrag.errors import InputError
+from expertrag.errors import InputError, InvalidFilesError
 from expertrag.types import Document
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,32 +36,47 @@ def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def read_text_file(path: str | os.PathLike[str]) -> str:
-    """Read a UTF-8 text file; an empty or undecodable file raises :class:`InputError`."""
-    path = Path(path)
+def _read(path: Path) -> tuple[str | None, str | None]:
+    """``(text, None)``, or ``(None, reason)`` when the file cannot be ingested."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return None, f"cannot be read ({exc.strerror or exc})"
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path} is not valid UTF-8 text (byte {exc.start}): convert it to UTF-8 or exclude it"
-        ) from exc
+        return None, f"is not valid UTF-8 text (byte {exc.start}): convert it to UTF-8"
     if not text.strip():
-        raise InputError(f"{path} is empty: remove it or add text")
+        return None, "is empty"
+    return text, None
+
+
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """Read a UTF-8 text file; an empty or undecodable file raises :class:`InputError`."""
+    path = Path(path)
+    text, reason = _read(path)
+    if text is None:
+        raise InputError(f"{path} {reason}")
     return text
 
 
 def load_folder(
-    folder: str | os.PathLike[str], patterns: Sequence[str] = DEFAULT_PATTERNS
+    folder: str | os.PathLike[str], patterns: Sequence[str] = DEFAULT_PATTERNS,
+    skip_invalid: bool = False,
 ) -> list[Document]:
     """Load every file under ``folder`` (recursively) matching ``patterns``, sorted by path.
 
     Each document's id and ``metadata["source"]`` are its path relative to ``folder`` (POSIX
     style); ``metadata["path"]`` is the absolute path. Hidden files and folders are skipped.
+    Files that are not UTF-8, empty or unreadable raise one :class:`InvalidFilesError`
+    listing all of them; with ``skip_invalid`` they are left out instead.
     """
+    return _load_folder(folder, patterns, skip_invalid)[0]
+
+
+def _load_folder(
+    folder: str | os.PathLike[str], patterns: Sequence[str], skip_invalid: bool
+) -> tuple[list[Document], list[tuple[str, str]]]:
     if isinstance(patterns, str):
         patterns = (patterns,)
     root = Path(folder)
@@ -75,16 +90,28 @@ def load_folder(
     if not found:
         raise InputError(f"no files matching {', '.join(patterns)} in {root}")
     docs = []
+    problems: list[tuple[str, str]] = []
     for path in sorted(found, key=lambda p: p.relative_to(root).as_posix()):
         relative = path.relative_to(root).as_posix()
+        text, reason = _read(path)
+        if text is None:
+            problems.append((relative, reason or "cannot be ingested"))
+            continue
         docs.append(
             Document(
-                text=read_text_file(path),
+                text=text,
                 id=relative,
                 metadata={"source": relative, "path": str(path.resolve())},
             )
         )
-    return docs
+    if problems and (not skip_invalid or not docs):
+        listing = "\n".join(f"  {name} {reason}" for name, reason in problems)
+        hint = ("fix or remove them, or pass skip_invalid (--skip-invalid) to ingest the rest"
+                if docs else "no file in the folder can be ingested")
+        raise InvalidFilesError(
+            f"{len(problems)} of {len(found)} files in {root} cannot be ingested ({hint}):\n"
+            f"{listing}", problems)
+    return docs, problems
 
 
 # -- chunking -------------------------------------------------------------------------------
@@ -216,6 +243,8 @@ class IngestReport:
     chunks: int
     removed: int = 0
     sources: list[str] = field(default_factory=list)
+    #: ``(relative_path, reason)`` of each file left out (``skip_invalid=True``)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def ingest_folder(
@@ -225,15 +254,19 @@ def ingest_folder(
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     progress: bool = True,
     patterns: Sequence[str] = DEFAULT_PATTERNS,
+    skip_invalid: bool = False,
 ) -> IngestReport:
     """Load, chunk and upsert a folder into ``store``; safe to re-run on the same folder.
 
     Chunks left over from an earlier, longer version of a file are deleted, so the store mirrors
-    the folder's current content for every file it ingests.
+    the folder's current content for every file it ingests. By default one file that cannot
+    be read (not UTF-8, empty) refuses the whole folder, before anything is written, with an
+    :class:`InvalidFilesError` that lists every such file; ``skip_invalid=True`` ingests the
+    rest and reports the skipped files in ``IngestReport.skipped``.
     """
     from tqdm.auto import tqdm
 
-    docs = load_folder(folder, patterns)
+    docs, skipped = _load_folder(folder, patterns, skip_invalid)
     chunks = chunk_documents(docs, chunk_size, chunk_overlap)
     batch = max(1, int(getattr(store, "batch_size", 64)))
     with tqdm(
@@ -251,4 +284,5 @@ def ingest_folder(
         if stale:
             store.delete(stale)
             removed += len(stale)
-    return IngestReport(files=len(docs), chunks=len(chunks), removed=removed, sources=sources)
+    return IngestReport(files=len(docs), chunks=len(chunks), removed=removed, sources=sources,
+                        skipped=skipped)

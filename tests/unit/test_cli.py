@@ -179,7 +179,9 @@ def test_choose_expert(monkeypatch):
     assert cli.choose_expert(FakeLLM(["grounded-qa"]), None) == "grounded-qa"
     monkeypatch.setattr(cli, "shipped_experts", dict)
     assert cli.choose_expert(FakeLLM(), None) is None
-    assert cli.choose_expert(FakeLLM(), "custom") == "custom"
+    with pytest.raises(UnknownExpertError, match="'custom'; choose one of: none"):
+        cli.choose_expert(FakeLLM(), "custom")
+    assert cli.choose_expert(object(), "custom") == "custom"  # cannot list: passed on
     monkeypatch.setattr(cli, "shipped_experts", lambda: {"grounded-qa": "/experts/gqa"})
     llm = FakeLLM()
     assert cli.choose_expert(llm, None) == "grounded-qa"
@@ -203,3 +205,51 @@ def test_server_option_and_environment_pick_the_server_client(monkeypatch):
     assert cli.make_llm("any").base_url == "http://127.0.0.1:10"
     monkeypatch.delenv("EXPERTRAG_SERVER_URL")
     assert isinstance(cli.make_llm("smollm2-135m-instruct"), ExpertLLM)
+
+
+def test_ingest_reports_every_bad_file_and_skip_invalid_ingests_the_rest(tmp_path, capsys,
+                                                                          corpus, fakes):
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (corpus / "sub").mkdir()
+    (corpus / "sub" / "blank.md").write_text("  \n", encoding="utf-8")
+    db = str(tmp_path / "db")
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 of 4 files") and "--skip-invalid" in err
+    assert "latin1.txt is not valid UTF-8" in err and "sub/blank.md is empty" in err
+    assert not (tmp_path / "db").exists() or VectorStore(
+        path=db, embedder=HashEmbedder()).count() == 0  # strict: nothing was written
+
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "ingested 2 files" in out
+    assert "skipped 2 files that cannot be ingested:" in out
+    assert "  latin1.txt is not valid UTF-8 text (byte 3)" in out
+    assert "  sub/blank.md is empty" in out
+
+
+def test_unknown_expert_names_the_shipped_experts(tmp_path, capsys, corpus, fakes,
+                                                  monkeypatch):
+    monkeypatch.setattr(cli, "shipped_experts",
+                        lambda: {"grounded-qa": "/x/gqa", "critic": "/x/critic"})
+    db = str(tmp_path / "db")
+    cli.main(["ingest", str(corpus), "--db", db, "--quiet"])
+    capsys.readouterr()
+    assert cli.main(["ask", "fee?", "--db", db, "--expert", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown expert 'nope'; choose one of: critic, grounded-qa\n"
+    assert "none attached" not in err
+    with pytest.raises(UnknownExpertError, match="choose one of: mine"):
+        monkeypatch.setattr(cli, "shipped_experts", dict)
+        cli.choose_expert(FakeLLM(["mine"]), "other")
+
+
+@pytest.mark.parametrize("command", [None, "ingest", "ask", "demo", "train", "eval"])
+def test_help_shows_an_example(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"] if command else ["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:\n  expertrag " + (command or "") in out
+    if command == "ingest":
+        assert "--skip-invalid" in out

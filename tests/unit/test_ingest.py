@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from expertrag.errors import InputError
+from expertrag.errors import InputError, InvalidFilesError
 from expertrag.ingest import (
     IngestReport,
     chunk_documents,
@@ -73,6 +73,41 @@ def test_bad_file_names_the_file(tmp_path, content, message):
     with pytest.raises(InputError, match=message) as info:
         load_folder(tmp_path)
     assert "bad file.txt" in str(info.value)
+
+
+def test_every_bad_file_is_reported_at_once(tmp_path):
+    _write(tmp_path / "good.md", "fine")
+    _write(tmp_path / "a.txt", b"\xff\xfe")
+    _write(tmp_path / "z" / "b.md", "")
+    with pytest.raises(InvalidFilesError) as info:
+        load_folder(tmp_path)
+    assert info.value.problems == [
+        ("a.txt", "is not valid UTF-8 text (byte 0): convert it to UTF-8"),
+        ("z/b.md", "is empty"),
+    ]
+    assert "2 of 3 files" in str(info.value) and "skip_invalid" in str(info.value)
+    assert [d.id for d in load_folder(tmp_path, skip_invalid=True)] == ["good.md"]
+
+
+def test_skip_invalid_ingests_the_rest_and_reports_the_skipped(tmp_path):
+    folder = tmp_path / "docs"
+    _write(folder / "good.md", "The annual fee is 45 euros.")
+    _write(folder / "bad.txt", "caf\xe9".encode("latin-1"))
+    store = VectorStore(path=tmp_path / "db", embedder=HashEmbedder())
+    with pytest.raises(InvalidFilesError, match=r"bad\.txt"):
+        ingest_folder(folder, store, progress=False)
+    assert store.count() == 0  # strict by default: nothing written
+    report = ingest_folder(folder, store, progress=False, skip_invalid=True)
+    assert (report.files, report.sources) == (1, ["good.md"])
+    assert report.skipped == [("bad.txt", "is not valid UTF-8 text (byte 3): "
+                                          "convert it to UTF-8")]
+    assert store.count() == report.chunks
+
+
+def test_skip_invalid_with_no_valid_file_is_still_an_error(tmp_path):
+    _write(tmp_path / "bad.txt", b"\xff")
+    with pytest.raises(InvalidFilesError, match="no file in the folder can be ingested"):
+        load_folder(tmp_path, skip_invalid=True)
 
 
 def test_folder_without_matching_files(tmp_path):

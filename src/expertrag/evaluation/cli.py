@@ -22,7 +22,15 @@ def add_eval_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     from expertrag.evaluation.robustness import ABILITIES
     from expertrag.evaluation.runner import PIPELINES
 
-    p = subparsers.add_parser("eval", help="evaluate RAG pipelines on a QA set and report")
+    p = subparsers.add_parser(
+        "eval", help="evaluate RAG pipelines on a QA set and report",
+        description="Evaluate RAG pipelines on a QA set and write a report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  expertrag eval --data qa.jsonl --limit 20\n"
+               "  expertrag eval --data hotpot_dev.json --format hotpotqa "
+               "--pipelines naive,crag --out report/",
+    )
     p.add_argument("--data", required=True, help="QA file: expertrag JSON lines, HotpotQA, "
                    "MuSiQue or SQuAD 2.0 (see expertrag.evaluation.datasets.load_eval_items)")
     p.add_argument("--format", default="auto",

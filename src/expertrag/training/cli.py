@@ -14,7 +14,14 @@ def add_train_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     from expertrag.training.data import DEFAULT_DATA_DIR
     from expertrag.training.recipes import recipe_names
 
-    p = subparsers.add_parser("train", help="train a LoRA expert from a recipe")
+    p = subparsers.add_parser(
+        "train", help="train a LoRA expert from a recipe",
+        description="Train a LoRA expert from a recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  expertrag train --recipe grounded-qa --output experts/my-qa\n"
+               "  expertrag train --recipe critic --max-steps 50 --device cpu",
+    )
     p.add_argument("--recipe", required=True, choices=recipe_names(), help="recipe to run")
     p.add_argument("--output", default=None, help="adapter folder (default: experts/<recipe>)")
     p.add_argument("--data-dir", default=None,

@@ -204,7 +204,10 @@ class _Run:
             target_modules=cfg.target_modules, use_dora=cfg.method == "dora",
             bias="none", task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(base, lora)
+        from expertrag.models.llm import peft_deprecation_quiet
+
+        with peft_deprecation_quiet():  # peft reads a property transformers deprecated
+            self.model = get_peft_model(base, lora)
         self.model.peft_config["default"].base_model_name_or_path = self.loaded.name
         if cfg.init_adapter:
             warm_start(self.model, cfg.init_adapter, cfg.r, cfg.alpha)
