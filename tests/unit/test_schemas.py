@@ -109,6 +109,8 @@ def test_rewrites() -> None:
     assert grammar({"type": "number", "multipleOf": 0.5, "minimum": 0, "maximum": 1.5}) == {
         "enum": [0, 0.5, 1, 1.5]}
     assert grammar({"type": "number", "multipleOf": 2})["type"] == "integer"
+    assert grammar({"type": "integer", "multipleOf": 5, "minimum": 1, "maximum": 20}) == {
+        "enum": [5, 10, 15, 20]}  # xgrammar ignores multipleOf beside a range
     merged = grammar({"allOf": [{"type": "object", "properties": {"a": {}}, "required": ["a"]},
                                 {"properties": {"b": {}}, "required": ["b"]}]})
     assert merged["required"] == ["a", "b"] and set(merged["properties"]) == {"a", "b"}

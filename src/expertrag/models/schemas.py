@@ -317,20 +317,18 @@ class _Preparer:
             return
         types = _types(schema) or {"number"}
         integral = float(m).is_integer()
-        if types == {"integer"}:
-            if not integral:
-                if (1 / m).is_integer():
-                    schema.pop("multipleOf")  # every integer is a multiple of 1/k
-                else:
-                    self.refuse("multipleOf", path, f"a fractional multipleOf ({m}) on "
-                                "integers is not supported")
+        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        # xgrammar enforces multipleOf on integers only without a range (with one it warns
+        # and ignores multipleOf): a bounded range becomes an enum of the multiples
+        unbounded = lo is None and hi is None
+        if types == {"integer"} and not integral and (1 / m).is_integer():
+            schema.pop("multipleOf")  # every integer is a multiple of 1/k
             return
-        if types <= {"integer", "number"} and integral:
+        if types <= {"integer", "number"} and integral and unbounded:
             schema["type"] = "integer"
             schema["multipleOf"] = int(m)
             return
-        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
-        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
         if types <= {"integer", "number"} and lo is not None and hi is not None \
                 and (hi - lo) / m <= 200:
             check = {k: v for k, v in schema.items() if k != "enum"}
@@ -349,8 +347,8 @@ class _Preparer:
                 schema.pop(key, None)
             schema["enum"] = values
             return
-        self.refuse("multipleOf", path, f"multipleOf {m} on numbers needs a minimum and a "
-                    "maximum at most 200 steps apart (or an integral step)")
+        self.refuse("multipleOf", path, f"multipleOf {m} needs either no bounds (integral "
+                    "steps) or a minimum and a maximum at most 200 steps apart")
 
     def check_enum(self, schema: dict[str, Any], path: str) -> None:
         for key in ("enum", "const"):
