@@ -28,7 +28,8 @@ _REPEATED_CITATION_RE = re.compile(r"(\[\s*\d+\s*\])(?:\s*\1)+")
 
 
 class Retriever(Protocol):
-    """What the pipeline needs from a store: ``query(text, k)`` returning documents."""
+    """What the pipeline needs from a store: ``query(text, k)`` returning documents (a
+    retriever's ``retrieve(text, k)`` is taken too)."""
 
     def query(self, text: str, k: int = 4) -> list[Document]: ...
 
@@ -130,8 +131,14 @@ class RAGPipeline:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        # a vector store's ``query`` or a retriever's ``retrieve`` (BM25, hybrid, graph)
+        search = getattr(store, "query", None) or getattr(store, "retrieve", None)
+        if not callable(search):
+            raise InputError(f"store must have query(text, k) or retrieve(text, k); got "
+                             f"{type(store).__name__}")
         self.llm = llm
         self.store = store
+        self._search = search
         self.k = k
         self.expert = expert
         self.max_new_tokens = max_new_tokens
@@ -146,7 +153,7 @@ class RAGPipeline:
 
     def retrieve(self, question: str) -> list[Document]:
         """The ``k`` passages the answer will be grounded on."""
-        return self.store.query(self._check_question(question), k=self.k)
+        return self._search(self._check_question(question), k=self.k)
 
     def _answer(self, question: str, passages: list[Document], result: Any) -> Answer:
         text = tidy_citations(str(getattr(result, "text", result)).strip())

@@ -170,3 +170,18 @@ def test_bad_settings():
         RAGPipeline(FakeLLM([]), FakeStore(), max_new_tokens=0)
     with pytest.raises(InputError):
         RAGPipeline(FakeLLM([]), FakeStore()).answer_many("one string")
+
+
+def test_a_retriever_with_retrieve_serves_as_the_store():
+    class HybridLike:  # BM25 / hybrid / graph retrievers have retrieve(), not query()
+        def __init__(self) -> None:
+            self.inner = FakeStore()
+
+        def retrieve(self, text: str, k: int = 4) -> list[Document]:
+            return self.inner.query(text, k)
+
+    store = HybridLike()
+    answer = RAGPipeline(FakeLLM(["Passage [1]."]), store, k=2).answer("What?")
+    assert store.inner.queries == [("What?", 2)] and len(answer.citations) == 1
+    with pytest.raises(InputError, match="query\\(text, k\\) or retrieve"):
+        RAGPipeline(FakeLLM([]), object())
