@@ -85,9 +85,7 @@ def record_gate(folder: str | os.PathLike[str], threshold: float,
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["refusal_gate"] = {"text": REFUSAL, "threshold": threshold,
                             "calibration": calibration}
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, meta_path)
+    _atomic_write(meta_path, json.dumps(meta, indent=2))
     card = folder / "README.md"
     if card.is_file():
         at = calibration["at_threshold"]
