@@ -4,6 +4,7 @@ critic), the standard LangChain retriever suite for the corrected context, and c
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,19 @@ def retriever() -> Any:
 
 
 def test_crag_answers_from_the_relevant_passage_and_cites_it(llm: Any, retriever: Any) -> None:
-    from expertrag.chains import CORRECT, CorrectiveRAG
+    from expertrag.chains import AMBIGUOUS, CORRECT, CorrectiveRAG, CRAGConfig
 
-    res = CorrectiveRAG(llm, retriever).answer("When was the Saltmere Head lighthouse built?")
-    assert res.action == CORRECT
+    question = "When was the Saltmere Head lighthouse built?"
+    chain = CorrectiveRAG(llm, retriever)
+    res = chain.answer(question)
+    # the relevance expert is confident about the passage that holds the answer; the shipped
+    # upper threshold (0.98, calibrated on HotpotQA for 90% precision) may still call that
+    # Ambiguous, which without an external source answers from the same refined passages
+    assert res.context.scores[0] > 0.9
+    assert res.action == (CORRECT if res.context.scores[0] >= chain.config.upper
+                          else AMBIGUOUS)
+    lenient = CorrectiveRAG(llm, retriever, config=CRAGConfig(upper=0.9))
+    assert lenient.answer(question).action == CORRECT
     cited = [d.id for d in res.citations]
     assert "1862" in res.answer and cited and cited[0] == "d0"
     # every citation resolves to a source document of a passage the generator was given
@@ -118,7 +128,8 @@ def test_chains_cookbook_runs() -> None:
                           timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "CRAG [correct] When was the Saltmere Head lighthouse built? -> 1862" in out
+    assert re.search(r"CRAG \[(correct|ambiguous)\] When was the Saltmere Head lighthouse "
+                     r"built\? -> 1862", out), out
     assert "CRAG [incorrect] When does the Corran Bay ferry leave the harbour? -> I don't know" \
         in out
     assert "CRAG + web" in out and "9:15" in out.split("CRAG + web", 1)[1].splitlines()[0]

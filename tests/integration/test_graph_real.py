@@ -77,11 +77,12 @@ def test_graph_cookbook_runs() -> None:
     assert "graph: 7 documents" in out and "ppr: [" in out
     assert "LangChain answer:" in out and "LlamaIndex answer:" in out
     # the graph hands the chain the passage that holds the answer; whether the 135M expert
-    # then answers it is the expert's quality (it refuses this one question of the sample
-    # set, see the grounded-qa card), measured in benchmarks/bench_experts.py, not here
+    # then answers it fully is the expert's quality (see the grounded-qa card), measured in
+    # benchmarks/bench_experts.py, not here: the answer comes from that passage ("the third
+    # Saturday of August", or part of it) or is the refusal
     assert "LangChain context holds the answer: True" in out
     answer = out.split("LangChain answer:", 1)[1].splitlines()[0]
-    assert "third Saturday" in answer or "I don't know" in answer
+    assert any(s in answer for s in ("third Saturday", "August", "I don't know")), answer
 
 
 @pytest.mark.skipif(not os.environ.get("EXPERTRAG_NEO4J_URI"),

@@ -122,6 +122,20 @@ def test_rewrites() -> None:
     assert "title" not in grammar({"title": "T", "type": "string", "x-extension": 1})
 
 
+def test_properties_come_out_in_the_declared_order(llm: ExpertLLM) -> None:
+    """Key order is part of a schema for its user (and for a tool call: "name" first); the
+    grammar cache must not sort it away, nor share one grammar between two orders."""
+    first = {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "integer"}},
+             "required": ["z", "a"]}
+    second = {"type": "object", "properties": {"a": {"type": "integer"}, "z": {"type": "integer"}},
+              "required": ["a", "z"]}
+    assert list(prepare_schema(first).grammar["properties"]) == ["z", "a"]
+    assert list(prepare_schema(second).grammar["properties"]) == ["a", "z"]
+    for schema in (first, second):
+        res = llm.generate(HELLO, json_schema=schema, max_new_tokens=24)
+        assert list(json.loads(res.text)) == list(schema["properties"])
+
+
 def test_repeats_are_dropped_when_the_array_still_validates() -> None:
     schema = {"type": "object", "properties": {"t": {"type": "array", "uniqueItems": True,
                                                      "items": {"type": "string"}}}}

@@ -608,7 +608,8 @@ def prepare_schema(schema: dict[str, Any], strict: bool = True) -> PreparedSchem
     With `strict` (structured output), a keyword that can be neither enforced nor
     post-checked raises :class:`UnsupportedSchemaError` naming it; without (tool
     parameters, which are not validated), such keywords are left to the grammar."""
-    key = json.dumps(schema, sort_keys=True)
+    # Key order is kept: it is the order the grammar emits properties in.
+    key = json.dumps(schema)
     return _prepare(key, strict)
 
 

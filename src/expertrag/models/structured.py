@@ -144,7 +144,7 @@ class GrammarFactory:
         if not isinstance(schema, dict):
             raise StructuredOutputError(f"json_schema must be a dict, got {type(schema).__name__}")
         prepare_schema(schema)  # refuses an unsupported schema outside the cache lock
-        key = "schema:" + json.dumps(schema, sort_keys=True)
+        key = "schema:" + json.dumps(schema)  # key order = property order
         return self._cached(key, lambda: self._schema_grammar(schema))
 
     def json_object(self) -> Any:
@@ -156,7 +156,7 @@ class GrammarFactory:
         """``<tool_call>[call, ...]</tool_call>``: a JSON list of calls, each matching one
         tool's schema. With `required` the list holds at least one call; otherwise the
         model may answer ``[]`` (no tool needed). Without `parallel`, at most one call."""
-        key = "tools:" + json.dumps([tools, required, parallel], sort_keys=True)
+        key = "tools:" + json.dumps([tools, required, parallel])
         return self._cached(key, lambda: self.tool_calls_grammar(tools, required, parallel))
 
     def tool_calls_grammar(self, tools: list[dict[str, Any]], required: bool,
