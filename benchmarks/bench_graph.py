@@ -162,6 +162,11 @@ def main() -> None:
     _print(["extraction", "seconds", "vs embedding", "LLM calls / chunk", "entities / chunk",
             "edges / chunk", "chunks with nothing", "index MB"], index_rows)
     print(f"spaCy graph: {counts}")
+    for name, r in (("spaCy", report), ("LLM", rep)):
+        rest = r.seconds - r.seconds_extract - r.seconds_embed
+        print(f"{name} indexing time: extraction {r.seconds_extract:.1f} s, embedding "
+              f"(passages + new entity names) {r.seconds_embed:.1f} s, graph writes and "
+              f"synonym edges {rest:.1f} s")
 
     # ---------------------------------------------------------------- answers
     answer_rows = []
