@@ -153,8 +153,12 @@ def test_searches_rank_and_explain(tmp_path):
     glob = g.retrieve("Paris and the Seine", k=1, mode="global")
     assert glob and glob[0].metadata["graph_mode"] == "global"
     assert "paris#0" in glob[0].metadata["passages"]
+    embedded: list[str] = []
+    real = g.embedder.embed_documents
+    g.embedder.embed_documents = lambda texts: embedded.extend(texts) or real(texts)
     hybrid = g.retrieve("What flows through Paris?", k=2, mode="hybrid")
     assert hybrid[0].id == "paris#0"
+    assert not set(embedded) & {d.text for d in DOCS}  # the stored passage vectors are used
     with pytest.raises(InputError, match="mode"):
         g.retrieve("x", mode="telepathy")
     with pytest.raises(InputError, match="empty"):

@@ -343,6 +343,22 @@ def test_hybrid_fuses_bm25_and_dense() -> None:
     assert all(d.id for d in ids)
 
 
+def test_hybrid_takes_precomputed_vectors_and_embeds_no_document() -> None:
+    emb = WordEmbedder()
+    vectors = emb.embed_documents([d.text for d in CORPUS])
+
+    class QueriesOnly(WordEmbedder):
+        def embed_documents(self, texts):
+            raise AssertionError("documents were embedded again")
+
+    hy = HybridRetriever(CORPUS, embedder=QueriesOnly(), vectors=vectors, k=3)
+    ref = HybridRetriever(CORPUS, embedder=emb, k=3)
+    assert [d.id for d in hy.retrieve("Paris capital")] == [
+        d.id for d in ref.retrieve("Paris capital")]
+    with pytest.raises(InputError, match="one row per document"):
+        HybridRetriever(CORPUS, embedder=emb, vectors=vectors[:1])
+
+
 def test_hybrid_over_vector_store(tmp_path) -> None:
     from expertrag.retrieval import VectorStore
 

@@ -517,8 +517,9 @@ class GraphRAG:
         if "hybrid" not in g:
             from expertrag.retrieval.hybrid import HybridRetriever
 
-            docs = [Document(text=p["text"], id=pid) for pid, p in g["passages"].items()]
-            g["hybrid"] = HybridRetriever(docs, embedder=self.embedder)
+            docs = [Document(text=g["passages"][pid]["text"], id=pid) for pid in g["pas_ids"]]
+            # the stored passage embeddings, not a second embedding of the whole corpus
+            g["hybrid"] = HybridRetriever(docs, embedder=self.embedder, vectors=g["pas_unit"])
         return g["hybrid"]
 
     def retrieve(self, query: str, k: int = 5, mode: str = "ppr") -> list[Document]:

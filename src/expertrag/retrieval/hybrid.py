@@ -22,11 +22,21 @@ from expertrag.types import Document
 class DenseIndex:
     """Exact cosine search over documents embedded once (fine up to ~1e5 passages)."""
 
-    def __init__(self, documents: Sequence[Document], embedder: Any) -> None:
+    def __init__(self, documents: Sequence[Document], embedder: Any,
+                 vectors: Any = None) -> None:
         self.documents = list(documents)
         self.embedder = embedder
         self._matrix: Any = None
         self._lock = threading.Lock()
+        if vectors is not None:  # embedded already (a store's copy): normalise, don't re-embed
+            import numpy as np
+
+            m = np.asarray(vectors, dtype=np.float32)
+            if m.ndim != 2 or m.shape[0] != len(self.documents):
+                raise InputError(f"vectors must hold one row per document ({len(self.documents)}"
+                                 f"), got shape {m.shape}")
+            norms = np.linalg.norm(m, axis=1, keepdims=True)
+            self._matrix = m / np.where(norms == 0, 1.0, norms)
 
     @property
     def matrix(self) -> Any:
@@ -60,6 +70,8 @@ class HybridRetriever:
     (:class:`~expertrag.retrieval.VectorStore`; its documents feed BM25 unless ``documents``
     are given too). Documents without an id get the store's content hash, so both sides
     agree on identity. ``metadata`` carries ``bm25_rank`` / ``dense_rank`` (None if absent).
+    ``vectors`` (one row per document, same embedder) skips embedding documents that were
+    embedded already, e.g. a graph's stored passage embeddings.
     """
 
     def __init__(
@@ -76,6 +88,7 @@ class HybridRetriever:
         stemmer: str | Callable[[str], str] | None = "auto",
         k1: float = 1.5,
         b: float = 0.75,
+        vectors: Any = None,
     ) -> None:
         if documents is None and store is None:
             raise InputError("HybridRetriever needs documents or a store")
@@ -94,7 +107,8 @@ class HybridRetriever:
         self.k, self.bm25_k, self.dense_k, self.rrf_k = k, bm25_k, dense_k, rrf_k
         self.weights = tuple(weights)
         self.bm25 = BM25Retriever(self.documents, k1=k1, b=b, stemmer=stemmer)
-        self.dense = DenseIndex(self.documents, self.embedder) if store is None else None
+        self.dense = DenseIndex(self.documents, self.embedder, vectors) \
+            if store is None else None
 
     def dense_retrieve(self, query: str, k: int) -> list[Document]:
         if self.dense is not None:
