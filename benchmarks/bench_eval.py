@@ -49,13 +49,15 @@ def _f(v: float) -> str:
     return "-" if v != v else f"{v:.3f}"
 
 
-def _acc_auc(scores: list[float], labels: list[int]) -> tuple[float, float]:
+def _acc_auc(scores: list[float], labels: list[int],
+             threshold: float = 0.5) -> tuple[float, float]:
+    """Accuracy at `threshold` (a judge's own) and ROC AUC, NaN scores left out."""
     from expertrag.training.trainer import roc_auc
 
     ok = [(s, y) for s, y in zip(scores, labels, strict=True) if s == s]
     if not ok:
         return float("nan"), float("nan")
-    acc = sum((s >= 0.5) == bool(y) for s, y in ok) / len(ok)
+    acc = sum((s >= threshold) == bool(y) for s, y in ok) / len(ok)
     return acc, roc_auc([s for s, _ in ok], [y for _, y in ok])
 
 
@@ -120,7 +122,9 @@ def answer_items(data_dir: Path, n: int) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ parts
-def validity_part(llm: Any, data_dir: Path, n: int, ragas_items: int) -> list[list[str]]:
+def validity_part(llm: Any, data_dir: Path, n: int, ragas_items: int,
+                  checks: tuple[str, ...] = ("faithfulness", "context relevance",
+                                             "answer relevance")) -> list[list[str]]:
     from expertrag.evaluation.judges import (
         AnswerRelevanceJudge,
         ContextRelevanceJudge,
@@ -128,20 +132,22 @@ def validity_part(llm: Any, data_dir: Path, n: int, ragas_items: int) -> list[li
         FaithfulnessJudge,
     )
 
-    sets = {"faithfulness": (faithfulness_items(data_dir, n, n // 2), FaithfulnessJudge(llm),
-                             "Faithfulness"),
-            "context relevance": (relevance_items(data_dir, n), ContextRelevanceJudge(llm),
-                                  "ContextRelevance"),
-            "answer relevance": (answer_items(data_dir, n), AnswerRelevanceJudge(llm),
-                                 "AnswerRelevancy")}
+    sets = {"faithfulness": (lambda: faithfulness_items(data_dir, n, n // 2),
+                             lambda: FaithfulnessJudge(llm), "Faithfulness"),
+            "context relevance": (lambda: relevance_items(data_dir, n),
+                                  lambda: ContextRelevanceJudge(llm), "ContextRelevance"),
+            "answer relevance": (lambda: answer_items(data_dir, n),
+                                 lambda: AnswerRelevanceJudge(llm), "AnswerRelevancy")}
     rows = []
-    for name, (items, judge, ragas_name) in sets.items():
+    for name in checks:
+        make_items, make_judge, ragas_name = sets[name]
+        items, judge = make_items(), make_judge()
         evals = [EvalItem(it["question"], it.get("answer", ""), it.get("contexts", []))
                  for it in items]
         started = time.perf_counter()
         scores = [v.score for v in judge(evals)]
         took = (time.perf_counter() - started) / len(items)
-        acc, auc = _acc_auc(scores, [it["label"] for it in items])
+        acc, auc = _acc_auc(scores, [it["label"] for it in items], judge.threshold)
         rows.append([name, "expertrag judge", str(len(items)), _f(acc), _f(auc), "0.000",
                      f"{took:.3f}"])
         if ragas_items:
@@ -345,6 +351,8 @@ def main() -> None:
                         default="all")
     parser.add_argument("--items", type=int, default=100,
                         help="labelled items per validity check (HaluEval rows etc.)")
+    parser.add_argument("--checks", default="faithfulness,context relevance,answer relevance",
+                        help="validity checks to run, comma-separated")
     parser.add_argument("--ragas-items", type=int, default=30,
                         help="items scored by the generative RAGAS metric in validity")
     parser.add_argument("--side-items", type=int, default=100,
@@ -364,7 +372,9 @@ def main() -> None:
     attach_shipped(llm)
     report: dict[str, Any] = {}
     if args.part in ("validity", "all"):
-        report["validity"] = validity_part(llm, args.data_dir, args.items, args.ragas_items)
+        checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+        report["validity"] = validity_part(llm, args.data_dir, args.items, args.ragas_items,
+                                           checks)
     if args.part in ("ragas", "all"):
         report["ragas"] = ragas_part(llm, args.data_dir, args.side_items)
     if args.part in ("robustness", "all"):

@@ -122,7 +122,7 @@ def test_faithfulness_judge_per_sentence_and_refusals(monkeypatch):
 
 
 def test_answer_relevance_judge_maps_utility_to_unit_range():
-    judge = AnswerRelevanceJudge(FakeLLM())
+    judge = AnswerRelevanceJudge(FakeLLM(), method="isuse")
     judge.critic = FakeCritic()
     good, bad = judge([EvalItem("Capital?", "Paris"), EvalItem("Capital?", "I don't know.")])
     assert 0.5 < good.score <= 1.0 and bad.score < 0.5
@@ -132,11 +132,15 @@ def test_answer_relevance_judge_maps_utility_to_unit_range():
             return [[1.0, 0.0] if "Paris" in t or "Capital" in t else [0.0, 1.0]
                     for t in texts]
 
-    emb = AnswerRelevanceJudge(method="embedding", embedder=Emb())
+    emb = AnswerRelevanceJudge(embedder=Emb())  # the default: embeddings, no LLM needed
+    assert emb.method == "embedding" and emb.threshold == 0.19
     assert [r.score for r in emb([EvalItem("Capital?", "Paris"),
                                   EvalItem("Capital?", "Dogs")])] == [1.0, 0.0]
+    assert judge.threshold == 0.5
     with pytest.raises(InputError, match="needs the llm"):
-        AnswerRelevanceJudge()
+        AnswerRelevanceJudge(method="isuse")
+    with pytest.raises(InputError, match="method"):
+        AnswerRelevanceJudge(method="vibes", embedder=Emb())
 
 
 # ------------------------------------------------------------------------------ RAGAS

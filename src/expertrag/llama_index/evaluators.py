@@ -76,9 +76,11 @@ class ExpertContextRelevancyEvaluator(_JudgeEvaluator):
 
 
 class ExpertAnswerRelevancyEvaluator(_JudgeEvaluator):
-    """Is the response a useful answer to the query? (critic IsUse, or embeddings)"""
+    """Does the response address the query? (embedding cosine by default, or critic IsUse
+    with ``method="isuse"``; the threshold defaults to the method's calibrated one)"""
 
-    def __init__(self, llm: Any = None, threshold: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, llm: Any = None, threshold: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(AnswerRelevanceJudge(llm, threshold=threshold, **kwargs))
 
 
