@@ -6,7 +6,8 @@ leaves the machine:
 
 - faithfulness: the ``critic`` expert's IsSup for each sentence of the answer;
 - context relevance: the ``relevance`` expert's P(yes) for each retrieved passage;
-- answer relevance: the critic's IsUse; correctness: token F1 against a reference (no model).
+- answer relevance: an embedding cosine (or the critic's IsUse); correctness: token F1
+  against a reference (no model).
 
 1. **LangChain.** Run an ordinary LCEL RAG chain and score its outputs with the
    openevals-style evaluators (``evaluator(inputs=..., outputs=..., reference_outputs=...)``),
