@@ -357,6 +357,8 @@ def test_hybrid_takes_precomputed_vectors_and_embeds_no_document() -> None:
         d.id for d in ref.retrieve("Paris capital")]
     with pytest.raises(InputError, match="one row per document"):
         HybridRetriever(CORPUS, embedder=emb, vectors=vectors[:1])
+    with pytest.raises(InputError, match="a store keeps its own"):
+        HybridRetriever(store=object(), vectors=vectors)
 
 
 def test_hybrid_over_vector_store(tmp_path) -> None:

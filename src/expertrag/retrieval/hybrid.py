@@ -19,6 +19,14 @@ from expertrag.retrieval.store import content_id
 from expertrag.types import Document
 
 
+def _unit_rows(m: Any) -> Any:
+    """Rows scaled to unit length (zero rows left as they are), for cosine by dot product."""
+    import numpy as np
+
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(norms == 0, 1.0, norms)
+
+
 class DenseIndex:
     """Exact cosine search over documents embedded once (fine up to ~1e5 passages)."""
 
@@ -28,15 +36,14 @@ class DenseIndex:
         self.embedder = embedder
         self._matrix: Any = None
         self._lock = threading.Lock()
-        if vectors is not None:  # embedded already (a store's copy): normalise, don't re-embed
+        if vectors is not None:  # embedded already (a store's copy): don't embed again
             import numpy as np
 
             m = np.asarray(vectors, dtype=np.float32)
             if m.ndim != 2 or m.shape[0] != len(self.documents):
                 raise InputError(f"vectors must hold one row per document ({len(self.documents)}"
                                  f"), got shape {m.shape}")
-            norms = np.linalg.norm(m, axis=1, keepdims=True)
-            self._matrix = m / np.where(norms == 0, 1.0, norms)
+            self._matrix = _unit_rows(m)
 
     @property
     def matrix(self) -> Any:
@@ -46,9 +53,8 @@ class DenseIndex:
             with self._lock:
                 if self._matrix is None:
                     vecs = self.embedder.embed_documents([d.text for d in self.documents])
-                    m = np.asarray(vecs, dtype=np.float32).reshape(len(self.documents), -1)
-                    norms = np.linalg.norm(m, axis=1, keepdims=True)
-                    self._matrix = m / np.where(norms == 0, 1.0, norms)
+                    self._matrix = _unit_rows(
+                        np.asarray(vecs, dtype=np.float32).reshape(len(self.documents), -1))
         return self._matrix
 
     def query(self, text: str, k: int) -> list[Document]:
@@ -92,6 +98,8 @@ class HybridRetriever:
     ) -> None:
         if documents is None and store is None:
             raise InputError("HybridRetriever needs documents or a store")
+        if vectors is not None and store is not None:
+            raise InputError("vectors are for documents held in memory; a store keeps its own")
         for name, value in (("k", k), ("bm25_k", bm25_k), ("dense_k", dense_k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
