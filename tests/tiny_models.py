@@ -10,6 +10,9 @@ which is the point: wrappers must cope with whatever a model emits, and constrai
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -126,3 +129,28 @@ def save_tiny_lora(llm: Any, path: str, seed: int = 1) -> str:
                 param.normal_(0.0, 0.5)
     peft_model.save_pretrained(path)
     return path
+
+
+class HashEmbedder:
+    """Bag-of-words hashed into 64 dims and L2-normalized: shared words mean closeness."""
+
+    dim = 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _vec(self, text: str) -> list[float]:
+        v = [0.0] * self.dim
+        for word in re.findall(r"\w+", text.lower()):
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+        norm = math.sqrt(sum(x * x for x in v))
+        if norm == 0:
+            v[0], norm = 1.0, 1.0
+        return [x / norm for x in v]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.calls += 1
+        return [self._vec(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vec(text)

@@ -56,3 +56,7 @@ class UnsupportedSchemaError(StructuredOutputError):
 
 class EmptyCollectionError(ExpertRAGError, LookupError):
     """A question was asked of a vector collection that holds no documents."""
+
+
+class StoreConnectionError(ExpertRAGError, ConnectionError):
+    """A vector or graph store server (Chroma, Neo4j) cannot be reached; names where."""

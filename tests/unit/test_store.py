@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
-
 import pytest
+from tiny_models import HashEmbedder
 
 from expertrag.embeddings import Embedder
 from expertrag.errors import EmptyCollectionError, InputError
 from expertrag.retrieval import VectorStore, content_id
 from expertrag.types import Document
-
-
-class HashEmbedder:
-    """Bag-of-words hashed into 64 dims and L2-normalized: shared words mean closeness."""
-
-    dim = 64
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def _vec(self, text: str) -> list[float]:
-        v = [0.0] * self.dim
-        for word in re.findall(r"\w+", text.lower()):
-            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
-        norm = math.sqrt(sum(x * x for x in v))
-        if norm == 0:
-            v[0], norm = 1.0, 1.0
-        return [x / norm for x in v]
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        self.calls += 1
-        return [self._vec(t) for t in texts]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self._vec(text)
-
 
 DOCS = [
     Document("The lighthouse was built in 1862 from granite.", id="a", metadata={"src": "x"}),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from expertrag.errors import EmptyCollectionError, InputError
+from expertrag.errors import EmptyCollectionError, InputError, StoreConnectionError
 from expertrag.types import Document
 
 DEFAULT_DB_PATH = "./.expertrag/chroma"
@@ -96,7 +96,14 @@ class VectorStore:
 
         settings = Settings(anonymized_telemetry=False, allow_reset=True)
         if self.host:
-            return chromadb.HttpClient(host=self.host, port=self.port or 8000, settings=settings)
+            where = f"{self.host}:{self.port or 8000}"
+            try:
+                return chromadb.HttpClient(host=self.host, port=self.port or 8000,
+                                           settings=settings)
+            except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+                raise StoreConnectionError(
+                    f"cannot reach the Chroma server at {where}: {exc} (start one with "
+                    f"`chroma run --path DIR --port {self.port or 8000}`)") from exc
         assert self.path is not None
         Path(self.path).mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=self.path, settings=settings)
