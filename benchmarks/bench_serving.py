@@ -6,10 +6,11 @@ Start the server first (its own venv; the shipped experts become LoRA models):
     python benchmarks/bench_serving.py --server http://127.0.0.1:8000
 
 Same prompts both ways (decoding to the token limit so every side produces the same number of
-tokens): tokens/s at 1, 8 and 32 concurrent requests with one expert and with the experts
-mixed; first-token latency p50/p95 of single requests (streamed); a CRAG answer's seconds per
-question both ways. In-process, concurrent requests are one batched ``generate``; on the
-server they are concurrent HTTP requests, batched by vLLM's scheduler.
+tokens): tokens/s at 1, 8 and 32 concurrent requests with the bare base (what LoRA costs each
+side), with one expert and with the experts mixed; first-token latency p50/p95 of single
+requests (streamed); a CRAG answer's seconds per question both ways. In-process, concurrent
+requests are one batched ``generate``; on the server they are concurrent HTTP requests,
+batched by vLLM's scheduler.
 """
 
 from __future__ import annotations
@@ -109,20 +110,20 @@ def main() -> None:
     missing = [e for e in experts if e not in server.experts]
     if missing:
         raise SystemExit(f"error: the server at {args.server} does not serve {missing}")
-    one = ["grounded-qa"]
+    base, one = [None], ["grounded-qa"]
     mixed = [*experts, None]
     levels = [int(c) for c in args.concurrency.split(",")]
     rows, figures = [], {}
     for side, llm in (("in-process", local), ("vLLM server", server)):
         throughput(llm, 2, one, 4)  # warm-up
-        for label, which in (("one expert", one), ("experts mixed", mixed)):
+        for label, which in (("bare base", base), ("one expert", one), ("experts mixed", mixed)):
             for n in levels:
                 tps = throughput(llm, n, which, args.tokens)
                 figures[(side, label, n)] = tps
         p50, p95 = first_token(llm, "grounded-qa", args.latency_reps)
         figures[(side, "latency")] = (p50, p95)
         figures[(side, "crag")] = crag_seconds(llm, args.crag_questions)
-    for label in ("one expert", "experts mixed"):
+    for label in ("bare base", "one expert", "experts mixed"):
         for n in levels:
             a, b = figures[("in-process", label, n)], figures[("vLLM server", label, n)]
             rows.append([label, str(n), f"{a:.1f}", f"{b:.1f}", f"{b / a:.2f}x"])
