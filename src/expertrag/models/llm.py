@@ -36,6 +36,7 @@ from expertrag.models.batching import (
     plan_batches,
 )
 from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.fastpath import install_fast_head, install_lean_lora
 from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
 from expertrag.models.schemas import prepare_schema
 from expertrag.models.structured import (
@@ -199,6 +200,7 @@ class ExpertLLM:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         hf_model.eval()
+        install_fast_head(hf_model)
         llm._loaded = LoadedModel(hf_model, tokenizer, ModelSource(name, "dir", name), 0.0, False)
         return llm
 
@@ -208,6 +210,7 @@ class ExpertLLM:
             self._loaded = self._worker.run(
                 lambda: load_base_model(self.model_id, **self._load_kwargs)
             )
+            install_fast_head(self._loaded.model)
         pending, self._pending_experts = self._pending_experts, {}
         for name, path in pending.items():
             self.add_expert(name, path)
@@ -365,6 +368,7 @@ class ExpertLLM:
         # served, never trained here: frozen weights make switching a pointer change
         self._peft.requires_grad_(False)
         self._tuner_layers = None
+        install_lean_lora(self._peft)
 
     def remove_expert(self, name: str) -> None:
         """Detach an expert and free its weights."""
