@@ -291,10 +291,17 @@ def main() -> None:
     for name in SYSTEMS:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         res[name] = _isolated(name, model_dir, reps)
+    if args.json:  # raw figures first, so a failed table still leaves them
+        args.json.write_text(json.dumps(res, indent=2))
     ours, lc, li, ex, ld = (res[k] for k in SYSTEMS)
     for k, v in res.items():
         if "error" in v:
             print(f"{k}: {v['error']}")
+    if any("error" in res[k] for k in ("ours", "experts", "load")):
+        raise SystemExit(1)
+    for v in res.values():
+        if "error" in v:
+            v.update({"single_tps": float("nan"), "batch_tps": float("nan")})
     print("\n| measure | expertrag | langchain-hf | llama-index-hf | ours / lc | ours / li |")
     print("|---|---|---|---|---|---|")
     for key, label in (("single_tps", "single-stream tok/s"), ("batch_tps", "batch of 8 tok/s")):
@@ -325,8 +332,6 @@ def main() -> None:
     print(f"| first GGUF load (de-quantize + cache) | {ld['first_load_s']:.1f} s | |")
     print(f"| cached load | {ld['cached_load_s']:.2f} s "
           f"({ld['first_load_s'] / ld['cached_load_s']:.0f}x faster) | |")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -58,3 +58,35 @@ def test_four_bit_loading_generates() -> None:
         assert small.generate(QUESTION, max_new_tokens=8).completion_tokens > 0
     finally:
         small.close()
+
+
+def test_fast_paths_keep_greedy_tokens() -> None:
+    """The lean LoRA forward and the fast LM head give the same greedy answers as the stock
+    forwards: single stream and a batch of 8, bare base, a shipped expert, mixed experts."""
+    from expertrag.experts import attach_shipped
+    from expertrag.models import fastpath
+
+    own = ExpertLLM().load()
+    try:
+        experts = attach_shipped(own)
+        prompts = [[{"role": "user", "content": p}] for p in (
+            "Explain in three sentences why the sky is blue.",
+            "Write a short paragraph about the history of bread.",
+            "Give three tips for learning a new language.", "Describe how a bicycle works.",
+            "What are the main causes of ocean tides?", "Summarise the water cycle for a child.",
+            "List some benefits of regular exercise.", "Why do leaves change colour in autumn?")]
+        mixed = [([*experts, None] * 3)[i] for i in range(len(prompts))]
+
+        def answers() -> list[list[str]]:
+            out = [[own.generate(prompts[0], max_new_tokens=40).text]]
+            for expert in (None, "grounded-qa", mixed):
+                rows = own.generate(prompts, expert=expert, max_new_tokens=40,
+                                    refusal_gate=False)
+                out.append([r.text for r in rows])
+            return out
+
+        fast = answers()
+        own._worker.run(lambda: fastpath.remove_fast_paths(own._model))
+        assert fast == answers()
+    finally:
+        own.close()
