@@ -11,10 +11,11 @@ folded into ``lora_B`` once, which is exact, so the multiply goes too.
 ``install_fast_head``: the LM head is one ``[rows, 576] x [576, 49152]`` product per step.
 MKL runs ``F.linear(x, W)`` for 2-32 rows 2-4x slower than ``(W @ x.T).T``, the same dot
 products with the big matrix on the left (at 8 rows 57 ms against 16 ms, a quarter of a
-batched decode step). The two can differ in the last bit of a logit (the kernels sum in a
-different order), so a greedy pick can only change on an exact fp32 tie;
-``test_fast_head_keeps_greedy_tokens`` pins the tokens on the real model. One row keeps
-``F.linear``. CPU only, inference only (no grad), and ``EXPERTRAG_FAST_HEAD=0`` turns it off.
+batched decode step). It is used for 2-64 rows: decode steps and last-position scoring. The
+two can differ in the last bits of a logit (the kernels sum in a different order), so a
+greedy pick could only change on a near-exact fp32 tie;
+``test_fast_paths_keep_greedy_tokens`` pins the answers on the real model. One row keeps
+``F.linear``. CPU only, inference only (no grad); ``EXPERTRAG_FAST_HEAD=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import types
 from typing import Any
 
 ENV_FAST_HEAD = "EXPERTRAG_FAST_HEAD"
+FAST_HEAD_MAX_ROWS = 64  # decode steps and last-position scoring: the measured range
 
 
 def _peft_forward(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -97,7 +99,7 @@ def _fast_head_forward(self: Any, x: Any) -> Any:
     import torch.nn.functional as F
 
     rows = x.numel() // x.shape[-1]
-    if rows < 2 or torch.is_grad_enabled() or x.device.type != "cpu" or \
+    if not 2 <= rows <= FAST_HEAD_MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu" or \
             x.dtype != self.weight.dtype:
         return F.linear(x, self.weight, self.bias)
     flat = x.reshape(rows, x.shape[-1])
