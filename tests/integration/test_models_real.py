@@ -60,33 +60,32 @@ def test_four_bit_loading_generates() -> None:
         small.close()
 
 
-def test_fast_paths_keep_greedy_tokens() -> None:
+def test_fast_paths_keep_greedy_tokens(llm: ExpertLLM) -> None:
     """The lean LoRA forward and the fast LM head give the same greedy answers as the stock
     forwards: single stream and a batch of 8, bare base, a shipped expert, mixed experts."""
     from expertrag.experts import attach_shipped
     from expertrag.models import fastpath
 
-    own = ExpertLLM().load()
+    experts = attach_shipped(llm)
+    prompts = [[{"role": "user", "content": p}] for p in (
+        "Explain in three sentences why the sky is blue.",
+        "Write a short paragraph about the history of bread.",
+        "Give three tips for learning a new language.", "Describe how a bicycle works.",
+        "What are the main causes of ocean tides?", "Summarise the water cycle for a child.",
+        "List some benefits of regular exercise.", "Why do leaves change colour in autumn?")]
+    mixed = [([*experts, None] * 3)[i] for i in range(len(prompts))]
+
+    def answers() -> list[list[str]]:
+        out = [[llm.generate(prompts[0], max_new_tokens=40).text]]
+        for expert in (None, "grounded-qa", mixed):
+            rows = llm.generate(prompts, expert=expert, max_new_tokens=40, refusal_gate=False)
+            out.append([r.text for r in rows])
+        return out
+
+    fast = answers()
+    llm._worker.run(lambda: fastpath.remove_fast_paths(llm._model))
     try:
-        experts = attach_shipped(own)
-        prompts = [[{"role": "user", "content": p}] for p in (
-            "Explain in three sentences why the sky is blue.",
-            "Write a short paragraph about the history of bread.",
-            "Give three tips for learning a new language.", "Describe how a bicycle works.",
-            "What are the main causes of ocean tides?", "Summarise the water cycle for a child.",
-            "List some benefits of regular exercise.", "Why do leaves change colour in autumn?")]
-        mixed = [([*experts, None] * 3)[i] for i in range(len(prompts))]
-
-        def answers() -> list[list[str]]:
-            out = [[own.generate(prompts[0], max_new_tokens=40).text]]
-            for expert in (None, "grounded-qa", mixed):
-                rows = own.generate(prompts, expert=expert, max_new_tokens=40,
-                                    refusal_gate=False)
-                out.append([r.text for r in rows])
-            return out
-
-        fast = answers()
-        own._worker.run(lambda: fastpath.remove_fast_paths(own._model))
         assert fast == answers()
     finally:
-        own.close()
+        llm._worker.run(lambda: (fastpath.install_lean_lora(llm._model),
+                                 fastpath.install_fast_head(llm.base_model)))
