@@ -65,6 +65,8 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
     """Ours with the fast paths (the default) and with the stock peft / LM-head forwards,
     interleaved in one process: decode tok/s, label-probability pairs/s, prefill tok/s and
     a corrective-RAG answer's seconds, before and after."""
+    from bench_serving import CRAG_QUESTIONS
+
     from expertrag import ExpertLLM
     from expertrag.models import fastpath
 
@@ -92,7 +94,7 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
             "batch_tps": sum(r.completion_tokens for r in batch) / batch_t,
             "pairs_per_s": len(pairs) / pairs_t,
             "prefill_tps": sum(r.prompt_tokens for r in pre) / pre_t,
-            "crag_s_per_question": crag_t / 4,
+            "crag_s_per_question": crag_t / len(CRAG_QUESTIONS),
         }
         for key, value in figures.items():  # the better of the two rounds
             name = key if label == "fast" else f"stock_{key}"
@@ -102,23 +104,14 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
 
 
 def _crag(llm: Any) -> Any:
-    """Four corrective-RAG answers over a tiny corpus (retrieve, grade, generate)."""
-    from expertrag.chains import CorrectiveRAG
+    """Four corrective-RAG answers (bench_serving's chain), with the shipped experts."""
+    from bench_serving import CRAG_QUESTIONS, crag_chain
+
     from expertrag.experts import attach_shipped
-    from expertrag.retrieval.bm25 import BM25Retriever
-    from expertrag.types import Document
 
     attach_shipped(llm)
-    corpus = ["The Saltmere Head lighthouse was built in 1862 on the northern cliffs.",
-              "The annual membership fee is 45 euros for adults.",
-              "Lantern Night is held on the third Saturday of August.",
-              "Bread is baked from flour, water, salt and yeast."]
-    chain = CorrectiveRAG(llm, BM25Retriever([Document(t, id=str(i))
-                                              for i, t in enumerate(corpus)]))
-    questions = ["When was the Saltmere Head lighthouse built?",
-                 "What is the annual membership fee for adults?",
-                 "When is Lantern Night held?", "Who won the 1998 World Cup?"]
-    return lambda: chain.answer_many(questions)
+    chain = crag_chain(llm)
+    return lambda: chain.answer_many(CRAG_QUESTIONS)
 
 
 def run_langchain(model_dir: str, reps: int) -> dict[str, Any]:

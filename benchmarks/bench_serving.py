@@ -66,25 +66,34 @@ def first_token(llm: Any, expert: str | None, reps: int) -> tuple[float, float]:
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
-def crag_seconds(llm: Any, n: int) -> float:
+CRAG_CORPUS = [
+    "The Saltmere Head lighthouse was built in 1862 on the northern cliffs.",
+    "The annual membership fee is 45 euros for adults.",
+    "Lantern Night is held on the third Saturday of August.",
+    "Bread is baked from flour, water, salt and yeast.",
+    "The foghorn sounds two blasts every thirty seconds in poor visibility.",
+]
+CRAG_QUESTIONS = ["When was the Saltmere Head lighthouse built?",
+                  "What is the annual membership fee for adults?",
+                  "When is Lantern Night held?", "Who won the 1998 World Cup?"]
+
+
+def crag_chain(llm: Any) -> Any:
+    """A corrective-RAG chain (retrieve, grade, generate) over a five-passage corpus, with
+    the embedded embedder's hybrid retriever; shared with bench_llm.py."""
     from expertrag.chains import CorrectiveRAG
     from expertrag.embeddings import Embedder
     from expertrag.retrieval.hybrid import HybridRetriever
     from expertrag.types import Document
 
-    corpus = [
-        "The Saltmere Head lighthouse was built in 1862 on the northern cliffs.",
-        "The annual membership fee is 45 euros for adults.",
-        "Lantern Night is held on the third Saturday of August.",
-        "Bread is baked from flour, water, salt and yeast.",
-        "The foghorn sounds two blasts every thirty seconds in poor visibility.",
-    ]
-    retriever = HybridRetriever([Document(t, id=str(i)) for i, t in enumerate(corpus)],
+    retriever = HybridRetriever([Document(t, id=str(i)) for i, t in enumerate(CRAG_CORPUS)],
                                 embedder=Embedder(), k=3)
-    chain = CorrectiveRAG(llm, retriever)
-    questions = ["When was the Saltmere Head lighthouse built?",
-                 "What is the annual membership fee for adults?",
-                 "When is Lantern Night held?", "Who won the 1998 World Cup?"] * (n // 4 + 1)
+    return CorrectiveRAG(llm, retriever)
+
+
+def crag_seconds(llm: Any, n: int) -> float:
+    chain = crag_chain(llm)
+    questions = CRAG_QUESTIONS * (n // 4 + 1)
     started = time.perf_counter()
     chain.answer_many(questions[:n])
     return (time.perf_counter() - started) / n

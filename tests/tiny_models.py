@@ -154,3 +154,14 @@ class HashEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return self._vec(text)
+
+
+def store_docs() -> list[Any]:
+    """Three short documents for vector-store tests (two with metadata)."""
+    from expertrag.types import Document
+
+    return [
+        Document("The lighthouse was built in 1862 from granite.", id="a", metadata={"src": "x"}),
+        Document("Membership costs 45 euros per year for adults.", id="b", metadata={"src": "y"}),
+        Document("Lantern Night is held on the third Saturday of August.", id="c"),
+    ]

@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_models import HashEmbedder
+from tiny_models import HashEmbedder, store_docs
 
 from expertrag.errors import StoreConnectionError
 from expertrag.retrieval import VectorStore
 from expertrag.types import Document
 
-DOCS = [
-    Document("The lighthouse was built in 1862 from granite.", id="a", metadata={"src": "x"}),
-    Document("Membership costs 45 euros per year for adults.", id="b", metadata={"src": "y"}),
-    Document("Lantern Night is held on the third Saturday of August.", id="c"),
-]
+DOCS = store_docs()
 
 pytestmark = pytest.mark.integration
 
@@ -142,15 +138,8 @@ def test_langchain_retriever_and_vectorstore_on_a_server(chroma: ChromaServer) -
     pytest.importorskip("langchain_chroma")
     from expertrag.langchain import chroma_vectorstore
 
-    class Emb:
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return HashEmbedder().embed_documents(texts)
-
-        def embed_query(self, text: str) -> list[float]:
-            return HashEmbedder().embed_query(text)
-
-    vs: Any = chroma_vectorstore(collection="lc-docs", embedding=Emb(), host="127.0.0.1",
-                                 port=chroma.port)
+    vs: Any = chroma_vectorstore(collection="lc-docs", embedding=HashEmbedder(),
+                                 host="127.0.0.1", port=chroma.port)
     vs.add_texts(["Lantern Night is in August.", "The ferry costs 3 euros."], ids=["x", "y"])
     assert vs.similarity_search("ferry price", k=1)[0].page_content.startswith("The ferry")
     # the collection is on the server: a plain VectorStore sees the same two rows

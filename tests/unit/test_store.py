@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import HashEmbedder
+from tiny_models import HashEmbedder, store_docs
 
 from expertrag.embeddings import Embedder
 from expertrag.errors import EmptyCollectionError, InputError
 from expertrag.retrieval import VectorStore, content_id
 from expertrag.types import Document
 
-DOCS = [
-    Document("The lighthouse was built in 1862 from granite.", id="a", metadata={"src": "x"}),
-    Document("Membership costs 45 euros per year for adults.", id="b", metadata={"src": "y"}),
-    Document("Lantern Night is held on the third Saturday of August.", id="c"),
-]
+DOCS = store_docs()
 
 
 @pytest.fixture

@@ -96,14 +96,13 @@ class VectorStore:
 
         settings = Settings(anonymized_telemetry=False, allow_reset=True)
         if self.host:
-            where = f"{self.host}:{self.port or 8000}"
+            port = self.port or 8000
             try:
-                return chromadb.HttpClient(host=self.host, port=self.port or 8000,
-                                           settings=settings)
+                return chromadb.HttpClient(host=self.host, port=port, settings=settings)
             except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
                 raise StoreConnectionError(
-                    f"cannot reach the Chroma server at {where}: {exc} (start one with "
-                    f"`chroma run --path DIR --port {self.port or 8000}`)") from exc
+                    f"cannot reach the Chroma server at {self.host}:{port}: {exc} (start "
+                    f"one with `chroma run --path DIR --port {port}`)") from exc
         assert self.path is not None
         Path(self.path).mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=self.path, settings=settings)
