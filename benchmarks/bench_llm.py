@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,9 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
             name = key if label == "fast" else f"stock_{key}"
             best = max if not key.startswith("crag") else min
             out[name] = best(out.get(name, value), value)
+    out["texts"] = [r.text for r in batch]  # the fast paths' greedy answers
+    rel_t, _ = _timeit(lambda: llm.label_probabilities(pairs, expert="relevance"), reps)
+    out["relevance_pairs_per_s"] = len(pairs) / rel_t
     return out
 
 
@@ -114,13 +118,14 @@ def _crag(llm: Any) -> Any:
     return lambda: chain.answer_many(CRAG_QUESTIONS)
 
 
-def run_langchain(model_dir: str, reps: int) -> dict[str, Any]:
+def run_langchain(model_dir: str, reps: int, dtype: str | None = None) -> dict[str, Any]:
     from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 
     pipe = HuggingFacePipeline.from_model_id(
         model_id=model_dir, task="text-generation",
         pipeline_kwargs={"max_new_tokens": MAX_NEW, "do_sample": False,
                          "return_full_text": False},
+        model_kwargs={"dtype": dtype} if dtype else None,
     )
     chat = ChatHuggingFace(llm=pipe, model_id=model_dir)
     tok = pipe.pipeline.tokenizer
@@ -132,13 +137,14 @@ def run_langchain(model_dir: str, reps: int) -> dict[str, Any]:
     }
 
 
-def run_llama_index(model_dir: str, reps: int) -> dict[str, Any]:
+def run_llama_index(model_dir: str, reps: int, dtype: str | None = None) -> dict[str, Any]:
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.huggingface import HuggingFaceLLM
 
     llm = HuggingFaceLLM(model_name=model_dir, tokenizer_name=model_dir,
                          max_new_tokens=MAX_NEW, generate_kwargs={"do_sample": False},
-                         device_map="cpu", is_chat_model=True)
+                         device_map="cpu", is_chat_model=True,
+                         model_kwargs={"dtype": dtype} if dtype else {})
     tok = llm._tokenizer
 
     def one(p: str) -> str:
@@ -151,6 +157,31 @@ def run_llama_index(model_dir: str, reps: int) -> dict[str, Any]:
         "single_tps": _count(tok, single) / single_t,
         "batch_tps": sum(_count(tok, t) for t in batch) / batch_t,
     }
+
+
+def run_ours_dtype(model_dir: str, reps: int, dtype: str = "bfloat16") -> dict[str, Any]:
+    """Ours with another weight dtype (fast paths on): decode tok/s, label-probability
+    pairs/s with the shipped relevance expert and a CRAG answer's seconds, plus how many
+    of the batch's greedy answers equal the fp32 ones."""
+    from bench_serving import CRAG_QUESTIONS
+
+    from expertrag import ExpertLLM
+
+    llm = ExpertLLM(model_dir, dtype=dtype).load()
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    passages = [f"{p} The answer involves {w}." for p in PROMPTS for w in ("light", "water")]
+    pairs = [[{"role": "user", "content": f"Passage: {t}\nQuestion: {q}\nRelevant? yes or no"}]
+             for t in passages for q in PROMPTS[:2]]
+    single_t, single = _timeit(lambda: llm.generate(msgs[0], max_new_tokens=MAX_NEW), reps)
+    batch_t, batch = _timeit(lambda: llm.generate(msgs, max_new_tokens=MAX_NEW), reps)
+    crag = _crag(llm)
+    pairs_t, _ = _timeit(lambda: llm.label_probabilities(pairs, expert="relevance"), reps)
+    crag_t, _ = _timeit(crag, 1)
+    return {"single_tps": single.completion_tokens / single_t,
+            "batch_tps": sum(r.completion_tokens for r in batch) / batch_t,
+            "pairs_per_s": len(pairs) / pairs_t,
+            "crag_s_per_question": crag_t / len(CRAG_QUESTIONS),
+            "texts": [r.text for r in batch]}
 
 
 def make_random_adapter(model_dir: str, out: str, seed: int, r: int = 8) -> None:
@@ -248,7 +279,11 @@ def run_load(_: str, reps: int) -> dict[str, Any]:
 
 SYSTEMS = {"ours": run_ours, "langchain-huggingface": run_langchain,
            "llama-index-llms-huggingface": run_llama_index, "experts": run_experts,
-           "load": run_load}
+           "load": run_load,
+           # bfloat16 weights on all three sides: the opt-in dtype="bfloat16"
+           "ours-bf16": partial(run_ours_dtype, dtype="bfloat16"),
+           "langchain-bf16": partial(run_langchain, dtype="bfloat16"),
+           "llama-index-bf16": partial(run_llama_index, dtype="bfloat16")}
 
 
 def _child(name: str, model_dir: str, reps: int, conn: Any) -> None:
@@ -286,11 +321,11 @@ def main() -> None:
         res[name] = _isolated(name, model_dir, reps)
     if args.json:  # raw figures first, so a failed table still leaves them
         args.json.write_text(json.dumps(res, indent=2))
-    ours, lc, li, ex, ld = (res[k] for k in SYSTEMS)
+    ours, lc, li, ex, ld, ob, lb, ib = (res[k] for k in SYSTEMS)
     for k, v in res.items():
         if "error" in v:
             print(f"{k}: {v['error']}")
-    if any("error" in res[k] for k in ("ours", "experts", "load")):
+    if any("error" in res[k] for k in ("ours", "experts", "load", "ours-bf16")):
         raise SystemExit(1)
     for v in res.values():
         if "error" in v:
@@ -300,6 +335,18 @@ def main() -> None:
     for key, label in (("single_tps", "single-stream tok/s"), ("batch_tps", "batch of 8 tok/s")):
         print(f"| {label} | {ours[key]:.1f} | {lc[key]:.1f} | {li[key]:.1f} | "
               f"{ours[key] / lc[key]:.2f}x | {ours[key] / li[key]:.2f}x |")
+    print("\n| bfloat16 weights, all three sides | expertrag | langchain-hf | llama-index-hf | "
+          "ours / lc | ours / li | ours bf16 / lc fp32 | ours bf16 / li fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, label in (("single_tps", "single-stream tok/s"), ("batch_tps", "batch of 8 tok/s")):
+        print(f"| {label} | {ob[key]:.1f} | {lb[key]:.1f} | {ib[key]:.1f} | "
+              f"{ob[key] / lb[key]:.2f}x | {ob[key] / ib[key]:.2f}x | "
+              f"{ob[key] / lc[key]:.2f}x | {ob[key] / li[key]:.2f}x |")
+    same = sum(a == b for a, b in zip(ob["texts"], ours["texts"], strict=True))
+    print(f"\nexpertrag bfloat16 vs float32: relevance pairs/s {ob['pairs_per_s']:.2f} "
+          f"(fp32 {ours['relevance_pairs_per_s']:.2f}), CRAG {ob['crag_s_per_question']:.2f} "
+          f"s / question (fp32 {ours['crag_s_per_question']:.2f}); greedy answers equal to "
+          f"fp32: {same} of {len(ours['texts'])} (64 new tokens each)")
     print("\n| expertrag, stock forwards vs fast paths | stock | fast | fast / stock |")
     print("|---|---|---|---|")
     for key, label in (("single_tps", "single-stream tok/s"), ("batch_tps", "batch of 8 tok/s"),

@@ -172,3 +172,22 @@ def test_fast_head_can_be_turned_off(monkeypatch) -> None:
     head = model.base_model.get_output_embeddings()
     assert not fastpath.install_fast_head(model.base_model)
     assert getattr(head.forward, "__func__", None) is not fastpath._fast_head_forward
+
+
+def test_a_bf16_base_serves_its_experts_in_bf16_through_the_lean_forward(
+        tmp_path: Path) -> None:
+    """peft would upcast a bf16 base's adapters to fp32 and cast every input; served in
+    the base's dtype, the lean forward applies and stays bitwise peft's."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    model = tiny_llm(seed=5)
+    model.base_model.to(torch.bfloat16)
+    model.add_expert("two", _save_lora(model, tmp_path / "two", 1, alpha=8))
+    layers = [m for m in model._peft.modules() if type(m) is LoraLinear]
+    assert layers and all(m.lora_A["two"].weight.dtype == torch.bfloat16 for m in layers)
+    lean = _logits(model, ["two"] * 3)
+    assert lean.dtype == torch.bfloat16
+    fastpath.remove_fast_paths(model._peft)
+    stock = _logits(model, ["two"] * 3)
+    assert torch.equal(lean, stock)
+    assert not torch.equal(stock, _logits(model, [None] * 3))

@@ -356,14 +356,17 @@ class ExpertLLM:
         from peft import PeftModel
 
         self._unmerge()
+        # Served in the base's dtype: peft would upcast the adapter of a bf16/fp16 base to
+        # fp32 and cast every input to it, which costs more than the LoRA product itself.
+        serve = {"is_trainable": False, "autocast_adapter_dtype": False}
         if self._peft is None:
             with peft_deprecation_quiet():
                 self._peft = PeftModel.from_pretrained(
-                    self.base_model, info["path"], adapter_name=name, is_trainable=False
+                    self.base_model, info["path"], adapter_name=name, **serve
                 )
         else:
             self._route(self._peft.active_adapter)  # a clean, enabled state to load into
-            self._peft.load_adapter(info["path"], adapter_name=name, is_trainable=False)
+            self._peft.load_adapter(info["path"], adapter_name=name, **serve)
         self._peft.eval()
         # served, never trained here: frozen weights make switching a pointer change
         self._peft.requires_grad_(False)
