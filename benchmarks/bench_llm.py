@@ -62,6 +62,15 @@ def _timeit(fn: Any, reps: int) -> tuple[float, Any]:
 
 
 # ------------------------------------------------------------------ systems
+def _workload() -> tuple[list[Any], list[Any]]:
+    """The chat prompts and the (passage, question) relevance prompts every run of ours uses."""
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    passages = [f"{p} The answer involves {w}." for p in PROMPTS for w in ("light", "water")]
+    pairs = [[{"role": "user", "content": f"Passage: {t}\nQuestion: {q}\nRelevant? yes or no"}]
+             for t in passages for q in PROMPTS[:2]]
+    return msgs, pairs
+
+
 def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
     """Ours with the fast paths (the default) and with the stock peft / LM-head forwards,
     interleaved in one process: decode tok/s, label-probability pairs/s, prefill tok/s and
@@ -72,10 +81,7 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
     from expertrag.models import fastpath
 
     llm = ExpertLLM(model_dir).load()
-    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
-    passages = [f"{p} The answer involves {w}." for p in PROMPTS for w in ("light", "water")]
-    pairs = [[{"role": "user", "content": f"Passage: {t}\nQuestion: {q}\nRelevant? yes or no"}]
-             for t in passages for q in PROMPTS[:2]]
+    msgs, pairs = _workload()
     long_prompts = [[{"role": "user", "content": " ".join(PROMPTS) * 3}]] * 8
     crag = _crag(llm)
     out: dict[str, Any] = {}
@@ -168,10 +174,7 @@ def run_ours_dtype(model_dir: str, reps: int, dtype: str = "bfloat16") -> dict[s
     from expertrag import ExpertLLM
 
     llm = ExpertLLM(model_dir, dtype=dtype).load()
-    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
-    passages = [f"{p} The answer involves {w}." for p in PROMPTS for w in ("light", "water")]
-    pairs = [[{"role": "user", "content": f"Passage: {t}\nQuestion: {q}\nRelevant? yes or no"}]
-             for t in passages for q in PROMPTS[:2]]
+    msgs, pairs = _workload()
     single_t, single = _timeit(lambda: llm.generate(msgs[0], max_new_tokens=MAX_NEW), reps)
     batch_t, batch = _timeit(lambda: llm.generate(msgs, max_new_tokens=MAX_NEW), reps)
     crag = _crag(llm)
