@@ -205,7 +205,12 @@ async def _gather(metric: Any, inputs: list[dict[str, Any]]) -> list[Any]:
                                 return_exceptions=True)
 
 
-def ragas_part(llm: Any, data_dir: Path, n: int, anchor_n: int) -> list[list[str]]:
+RAGAS_METRICS = ("Faithfulness", "AnswerRelevancy", "ContextPrecision", "ContextRecall",
+                 "FactualCorrectness")
+
+
+def ragas_part(llm: Any, data_dir: Path, n: int, anchor_n: int,
+               metrics: tuple[str, ...] = RAGAS_METRICS) -> list[list[str]]:
     """RAGAS through expertrag's judge over ``n`` items, then through LangChain's
     ChatHuggingFace over the first ``anchor_n`` of the same items (it is ~10x slower per
     item). Each row is printed as it is measured, so a stopped run keeps its figures."""
@@ -222,8 +227,7 @@ def ragas_part(llm: Any, data_dir: Path, n: int, anchor_n: int) -> list[list[str
         rows.append(row)
         print("| " + " | ".join(row) + " |", flush=True)
 
-    metrics = ["Faithfulness", "AnswerRelevancy", "ContextPrecision", "ContextRecall",
-               "FactualCorrectness"]
+    metrics = list(metrics)
     started = time.perf_counter()
     FaithfulnessJudge(llm)([EvalItem(it["question"], it["answer"], it["contexts"])
                             for it in items])
@@ -240,8 +244,9 @@ def ragas_part(llm: Any, data_dir: Path, n: int, anchor_n: int) -> list[list[str
     # 2. the path a user tries first: legacy evaluate() with ragas' LangChain wrapper
     anchor = items[:anchor_n]
     theirs: dict[str, float] = {}
-    for threaded, path in ((False, "RAGAS + LangchainLLMWrapper(ChatHuggingFace)"),
-                           (True, "same, async run in a thread (a user's workaround)")):
+    paths = ((False, "RAGAS + LangchainLLMWrapper(ChatHuggingFace)"),
+             (True, "same, async run in a thread (a user's workaround)")) if anchor else ()
+    for threaded, path in paths:
         for name, (fail, took) in langchain_path(llm, anchor, metrics, threaded).items():
             if threaded:
                 theirs[name] = took
@@ -397,6 +402,8 @@ def main() -> None:
                         help="items of the RAGAS side-by-side through expertrag's judge")
     parser.add_argument("--anchor-items", type=int, default=10,
                         help="the first N of those also through ChatHuggingFace")
+    parser.add_argument("--ragas-metrics", default=",".join(RAGAS_METRICS),
+                        help="RAGAS metrics of the side-by-side, comma-separated")
     parser.add_argument("--robust-items", type=int, default=20)
     parser.add_argument("--pipelines", default="naive,crag,self-rag,graph")
     parser.add_argument("--out", type=Path, default=Path("bench-eval-report"))
@@ -416,8 +423,12 @@ def main() -> None:
         report["validity"] = validity_part(llm, args.data_dir, args.items, args.ragas_items,
                                            checks)
     if args.part in ("ragas", "all"):
+        metrics = tuple(m.strip() for m in args.ragas_metrics.split(",") if m.strip())
+        unknown = sorted(set(metrics) - set(RAGAS_METRICS))
+        if unknown:
+            sys.exit(f"error: unknown --ragas-metrics {unknown}; choose from {RAGAS_METRICS}")
         report["ragas"] = ragas_part(llm, args.data_dir, args.side_items,
-                                     args.anchor_items)
+                                     args.anchor_items, metrics)
     if args.part in ("robustness", "all"):
         report["robustness"] = robustness_part(llm, args.data_dir, args.robust_items,
                                                args.pipelines.split(","), args.out)
