@@ -1,4 +1,4 @@
-"""Recalibrate the shipped grounded-qa expert's refusal gate on held-out multi-hop questions.
+"""Recalibrate the shipped grounded-qa expert's refusal gates on held-out multi-hop questions.
 
 HotpotQA test items 400-499 (the calibration slice: no benchmark's answer set uses it, and
 training never reads test.jsonl), each once with its gold paragraphs + 2 distractors and, for
@@ -7,7 +7,11 @@ threshold is the best balanced accuracy among those that refuse at most
 ``--max-false-refusals`` of the answerable rows; ``--write`` records it in the shipped
 expert's metadata and model card (the previous calibration is kept under ``previous``).
 
-    python benchmarks/calibrate_gate.py --data-dir ../shared/data [--write]
+``--evidence`` calibrates the evidence gate instead (``expertrag.rag.EvidenceGate``): the
+relevance floor on the best passage's P(relevant) from the ``relevance`` expert, under the
+same false-refusal cap; both signals' ROC AUC on the same rows are printed.
+
+    python benchmarks/calibrate_gate.py --data-dir ../shared/data [--evidence] [--write]
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--max-false-refusals", type=float, default=0.15)
+    parser.add_argument("--evidence", action="store_true",
+                        help="calibrate the evidence gate (relevance floor) instead")
     parser.add_argument("--write", action="store_true",
                         help="record the gate in src/expertrag/data/experts/grounded-qa")
     args = parser.parse_args()
@@ -48,6 +54,9 @@ def main() -> None:
     attach_shipped(llm)
     probs = refusal_probabilities(llm, rows, "grounded-qa")
     refuse = [r["answer"] == REFUSAL for r in rows]
+    if args.evidence:
+        evidence(llm, rows, probs, refuse, args)
+        return
     result = pick_threshold(probs, refuse, args.max_false_refusals)
     free = pick_threshold(probs, refuse)
     result["source"] = ("HotpotQA test items 400-499 (the calibration slice), gold + 2 "
@@ -64,6 +73,32 @@ def main() -> None:
                                      if k != "previous"}}
         record_gate(folder, result["threshold"], result)
         print(f"recorded threshold {result['threshold']} in {folder}")
+
+
+def evidence(llm: object, rows: list[dict], probs: list[float], refuse: list[bool],
+             args: argparse.Namespace) -> None:
+    """Pick and (with --write) record the evidence gate's relevance floor."""
+    from expertrag.experts import shipped_experts
+    from expertrag.rerank.llm import LLMReranker
+    from expertrag.training.gate import (
+        evidence_scores,
+        pick_evidence_threshold,
+        pick_threshold,
+        record_evidence_gate,
+    )
+
+    scorer = LLMReranker.with_relevance_expert(llm)
+    best = [max(s) for s in evidence_scores(scorer, rows)]
+    result = pick_evidence_threshold(best, refuse, args.max_false_refusals)
+    result["own_gate_auc"] = pick_threshold(probs, refuse)["auc"]
+    result["source"] = ("HotpotQA test items 400-499 (the calibration slice), gold + 2 "
+                        "distractors, half also with distractors only; "
+                        "benchmarks/calibrate_gate.py --evidence")
+    print(json.dumps(result, indent=2))
+    if args.write:
+        folder = shipped_experts()["grounded-qa"]
+        record_evidence_gate(folder, "relevance", result["threshold"], result)
+        print(f"recorded evidence floor {result['threshold']} in {folder}")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def answer_to_dict(answer: Answer) -> dict[str, Any]:
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "citations": [_citation_dict(d) for d in answer.citations],
+        "evidence": answer.evidence,
     }
 
 
@@ -147,6 +148,11 @@ def format_answer(answer: Answer) -> str:
         meta = doc.metadata or {}
         where = f"{meta.get('source', doc.id)}, chunk {meta.get('chunk_index', '?')}"
         lines.append(f'   [{meta.get("passage", "?")}] {where}: "{_snippet(doc.text)}"')
+    if answer.evidence is not None:
+        best = max(answer.evidence, default=0.0)
+        stopped = " (below the evidence floor: refused without generating)" \
+            if answer.completion_tokens == 0 else ""
+        lines.append(f"   best passage P(relevant) {best:.2f}{stopped}")
     model = f"expert {answer.expert}" if answer.expert else "base model"
     lines.append(
         f"   ({model}; {answer.prompt_tokens} prompt + {answer.completion_tokens} "

@@ -253,3 +253,20 @@ def test_help_shows_an_example(capsys, command):
     assert "examples:\n  expertrag " + (command or "") in out
     if command == "ingest":
         assert "--skip-invalid" in out
+
+
+def test_an_answer_shows_its_evidence_and_a_refusal_by_the_gate():
+    from expertrag.cli import answer_to_dict, format_answer
+    from expertrag.rag import REFUSAL, Answer
+    from expertrag.types import Document
+
+    doc = Document("Rome.", id="a", metadata={"source": "a.md", "chunk_index": 0,
+                                               "passage": 1, "cited": False})
+    refused = Answer(REFUSAL, [doc], "grounded-qa", 0, 0, "Q?", [doc], "stop", [0.31])
+    text = format_answer(refused)
+    assert "best passage P(relevant) 0.31" in text and "refused without generating" in text
+    assert answer_to_dict(refused)["evidence"] == [0.31]
+    answered = Answer("Rome [1].", [doc], "grounded-qa", 50, 4, "Q?", [doc], "stop", [0.9])
+    assert "refused" not in format_answer(answered)
+    plain = Answer("Rome [1].", [doc], None, 50, 4, "Q?", [doc], "stop")
+    assert "P(relevant)" not in format_answer(plain) and answer_to_dict(plain)["evidence"] is None

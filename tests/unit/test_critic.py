@@ -274,3 +274,52 @@ def test_calibrated_gate_is_recorded_and_served(tmp_path):
     res = again.generate(rows[0]["messages"], expert="gq", max_new_tokens=4)
     assert res.refusal_probability is not None
     assert (res.text == REFUSAL) == (res.refusal_probability >= result["threshold"])
+
+
+def test_pick_evidence_threshold_is_a_floor_on_the_best_passage():
+    from expertrag.training.gate import pick_evidence_threshold
+
+    best = [0.95, 0.9, 0.85, 0.3, 0.2, 0.6, 0.1]
+    refuse = [False, False, False, True, True, False, True]
+    got = pick_evidence_threshold(best, refuse)
+    assert got["threshold"] == pytest.approx(0.45)  # between 0.3 (refuse) and 0.6 (answer)
+    assert got["at_threshold"] == {"refusal_accuracy": 1.0, "false_refusal_rate": 0.0,
+                                   "balanced_accuracy": 1.0}
+    assert got["auc"] == 1.0 and "at_0.5" not in got
+
+
+def test_recorded_evidence_gate_is_served_by_the_pipeline(tmp_path):
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.rag import REFUSAL, RAGPipeline
+    from expertrag.training.gate import evidence_scores, record_evidence_gate
+    from expertrag.types import Document
+
+    llm = tiny_llm()
+    folder = tmp_path / "gq"
+    train_expert(llm.loaded, label_rows(8), None,
+                 config(tmp_path, output_dir=str(folder), epochs=1, eval_fraction=0.0))
+    calibration = {"at_threshold": {"refusal_accuracy": 0.7, "false_refusal_rate": 0.1},
+                   "auc": 0.9, "own_gate_auc": 0.6, "rows": 10, "refusal_rows": 4}
+    record_evidence_gate(folder, "gq", 1.0, calibration)  # the expert scores itself here
+    record_evidence_gate(folder, "gq", 1.0, calibration)  # a rewrite replaces the section
+    card = (folder / "README.md").read_text()
+    assert card.count("## Evidence gate") == 1 and ">= 1.000" in card
+    assert json.loads((folder / EXPERT_METADATA).read_text())["evidence_gate"]["expert"] == "gq"
+    llm.add_expert("gq", folder)
+
+    class Store:
+        def query(self, text, k=4):
+            return [Document("Paris is in France.", id="a"), Document("Rome.", id="b")][:k]
+
+    pipe = RAGPipeline(llm, Store(), k=2, expert="gq", max_new_tokens=4)
+    answer = pipe.answer("Where is Paris?")
+    assert pipe.evidence_gate is not None and pipe.evidence_gate.threshold == 1.0
+    assert answer.text == REFUSAL and answer.completion_tokens == 0  # nothing reaches 1.0
+    assert len(answer.evidence) == 2 and all(0.0 <= p < 1.0 for p in answer.evidence)
+    pipe.evidence_gate.threshold = 0.0  # every question passes: the expert answers
+    answer = pipe.answer("Where is Paris?")
+    assert answer.completion_tokens > 0 and answer.text != REFUSAL  # its refusal is barred
+    rows = [{"meta": {"question": "Where is Paris?", "passages": ["Paris is in France."]}}]
+    assert len(evidence_scores(pipe.evidence_gate.scorer, rows)[0]) == 1
+    with pytest.raises(InputError, match="row 0"):
+        evidence_scores(pipe.evidence_gate.scorer, [{"meta": {}}])

@@ -185,3 +185,113 @@ def test_a_retriever_with_retrieve_serves_as_the_store():
     assert store.inner.queries == [("What?", 2)] and len(answer.citations) == 1
     with pytest.raises(InputError, match="query\\(text, k\\) or retrieve"):
         RAGPipeline(FakeLLM([]), object())
+
+
+# ------------------------------------------------------------------ the evidence gate
+class FakeScorer:
+    """P(relevant) by passage text; records the pairs it was asked for."""
+
+    def __init__(self, by_text: dict[str, float]) -> None:
+        self.by_text = by_text
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def score_pairs(self, pairs):
+        self.calls.append(list(pairs))
+        return [self.by_text[t] for _, t in pairs]
+
+
+def test_evidence_gate_refuses_without_generating_when_no_passage_is_relevant():
+    from expertrag.rag import REFUSAL, EvidenceGate
+
+    store = FakeStore(2)
+    scorer = FakeScorer({"Passage text 0.": 0.2, "Passage text 1.": 0.4})
+    llm = FakeLLM([])
+    pipe = RAGPipeline(llm, store, k=2, expert="grounded-qa",
+                       evidence_gate=EvidenceGate(scorer, threshold=0.5))
+    answer = pipe.answer("When built?")
+    assert answer.text == REFUSAL and llm.calls == []  # no generation at all
+    assert answer.evidence == [0.2, 0.4]
+    assert all(d.metadata["cited"] is False for d in answer.citations)
+    assert scorer.calls == [[("When built?", "Passage text 0."), ("When built?",
+                                                                  "Passage text 1.")]]
+
+
+def test_evidence_gate_lets_a_relevant_question_through_with_its_refusal_barred():
+    from expertrag.rag import EvidenceGate
+
+    store = FakeStore(2)
+    scorer = FakeScorer({"Passage text 0.": 0.2, "Passage text 1.": 0.9})
+    llm = FakeLLM(["1862 [2]."])
+    gate = EvidenceGate(scorer, threshold=0.5)
+    answer = RAGPipeline(llm, store, k=2, expert="grounded-qa", evidence_gate=gate).answer("Q?")
+    assert answer.text == "1862 [2]." and answer.evidence == [0.2, 0.9]
+    assert llm.calls[0][1]["refusal_threshold"] == 1.0
+    gate = EvidenceGate(scorer, threshold=0.5, refusal_threshold=None)  # expert's own gate
+    llm = FakeLLM(["1862 [2]."])
+    RAGPipeline(llm, store, k=2, expert="grounded-qa", evidence_gate=gate).answer("Q?")
+    assert "refusal_threshold" not in llm.calls[0][1]
+
+
+def test_answer_many_scores_every_pair_in_one_call_and_generates_only_what_passes():
+    from expertrag.rag import REFUSAL, EvidenceGate
+
+    class ByQuestion(FakeScorer):
+        def score_pairs(self, pairs):
+            self.calls.append(list(pairs))
+            return [0.9 if q == "good?" else 0.1 for q, _ in pairs]
+
+    scorer = ByQuestion({})
+    llm = FakeLLM(["yes [1]."])
+    pipe = RAGPipeline(llm, FakeStore(3), k=3, expert="grounded-qa",
+                       evidence_gate=EvidenceGate(scorer, 0.5))
+    answers = pipe.answer_many(["bad?", "good?", "worse?"])
+    assert [a.text for a in answers] == [REFUSAL, "yes [1].", REFUSAL]
+    assert len(scorer.calls) == 1 and len(scorer.calls[0]) == 9
+    assert len(llm.calls) == 1 and llm.calls[0][0][-1]["role"] == "user"  # "good?" alone
+    assert [a.completion_tokens for a in answers] == [0, 7, 0]
+
+
+def test_evidence_gate_auto_reads_the_experts_metadata():
+    from expertrag.rag import EvidenceGate
+
+    class WithMeta(FakeLLM):
+        def __init__(self, meta):
+            super().__init__(["x [1]."])
+            self.experts = ["grounded-qa", "relevance"]
+            self.meta = meta
+
+        def expert_info(self, name):
+            return {"metadata": self.meta if name == "grounded-qa" else {}}
+
+    llm = WithMeta({"evidence_gate": {"expert": "relevance", "threshold": 0.42,
+                                      "refusal_threshold": 1.0}})
+    gate = RAGPipeline(llm, FakeStore(), expert="grounded-qa").evidence_gate
+    assert isinstance(gate, EvidenceGate) and gate.threshold == 0.42
+    assert gate.scorer.expert == "relevance"
+    assert RAGPipeline(WithMeta({}), FakeStore(), expert="grounded-qa").evidence_gate is None
+    assert RAGPipeline(llm, FakeStore(), expert=None).evidence_gate is None
+    assert RAGPipeline(llm, FakeStore(), expert="grounded-qa",
+                       evidence_gate=None).evidence_gate is None
+    assert RAGPipeline(FakeLLM([]), FakeStore(), expert="grounded-qa").evidence_gate is None
+
+
+@pytest.mark.parametrize("kwargs", [{"threshold": 1.5}, {"threshold": -0.1},
+                                    {"threshold": 0.5, "refusal_threshold": 2.0},
+                                    {"threshold": True}])
+def test_evidence_gate_bad_settings(kwargs):
+    from expertrag.rag import EvidenceGate
+
+    with pytest.raises(InputError, match="EvidenceGate"):
+        EvidenceGate(FakeScorer({}), **kwargs)
+    with pytest.raises(InputError, match="score_pairs"):
+        EvidenceGate(object(), 0.5)
+    with pytest.raises(InputError, match="evidence_gate"):
+        RAGPipeline(FakeLLM([]), FakeStore(), evidence_gate="always")
+
+
+def test_no_passages_is_not_supported():
+    from expertrag.rag import EvidenceGate
+
+    gate = EvidenceGate(FakeScorer({}), 0.0)
+    assert gate.supported([]) is False and gate.supported([0.0]) is True
+    assert gate.scores(["q"], [[]]) == [[]]

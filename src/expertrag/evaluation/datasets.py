@@ -84,12 +84,14 @@ def musique_rows(questions: Sequence[dict[str, Any]], distractors_k: int = 2,
         rng.shuffle(chosen)
         gold = {pt[0] for pt in support}
         cited = [n for n, pt in enumerate(chosen, start=1) if pt[0] in gold]
+        docs = _documents(chosen)
         rows.append({
-            "messages": build_messages(question, _documents(chosen)),
+            "messages": build_messages(question, docs),
             "answer": grounded_answer(answer, cited),
             "meta": {"source": "musique", "index": i, "id": item.get("id", str(i)),
                      "has_oracle": True, "oracle_passages": cited,
                      "n_passages": len(chosen), "gold_answer": answer.strip(),
+                     "question": question, "passages": [d.text for d in docs],
                      "gold_aliases": list(item.get("answer_aliases") or []),
                      "hops": len(support)},
         })

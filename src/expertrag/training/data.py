@@ -360,11 +360,13 @@ def build_raft(hotpot_rows: Sequence[Row], distractors_k: Count = 3, p_no_oracle
         for chosen, has_oracle, variant in item_rows:
             rng.shuffle(chosen)
             cited = [n for n, p in enumerate(chosen, start=1) if p[0] in gold]
-            rows.append({"messages": build_messages(question, _documents(chosen)),
+            docs = _documents(chosen)
+            rows.append({"messages": build_messages(question, docs),
                          "answer": grounded_answer(answer, cited) if has_oracle else REFUSAL,
                          "meta": {**meta, "has_oracle": has_oracle, "variant": variant,
                                   "oracle_passages": cited if has_oracle else [],
-                                  "n_passages": len(chosen)}})
+                                  "n_passages": len(chosen), "question": question,
+                                  "passages": [d.text for d in docs]}})
     return rows
 
 

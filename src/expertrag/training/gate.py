@@ -124,3 +124,64 @@ def calibrate_gate(llm: Any, expert: str, rows: Sequence[dict[str, Any]],
     if folder is not None:
         record_gate(folder, result["threshold"], result)
     return result
+
+
+# ----------------------------------------------------------------- the evidence gate
+def evidence_scores(scorer: Any, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """P(relevant) of each row's passages for its question (``meta["question"]`` and
+    ``meta["passages"]``, as ``build_raft`` / ``musique_rows`` record them), one batched call."""
+    from expertrag.rag import EvidenceGate
+    from expertrag.types import Document
+
+    for i, r in enumerate(rows):
+        meta = r.get("meta") or {}
+        if not isinstance(meta.get("question"), str) or not isinstance(meta.get("passages"),
+                                                                        list):
+            raise InputError(f"row {i} has no meta 'question' / 'passages' to score")
+    gate = EvidenceGate(scorer, 0.5)
+    return gate.scores([r["meta"]["question"] for r in rows],
+                       [[Document(text=t) for t in r["meta"]["passages"]] for r in rows])
+
+
+def pick_evidence_threshold(best_scores: Sequence[float], refuse: Sequence[bool],
+                            max_false_refusals: float | None = None) -> dict[str, Any]:
+    """The evidence gate's relevance floor: :func:`pick_threshold` on 1 - the best passage's
+    P(relevant) (a row is refused when its best passage scores below the floor)."""
+    result = pick_threshold([1.0 - float(s) for s in best_scores], refuse, max_false_refusals)
+    result["threshold"] = round(1.0 - result.pop("threshold"), 4)
+    result.pop("at_0.5", None)
+    return result
+
+
+def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
+                         threshold: float, calibration: dict[str, Any],
+                         refusal_threshold: float | None = 1.0) -> None:
+    """Write the evidence gate into the expert's metadata and model card (atomic rewrite);
+    ``RAGPipeline`` applies it to every answer the expert gives."""
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.rag import EVIDENCE_GATE_KEY
+
+    folder = Path(folder)
+    meta_path = folder / EXPERT_METADATA
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta[EVIDENCE_GATE_KEY] = {"expert": scorer_expert, "threshold": threshold,
+                               "refusal_threshold": refusal_threshold,
+                               "calibration": calibration}
+    _atomic_write(meta_path, json.dumps(meta, indent=2))
+    card = folder / "README.md"
+    if card.is_file():
+        at = calibration["at_threshold"]
+        text = re.sub(r"\n*## Evidence gate\n.*?(?=\n## |\Z)", "",
+                      card.read_text(encoding="utf-8"), flags=re.S)
+        then = ("then answers with its own refusal barred" if refusal_threshold == 1.0 else
+                f"then answers with its refusal gate at {refusal_threshold}")
+        _atomic_write(card, text.rstrip("\n") + (
+            f"\n\n## Evidence gate\n\n`RAGPipeline` refuses (`{REFUSAL}`) without generating "
+            f"when no passage gets P(relevant) >= {threshold:.3f} from the `{scorer_expert}` "
+            f"expert (one batched forward pass per passage), and the expert {then} "
+            "(`RAGPipeline(evidence_gate=None)` turns it off). Calibrated on "
+            f"{calibration['rows']} held-out rows ({calibration['refusal_rows']} without the "
+            f"answer; {calibration.get('source', 'see metadata')}): AUC "
+            f"{calibration['auc']:.3f} (the expert's own P(refusal): "
+            f"{calibration.get('own_gate_auc', float('nan')):.3f}), refusal accuracy "
+            f"{at['refusal_accuracy']:.3f}, false refusals {at['false_refusal_rate']:.3f}.\n"))
