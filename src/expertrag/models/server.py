@@ -195,8 +195,9 @@ class ServerLLM:
         """What is known of a served expert (its path when this client loaded it)."""
         if name not in self.experts:
             raise UnknownExpertError(f"expert {name!r} is not served by {self.base_url}")
+        meta = self._expert_meta().get(name) or {}
         return {"path": self._paths.get(name), "served_by": self.base_url,
-                "gate": (self._expert_meta().get(name) or {}).get("refusal_gate")}
+                "gate": meta.get("refusal_gate"), "metadata": meta}
 
     def _model_for(self, expert: str | None) -> str:
         if expert is None:
