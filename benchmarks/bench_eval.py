@@ -206,7 +206,7 @@ async def _gather(metric: Any, inputs: list[dict[str, Any]]) -> list[Any]:
 
 
 RAGAS_METRICS = ("Faithfulness", "AnswerRelevancy", "ContextPrecision", "ContextRecall",
-                 "FactualCorrectness")
+                 "FactualCorrectness", "NoiseSensitivity")
 
 
 def ragas_part(llm: Any, data_dir: Path, n: int, anchor_n: int,
@@ -278,7 +278,9 @@ def ragas_scores_reference(llm: Any, name: str, items: list[dict[str, Any]]
               "AnswerRelevancy": ("user_input", "response"),
               "ContextPrecision": ("user_input", "reference", "retrieved_contexts"),
               "ContextRecall": ("user_input", "retrieved_contexts", "reference"),
-              "FactualCorrectness": ("response", "reference")}[name]
+              "FactualCorrectness": ("response", "reference"),
+              "NoiseSensitivity": ("user_input", "response", "reference",
+                                   "retrieved_contexts")}[name]
     source = {"user_input": "question", "response": "answer", "retrieved_contexts": "contexts",
               "reference": "reference"}
     inputs = [{f: it[source[f]] for f in fields} for it in items]
@@ -317,6 +319,7 @@ def langchain_path(llm: Any, items: list[dict[str, Any]], metrics: list[str],
         from ragas.metrics._context_recall import LLMContextRecall
         from ragas.metrics._factual_correctness import FactualCorrectness
         from ragas.metrics._faithfulness import Faithfulness
+        from ragas.metrics._noise_sensitivity import NoiseSensitivity
         from ragas.run_config import RunConfig
 
         from expertrag.langchain import ExpertEmbeddings
@@ -342,7 +345,8 @@ def langchain_path(llm: Any, items: list[dict[str, Any]], metrics: list[str],
     emb = LangchainEmbeddingsWrapper(ExpertEmbeddings())
     legacy = {"Faithfulness": Faithfulness(), "AnswerRelevancy": AnswerRelevancy(strictness=1),
               "ContextPrecision": LLMContextPrecisionWithReference(),
-              "ContextRecall": LLMContextRecall(), "FactualCorrectness": FactualCorrectness()}
+              "ContextRecall": LLMContextRecall(), "FactualCorrectness": FactualCorrectness(),
+              "NoiseSensitivity": NoiseSensitivity()}
     data = EvaluationDataset.from_list([{
         "user_input": it["question"], "response": it["answer"],
         "retrieved_contexts": it["contexts"], "reference": it["answer"]} for it in items])
