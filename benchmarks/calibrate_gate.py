@@ -33,6 +33,10 @@ def main() -> None:
     parser.add_argument("--max-false-refusals", type=float, default=0.15)
     parser.add_argument("--evidence", action="store_true",
                         help="calibrate the evidence gate (relevance floor) instead")
+    parser.add_argument("--squad", type=int, default=100,
+                        help="--evidence: also this many answerable SQuAD 2.0 questions "
+                             "(15-article file, none that grounded-qa trained on), half "
+                             "with their paragraph dropped, so the floor fits two styles")
     parser.add_argument("--write", action="store_true",
                         help="record the gate in src/expertrag/data/experts/grounded-qa")
     args = parser.parse_args()
@@ -79,21 +83,47 @@ def evidence(llm: object, rows: list[dict], probs: list[float], refuse: list[boo
              args: argparse.Namespace) -> None:
     """Pick and (with --write) record the evidence gate's relevance floor."""
     from expertrag.experts import shipped_experts
+    from expertrag.rag import REFUSAL
     from expertrag.rerank.llm import LLMReranker
+    from expertrag.training.data import build_squad_raft, load_squad
     from expertrag.training.gate import (
         evidence_scores,
         pick_evidence_threshold,
         pick_threshold,
         record_evidence_gate,
+        refusal_probabilities,
     )
+    from expertrag.training.recipes import SQUAD_ARTICLES, build_recipe_rows, get_recipe
 
+    if args.squad:
+        trained = build_recipe_rows(get_recipe("grounded-qa"), args.data_dir)
+        used = {str(r["meta"].get("id")) for r in trained if r["meta"]["source"] == "squad2"}
+        squad = build_squad_raft(load_squad(args.data_dir / SQUAD_ARTICLES), distractors_k=2,
+                                 p_no_oracle=0.5, max_answerable=args.squad, max_impossible=0,
+                                 exclude=used, seed=7)
+        probs = probs + refusal_probabilities(llm, squad, "grounded-qa")
+        refuse = refuse + [r["answer"] == REFUSAL for r in squad]
+        rows = rows + squad
     scorer = LLMReranker.with_relevance_expert(llm)
     best = [max(s) for s in evidence_scores(scorer, rows)]
     result = pick_evidence_threshold(best, refuse, args.max_false_refusals)
     result["own_gate_auc"] = pick_threshold(probs, refuse)["auc"]
+    floor = result["threshold"]
+    for source in sorted({r["meta"]["source"] for r in rows}):
+        picked = [(b, f) for b, f, r in zip(best, refuse, rows, strict=True)
+                  if r["meta"]["source"] == source]
+        answerable = [b for b, f in picked if not f] or [1.0]
+        unanswerable = [b for b, f in picked if f] or [0.0]
+        result[f"at_threshold_{source}"] = {
+            "rows": len(picked),
+            "refusal_accuracy": sum(b < floor for b in unanswerable) / len(unanswerable),
+            "false_refusal_rate": sum(b < floor for b in answerable) / len(answerable)}
     result["source"] = ("HotpotQA test items 400-499 (the calibration slice), gold + 2 "
-                        "distractors, half also with distractors only; "
-                        "benchmarks/calibrate_gate.py --evidence")
+                        "distractors, half also with distractors only"
+                        + (f"; {args.squad} answerable SQuAD 2.0 questions of the 15-article "
+                           "file that grounded-qa never trained on, half with their "
+                           "paragraph dropped" if args.squad else "")
+                        + "; benchmarks/calibrate_gate.py --evidence")
     print(json.dumps(result, indent=2))
     if args.write:
         folder = shipped_experts()["grounded-qa"]

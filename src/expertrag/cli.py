@@ -174,7 +174,8 @@ def _answer(args: argparse.Namespace, store: VectorStore, questions: list[str]) 
 
     llm = make_llm(args.model, getattr(args, "server", None))
     expert = choose_expert(llm, args.expert)
-    pipeline = RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens)
+    pipeline = RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens,
+                           evidence_gate="auto" if getattr(args, "evidence_gate", False) else None)
     if len(questions) == 1:
         return [pipeline.answer(questions[0])]
     return pipeline.answer_many(questions)
@@ -285,6 +286,9 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
                    help="answer through an OpenAI-compatible multi-LoRA server (vLLM) at URL "
                         "instead of in-process (default: $EXPERTRAG_SERVER_URL if set)")
     p.add_argument("--max-new-tokens", type=int, default=192, help="answer length limit")
+    p.add_argument("--evidence-gate", action="store_true",
+                   help="refuse without generating when no passage clears the expert's "
+                        "calibrated relevance floor (grounded-qa ships one)")
     p.add_argument("--json", action="store_true", help="print answers as JSON")
 
 

@@ -270,3 +270,23 @@ def test_an_answer_shows_its_evidence_and_a_refusal_by_the_gate():
     assert "refused" not in format_answer(answered)
     plain = Answer("Rome [1].", [doc], None, 50, 4, "Q?", [doc], "stop")
     assert "P(relevant)" not in format_answer(plain) and answer_to_dict(plain)["evidence"] is None
+
+
+def test_evidence_gate_flag_asks_the_pipeline_for_the_experts_gate(tmp_path, capsys, corpus,
+                                                                   fakes, monkeypatch):
+    import expertrag.rag as rag
+
+    seen = []
+
+    class Spy(rag.RAGPipeline):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("evidence_gate"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rag, "RAGPipeline", Spy)
+    db = str(tmp_path / "db")
+    cli.main(["ingest", str(corpus), "--db", db, "--quiet"])
+    assert cli.main(["ask", "fee?", "--db", db, "--evidence-gate"]) == 0
+    assert cli.main(["ask", "fee?", "--db", db]) == 0
+    assert seen == ["auto", None]
+    assert "A: Answer [1]." in capsys.readouterr().out  # the fake expert-less LLM: no gate

@@ -311,7 +311,7 @@ def test_recorded_evidence_gate_is_served_by_the_pipeline(tmp_path):
         def query(self, text, k=4):
             return [Document("Paris is in France.", id="a"), Document("Rome.", id="b")][:k]
 
-    pipe = RAGPipeline(llm, Store(), k=2, expert="gq", max_new_tokens=4)
+    pipe = RAGPipeline(llm, Store(), k=2, expert="gq", max_new_tokens=4, evidence_gate="auto")
     answer = pipe.answer("Where is Paris?")
     assert pipe.evidence_gate is not None and pipe.evidence_gate.threshold == 1.0
     assert answer.text == REFUSAL and answer.completion_tokens == 0  # nothing reaches 1.0

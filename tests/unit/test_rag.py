@@ -265,14 +265,16 @@ def test_evidence_gate_auto_reads_the_experts_metadata():
 
     llm = WithMeta({"evidence_gate": {"expert": "relevance", "threshold": 0.42,
                                       "refusal_threshold": 1.0}})
-    gate = RAGPipeline(llm, FakeStore(), expert="grounded-qa").evidence_gate
+    assert RAGPipeline(llm, FakeStore(), expert="grounded-qa").evidence_gate is None  # opt-in
+    gate = RAGPipeline(llm, FakeStore(), expert="grounded-qa", evidence_gate="auto").evidence_gate
     assert isinstance(gate, EvidenceGate) and gate.threshold == 0.42
     assert gate.scorer.expert == "relevance"
-    assert RAGPipeline(WithMeta({}), FakeStore(), expert="grounded-qa").evidence_gate is None
-    assert RAGPipeline(llm, FakeStore(), expert=None).evidence_gate is None
-    assert RAGPipeline(llm, FakeStore(), expert="grounded-qa",
-                       evidence_gate=None).evidence_gate is None
-    assert RAGPipeline(FakeLLM([]), FakeStore(), expert="grounded-qa").evidence_gate is None
+    auto = {"evidence_gate": "auto"}
+    assert RAGPipeline(WithMeta({}), FakeStore(), expert="grounded-qa", **auto).evidence_gate \
+        is None
+    assert RAGPipeline(llm, FakeStore(), expert=None, **auto).evidence_gate is None
+    assert RAGPipeline(FakeLLM([]), FakeStore(), expert="grounded-qa", **auto).evidence_gate \
+        is None
 
 
 @pytest.mark.parametrize("kwargs", [{"threshold": 1.5}, {"threshold": -0.1},

@@ -458,14 +458,16 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
         rng.shuffle(chosen)
         has_answer = not impossible and not dropped
         cited = [n for n, p in enumerate(chosen, start=1) if p[0] == own[0]]
+        docs = _documents(chosen)
         rows.append({
-            "messages": build_messages(question, _documents(chosen)),
+            "messages": build_messages(question, docs),
             "answer": grounded_answer(answers[0], cited) if has_answer else REFUSAL,
             "meta": {"source": "squad2", "index": i, "id": qa.get("id", str(i)),
                      "group": f"squad2:{q['article']}:{q['paragraph']}",
                      "has_oracle": has_answer, "is_impossible": impossible,
                      "oracle_passages": cited if has_answer else [],
-                     "n_passages": len(chosen), "gold_answer": answers[0] if answers else ""},
+                     "n_passages": len(chosen), "gold_answer": answers[0] if answers else "",
+                     "question": question, "passages": [d.text for d in docs]},
         })
     return rows
 

@@ -157,7 +157,7 @@ def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
                          threshold: float, calibration: dict[str, Any],
                          refusal_threshold: float | None = 1.0) -> None:
     """Write the evidence gate into the expert's metadata and model card (atomic rewrite);
-    ``RAGPipeline`` applies it to every answer the expert gives."""
+    ``RAGPipeline(evidence_gate="auto")`` applies it to the expert's answers."""
     from expertrag.models.llm import EXPERT_METADATA
     from expertrag.rag import EVIDENCE_GATE_KEY
 
@@ -171,15 +171,16 @@ def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
     card = folder / "README.md"
     if card.is_file():
         at = calibration["at_threshold"]
-        text = re.sub(r"\n*## Evidence gate\n.*?(?=\n## |\Z)", "",
+        text = re.sub(r"\n*## Evidence gate[^\n]*\n.*?(?=\n## |\Z)", "",
                       card.read_text(encoding="utf-8"), flags=re.S)
         then = ("then answers with its own refusal barred" if refusal_threshold == 1.0 else
                 f"then answers with its refusal gate at {refusal_threshold}")
         _atomic_write(card, text.rstrip("\n") + (
-            f"\n\n## Evidence gate\n\n`RAGPipeline` refuses (`{REFUSAL}`) without generating "
-            f"when no passage gets P(relevant) >= {threshold:.3f} from the `{scorer_expert}` "
-            f"expert (one batched forward pass per passage), and the expert {then} "
-            "(`RAGPipeline(evidence_gate=None)` turns it off). Calibrated on "
+            f"\n\n## Evidence gate (opt-in)\n\nWith `RAGPipeline(evidence_gate=\"auto\")` "
+            "(`expertrag ask --evidence-gate`) the pipeline refuses "
+            f"(`{REFUSAL}`) without generating when no passage gets P(relevant) >= "
+            f"{threshold:.3f} from the `{scorer_expert}` expert (one batched forward pass per "
+            f"passage), and the expert {then}. Calibrated on "
             f"{calibration['rows']} held-out rows ({calibration['refusal_rows']} without the "
             f"answer; {calibration.get('source', 'see metadata')}): AUC "
             f"{calibration['auc']:.3f} (the expert's own P(refusal): "
