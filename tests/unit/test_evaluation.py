@@ -192,6 +192,42 @@ def test_ragas_metrics_never_nan_with_the_local_judge():
 
 
 @ragas_needed
+def test_more_ragas_metrics_never_nan_with_the_local_judge():
+    from tiny_models import tiny_llm
+
+    from expertrag.evaluation.ragas_backend import (
+        ExpertRagasEmbeddings,
+        ExpertRagasLLM,
+        no_openai,
+        ragas_metric,
+    )
+
+    judge = ExpertRagasLLM(tiny_llm(max_positions=8192), max_new_tokens=24)
+
+    class Emb:
+        def embed_query(self, text):
+            return [float(len(text) % 7), 1.0]
+
+        def embed_documents(self, texts):
+            return [self.embed_query(t) for t in texts]
+
+    row = {"user_input": "Where is Paris?", "response": "Paris is in France.",
+           "reference": "Paris is in France.",
+           "retrieved_contexts": ["Paris is the capital of France.", "Rome is in Italy."]}
+    fields = {"NoiseSensitivity": ("user_input", "response", "reference", "retrieved_contexts"),
+              "FactualCorrectness": ("response", "reference"),
+              "ContextRecall": ("user_input", "retrieved_contexts", "reference"),
+              "SemanticSimilarity": ("response", "reference"),
+              "ExactMatch": ("response", "reference"),  # the non-LLM ones need no judge
+              "StringPresence": ("response", "reference")}
+    with no_openai():
+        for name, keys in fields.items():
+            metric = ragas_metric(name, llm=judge, embeddings=ExpertRagasEmbeddings(Emb()))
+            value = metric.score(**{k: row[k] for k in keys}).value
+            assert not math.isnan(float(value)), name
+
+
+@ragas_needed
 def test_openai_fallback_is_impossible(monkeypatch):
     from expertrag.evaluation.ragas_backend import OpenAIFallbackError, no_openai
 
