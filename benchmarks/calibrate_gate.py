@@ -11,7 +11,10 @@ expert's metadata and model card (the previous calibration is kept under ``previ
 relevance floor on the best passage's P(relevant) from the ``relevance`` expert, under the
 same false-refusal cap; both signals' ROC AUC on the same rows are printed.
 
-    python benchmarks/calibrate_gate.py --data-dir ../shared/data [--evidence] [--write]
+    python benchmarks/calibrate_gate.py --data-dir ../shared/data [--evidence [--squad N]] \
+        [--max-false-refusals 0.10] [--write]
+
+The shipped evidence floor came from ``--evidence --max-false-refusals 0.10 --write``.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ def main() -> None:
     parser.add_argument("--max-false-refusals", type=float, default=0.15)
     parser.add_argument("--evidence", action="store_true",
                         help="calibrate the evidence gate (relevance floor) instead")
-    parser.add_argument("--squad", type=int, default=100,
+    parser.add_argument("--squad", type=int, default=0,
                         help="--evidence: also this many answerable SQuAD 2.0 questions "
                              "(15-article file, none that grounded-qa trained on), half "
-                             "with their paragraph dropped, so the floor fits two styles")
+                             "with their paragraph dropped, so the floor fits two styles "
+                             "(the shipped floor 0.838 used 0; 100 gave 0.787)")
     parser.add_argument("--write", action="store_true",
                         help="record the gate in src/expertrag/data/experts/grounded-qa")
     args = parser.parse_args()
