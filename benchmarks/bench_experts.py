@@ -108,22 +108,10 @@ def expert_from_git(spec: str, dest: Path) -> Path:
 
 
 def _generate_all(llm: Any, rows: list[dict[str, Any]], expert: str | None, batch_size: int,
-                  max_new_tokens: int) -> tuple[list[str], float]:
-    """Greedy answers for the rows' prompts, and seconds per row."""
-    preds: list[str] = []
-    started = time.perf_counter()
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out = llm.generate([r["messages"] for r in chunk], expert=expert,
-                           max_new_tokens=max_new_tokens)
-        preds += [o.text for o in out]
-    return preds, (time.perf_counter() - started) / max(len(rows), 1)
-
-
-def _generate_gated(llm: Any, rows: list[dict[str, Any]], expert: str, gate: Any,
-                    batch_size: int, max_new_tokens: int) -> tuple[list[str], float]:
-    """What ``RAGPipeline`` gives with the evidence gate: the same rows, their passages
-    scored first, the stopped ones refused without generating."""
+                  max_new_tokens: int, gate: Any = None) -> tuple[list[str], float]:
+    """Greedy answers to the rows (their ``meta`` question and passages, the prompt they were
+    built with), through ``RAGPipeline``'s batched step, and seconds per row. With ``gate``
+    the passages are scored first and the stopped rows refused without generating."""
     from expertrag.rag import generate_grounded
     from expertrag.types import Document
 
@@ -156,16 +144,12 @@ def grounded_part(llm: Any, items: list[dict[str, Any]], musique: list[dict[str,
         gate = EvidenceGate.for_expert(llm, "grounded-qa")
         if gate is not None:
             runs.append((f"grounded-qa (shipped) + evidence gate {gate.threshold:.3f} "
-                         "(RAGPipeline's default)", "grounded-qa", gate))
+                         "(opt-in)", "grounded-qa", gate))
     tables: dict[str, list[list[str]]] = {}
     for name, rows in sets.items():
         table = []
         for label, expert, gate in runs:
-            if gate is None:
-                preds, took = _generate_all(llm, rows, expert, batch_size, max_new_tokens)
-            else:
-                preds, took = _generate_gated(llm, rows, str(expert), gate, batch_size,
-                                             max_new_tokens)
+            preds, took = _generate_all(llm, rows, expert, batch_size, max_new_tokens, gate)
             m = answer_metrics(preds, rows)
             table.append([label, *(f"{m[k]:.3f}" for k in (
                 "exact_match", "f1", "answer_contained", "refusal_accuracy",

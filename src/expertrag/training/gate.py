@@ -78,33 +78,41 @@ def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool],
 def record_gate(folder: str | os.PathLike[str], threshold: float,
                 calibration: dict[str, Any]) -> None:
     """Write the gate into the expert's metadata and model card (atomic rewrite)."""
+    at = calibration["at_threshold"]
+    cap = calibration.get("max_false_refusals")
+    capped = (f" (the best balanced accuracy among thresholds refusing at most {cap:.0%} "
+              "of the answerable rows)") if cap is not None else ""
+    _record(folder, "refusal_gate", {"text": REFUSAL, "threshold": threshold,
+                                     "calibration": calibration}, "Refusal gate", (
+        f"The expert refuses only when P(its answer starts with "
+        f"`{REFUSAL}`) >= {threshold:.3f}, read from the first decoding step "
+        "(`ExpertLLM.generate` applies it; `refusal_gate=False` turns it off). Calibrated "
+        f"on {calibration['rows']} held-out rows ({calibration['refusal_rows']} without "
+        f"the answer; {calibration.get('source', 'see metadata')}): AUC "
+        f"{calibration['auc']:.3f}, refusal accuracy {at['refusal_accuracy']:.3f}, false "
+        f"refusals {at['false_refusal_rate']:.3f} (greedy argmax-like 0.5: "
+        f"{calibration['at_0.5']['refusal_accuracy']:.3f} / "
+        f"{calibration['at_0.5']['false_refusal_rate']:.3f}){capped}."))
+
+
+def _record(folder: str | os.PathLike[str], key: str, value: dict[str, Any], heading: str,
+            section: str, tag: str = "") -> None:
+    """Set ``key`` in the expert's metadata and replace (or add) the card's section whose
+    title starts with ``heading`` (up to the next section), both rewritten atomically."""
     from expertrag.models.llm import EXPERT_METADATA
 
     folder = Path(folder)
     meta_path = folder / EXPERT_METADATA
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["refusal_gate"] = {"text": REFUSAL, "threshold": threshold,
-                            "calibration": calibration}
+    meta[key] = value
     _atomic_write(meta_path, json.dumps(meta, indent=2))
     card = folder / "README.md"
     if card.is_file():
-        at = calibration["at_threshold"]
-        cap = calibration.get("max_false_refusals")
-        capped = (f" (the best balanced accuracy among thresholds refusing at most {cap:.0%} "
-                  "of the answerable rows)") if cap is not None else ""
-        text = card.read_text(encoding="utf-8")
-        # a recalibration replaces the card's gate section (up to the next section)
-        text = re.sub(r"\n*## Refusal gate\n.*?(?=\n## |\Z)", "", text, flags=re.S)
-        _atomic_write(card, text.rstrip("\n") + (
-            f"\n\n## Refusal gate\n\nThe expert refuses only when P(its answer starts with "
-            f"`{REFUSAL}`) >= {threshold:.3f}, read from the first decoding step "
-            "(`ExpertLLM.generate` applies it; `refusal_gate=False` turns it off). Calibrated "
-            f"on {calibration['rows']} held-out rows ({calibration['refusal_rows']} without "
-            f"the answer; {calibration.get('source', 'see metadata')}): AUC "
-            f"{calibration['auc']:.3f}, refusal accuracy {at['refusal_accuracy']:.3f}, false "
-            f"refusals {at['false_refusal_rate']:.3f} (greedy argmax-like 0.5: "
-            f"{calibration['at_0.5']['refusal_accuracy']:.3f} / "
-            f"{calibration['at_0.5']['false_refusal_rate']:.3f}){capped}.\n"))
+        text = re.sub(rf"\n*## {re.escape(heading)}[^\n]*\n.*?(?=\n## |\Z)", "",
+                      card.read_text(encoding="utf-8"), flags=re.S)
+        text = re.sub(r"\n+(?=## )", "\n\n", text)  # one blank line before each section
+        _atomic_write(card, f"{text.rstrip()}\n\n## {heading}{tag}\n\n"
+                            f"{section}\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -158,31 +166,22 @@ def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
                          refusal_threshold: float | None = 1.0) -> None:
     """Write the evidence gate into the expert's metadata and model card (atomic rewrite);
     ``RAGPipeline(evidence_gate="auto")`` applies it to the expert's answers."""
-    from expertrag.models.llm import EXPERT_METADATA
     from expertrag.rag import EVIDENCE_GATE_KEY
 
-    folder = Path(folder)
-    meta_path = folder / EXPERT_METADATA
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta[EVIDENCE_GATE_KEY] = {"expert": scorer_expert, "threshold": threshold,
-                               "refusal_threshold": refusal_threshold,
-                               "calibration": calibration}
-    _atomic_write(meta_path, json.dumps(meta, indent=2))
-    card = folder / "README.md"
-    if card.is_file():
-        at = calibration["at_threshold"]
-        text = re.sub(r"\n*## Evidence gate[^\n]*\n.*?(?=\n## |\Z)", "",
-                      card.read_text(encoding="utf-8"), flags=re.S)
-        then = ("then answers with its own refusal barred" if refusal_threshold == 1.0 else
-                f"then answers with its refusal gate at {refusal_threshold}")
-        _atomic_write(card, text.rstrip("\n") + (
-            f"\n\n## Evidence gate (opt-in)\n\nWith `RAGPipeline(evidence_gate=\"auto\")` "
-            "(`expertrag ask --evidence-gate`) the pipeline refuses "
-            f"(`{REFUSAL}`) without generating when no passage gets P(relevant) >= "
-            f"{threshold:.3f} from the `{scorer_expert}` expert (one batched forward pass per "
-            f"passage), and the expert {then}. Calibrated on "
-            f"{calibration['rows']} held-out rows ({calibration['refusal_rows']} without the "
-            f"answer; {calibration.get('source', 'see metadata')}): AUC "
-            f"{calibration['auc']:.3f} (the expert's own P(refusal): "
-            f"{calibration.get('own_gate_auc', float('nan')):.3f}), refusal accuracy "
-            f"{at['refusal_accuracy']:.3f}, false refusals {at['false_refusal_rate']:.3f}.\n"))
+    at = calibration["at_threshold"]
+    then = ("then answers with its own refusal barred" if refusal_threshold == 1.0 else
+            "then answers under its own refusal gate" if refusal_threshold is None else
+            f"then answers with its refusal gate at {refusal_threshold}")
+    _record(folder, EVIDENCE_GATE_KEY, {"expert": scorer_expert, "threshold": threshold,
+                                        "refusal_threshold": refusal_threshold,
+                                        "calibration": calibration}, "Evidence gate", (
+        "With `RAGPipeline(evidence_gate=\"auto\")` (`expertrag ask --evidence-gate`) the "
+        f"pipeline refuses (`{REFUSAL}`) without generating when no passage gets "
+        f"P(relevant) >= {threshold:.3f} from the `{scorer_expert}` expert (one batched "
+        f"forward pass per passage), and the expert {then}. Calibrated on "
+        f"{calibration['rows']} held-out rows ({calibration['refusal_rows']} without the "
+        f"answer; {calibration.get('source', 'see metadata')}): AUC "
+        f"{calibration['auc']:.3f} (the expert's own P(refusal): "
+        f"{calibration.get('own_gate_auc', float('nan')):.3f}), refusal accuracy "
+        f"{at['refusal_accuracy']:.3f}, false refusals {at['false_refusal_rate']:.3f}."),
+        tag=" (opt-in)")
