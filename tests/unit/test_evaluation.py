@@ -254,6 +254,74 @@ def test_non_empty_arrays_in_schemas():
     assert "minItems" not in schema["properties"]["s"]  # a copy
 
 
+class _ShortVerdictLLM:
+    """A stand-in ExpertLLM that answers every schema with as few array items as it allows:
+    three statements when decomposing, but one to three verdicts (in turn) when judging
+    unless the schema pins the count, the failure a small judge showed on NoiseSensitivity."""
+
+    def __init__(self):
+        self.calls, self.turn = 0, 0
+
+    def _fill(self, schema, root):
+        if "$ref" in schema:
+            return self._fill(root["$defs"][schema["$ref"].rsplit("/", 1)[-1]], root)
+        kind = schema.get("type")
+        if kind == "object":
+            return {k: self._fill(v, root) for k, v in schema["properties"].items()}
+        if kind == "array":
+            item = schema["items"]
+            if "$ref" not in item and item.get("type") == "string":
+                n = 3
+            else:
+                self.turn += 1
+                n = schema["minItems"] if "maxItems" in schema else 1 + self.turn % 3
+            return [self._fill(item, root) for _ in range(n)]
+        return 1 if kind == "integer" else "Paris is in France."
+
+    def generate(self, convs, *, expert=None, json_schema=None, max_new_tokens=256):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        return [SimpleNamespace(parsed=self._fill(json_schema, json_schema)) for _ in convs]
+
+
+@ragas_needed
+def test_verdict_lists_are_pinned_to_the_statements():
+    from expertrag.evaluation.ragas_backend import ExpertRagasLLM, no_openai, ragas_metric
+
+    fake = _ShortVerdictLLM()
+    judge = ExpertRagasLLM(fake)
+    row = {"user_input": "Where is Paris?", "response": "Paris is in France.",
+           "reference": "Paris is in France.",
+           "retrieved_contexts": ["Paris is the capital of France.", "Rome is in Italy."]}
+    with no_openai():
+        value = ragas_metric("NoiseSensitivity", llm=judge).score(**row).value
+        faith = ragas_metric("Faithfulness", llm=judge).score(
+            **{k: row[k] for k in ("user_input", "response", "retrieved_contexts")}).value
+    assert value == 0.0 and faith == 1.0  # every verdict 1: supported, so no noise error
+    assert fake.calls > 4
+
+
+def test_pin_to_input_reads_the_item_not_the_examples():
+    from expertrag.evaluation.ragas_backend import _pin_to_input
+
+    schema = {"type": "object", "properties": {
+        "statements": {"type": "array", "items": {"$ref": "#/$defs/V"}},
+        "notes": {"type": "array", "items": {"type": "string"}}},
+        "$defs": {"V": {"type": "object", "properties": {"statement": {"type": "string"},
+                                                         "verdict": {"type": "integer"}}}}}
+    prompt = ('Example input: {"statements": ["x"]}\n-----\n\n'
+              'Now perform the same with the following input\ninput: {\n'
+              '    "context": "it says input: {\\"statements\\": [1]}",\n'
+              '    "statements": ["a", "b", "c"], "notes": ["n"]\n}\nOutput: ')
+    out = _pin_to_input(schema, prompt)
+    assert out["properties"]["statements"]["minItems"] == 3
+    assert out["properties"]["statements"]["maxItems"] == 3
+    assert "maxItems" not in out["properties"]["notes"]  # strings, not verdicts
+    assert "maxItems" not in schema["properties"]["statements"]  # a copy
+    assert _pin_to_input(schema, "no input here") is schema
+
+
 # ------------------------------------------------------------------------------ skins
 def test_langchain_style_evaluators():
     pytest.importorskip("langchain_core")

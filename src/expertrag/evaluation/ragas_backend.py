@@ -8,8 +8,11 @@
 - :class:`ExpertRagasLLM` is an ``InstructorBaseRagasLLM`` over :class:`ExpertLLM`: every
   structured call is decoded under the response model's JSON Schema (xgrammar), so it always
   parses; array fields must hold at least one item, so the empty statement lists that make
-  Faithfulness and friends return NaN cannot occur. Concurrent calls (RAGAS'
-  ``abatch_score`` gathers them) are batched into one ``generate`` per schema.
+  Faithfulness and friends return NaN cannot occur. A verdict list that answers a list of
+  input statements (Faithfulness, FactualCorrectness, NoiseSensitivity) holds exactly one
+  verdict per statement (:func:`_pin_to_input`), because NoiseSensitivity stacks the verdict
+  lists into a matrix and fails on one of another length. Concurrent
+  calls (RAGAS' ``abatch_score`` gathers them) are batched into one ``generate`` per schema.
 - :class:`ExpertRagasEmbeddings` is a ``BaseRagasEmbedding`` over :class:`Embedder`.
 - :func:`no_openai` makes RAGAS' silent OpenAI fallback impossible: while it is active, the
   factories that would build an OpenAI client raise instead.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import sys
 import types
 from collections.abc import Iterator
@@ -85,6 +89,52 @@ def _non_empty_arrays(schema: Any) -> Any:
     return schema
 
 
+_INPUT_MARK = "Now perform the same with the following input\ninput:"
+
+
+def _prompt_input(prompt: str) -> dict[str, Any] | None:
+    """The JSON object after a RAGAS prompt's input mark (the item being judged: the
+    examples come before the mark, the item's own text after it, so its first occurrence is
+    the template's), or None when there is none."""
+    at = prompt.find(_INPUT_MARK)
+    start = prompt.find("{", at) if at >= 0 else -1
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder(strict=False).raw_decode(prompt, start)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _pin_to_input(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """``schema`` with each top-level array of verdicts pinned to the length of the prompt's
+    input list of the same name: an output ``statements`` array whose items have a
+    ``statement`` field, for an input ``statements`` list of n strings, must hold exactly n
+    items. Only the count is pinned, so that prompts with as many statements share one
+    schema and one batched ``generate``; RAGAS reads the verdicts by position. Other
+    schemas come back unchanged."""
+    given = _prompt_input(prompt)
+    props = schema.get("properties")
+    if not given or not isinstance(props, dict):
+        return schema
+    out = None
+    for key, prop in props.items():
+        values = given.get(key)
+        if (not key.endswith("s") or not isinstance(values, list)
+                or not all(isinstance(v, str) for v in values)
+                or not isinstance(prop, dict) or prop.get("type") != "array"):
+            continue
+        item = prop.get("items", {})
+        if "$ref" in item:  # pydantic puts nested models in $defs
+            item = schema.get("$defs", {}).get(item["$ref"].rsplit("/", 1)[-1], {})
+        if key[:-1] not in item.get("properties", {}):
+            continue
+        out = out or copy.deepcopy(schema)
+        out["properties"][key].update(minItems=len(values), maxItems=len(values))
+    return out if out is not None else schema
+
+
 def _base_classes() -> tuple[type, type]:
     import_ragas()
     from ragas.embeddings.base import BaseRagasEmbedding
@@ -146,11 +196,19 @@ def ExpertRagasLLM(llm: Any, expert: str | None = None, max_new_tokens: int = 25
 
         def _run(self, prompts: list[str], response_model: type) -> list[Any]:
             schema = _non_empty_arrays(copy.deepcopy(response_model.model_json_schema()))
-            convs = [[{"role": "user", "content": p}] for p in prompts]
-            results = self.llm.generate(convs, expert=self.expert, json_schema=schema,
-                                        max_new_tokens=self.max_new_tokens)
-            self.calls += len(convs)
-            return [response_model.model_validate(r.parsed) for r in results]
+            groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+            for i, prompt in enumerate(prompts):  # one generate per statement count
+                own = _pin_to_input(schema, prompt)
+                groups.setdefault(json.dumps(own, sort_keys=True), (own, []))[1].append(i)
+            out: list[Any] = [None] * len(prompts)
+            for own, rows in groups.values():
+                convs = [[{"role": "user", "content": prompts[i]}] for i in rows]
+                results = self.llm.generate(convs, expert=self.expert, json_schema=own,
+                                            max_new_tokens=self.max_new_tokens)
+                self.calls += len(convs)
+                for i, r in zip(rows, results, strict=True):
+                    out[i] = response_model.model_validate(r.parsed)
+            return out
 
         def generate(self, prompt: str, response_model: type) -> Any:
             return self._run([prompt], response_model)[0]
