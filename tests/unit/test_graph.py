@@ -194,8 +194,8 @@ def test_reopening_keeps_the_graph(tmp_path):
 
 
 def test_a_killed_index_loses_nothing_committed(tmp_path):
-    """A process dies in the middle of writing its third document: reopening shows the
-    first two complete and nothing of the third."""
+    """A process dies in the middle of writing its second batch (the third document):
+    reopening shows the first batch's two documents complete and nothing of the third."""
     root = Path(__file__).resolve().parents[1]
     script = textwrap.dedent(f"""
         import os, sys
@@ -203,16 +203,16 @@ def test_a_killed_index_loses_nothing_committed(tmp_path):
         from test_graph import DOCS, graph_at
         from pathlib import Path
         g = graph_at(Path({str(tmp_path / 'g')!r}))
-        g.insert(DOCS[:2], progress=False)
         run = g.store.backend.run
-        calls = [0]
+        batches = [0]
         def dying(query, params=None):
-            calls[0] += 1
             if "MENTIONS" in query and "MERGE" in query:
-                os._exit(3)  # killed mid-transaction, after passages and entities
+                batches[0] += 1
+                if batches[0] == 2:
+                    os._exit(3)  # killed mid-transaction, after passages and entities
             return run(query, params)
         g.store.backend.run = dying
-        g.insert([DOCS[2]], progress=False)
+        g.insert(DOCS[:3], progress=False, batch=2)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
@@ -222,6 +222,34 @@ def test_a_killed_index_loses_nothing_committed(tmp_path):
     assert {p["doc"] for p in store.passages()} == {"ada", "engine"}
     assert not any("holmes" in e[0] for e in store.entities())
     store.close()
+
+
+def test_a_batch_is_one_transaction_and_the_same_graph(tmp_path):
+    """Writing four documents as one batch gives the graph that one-by-one writing gives,
+    in one transaction of six statements instead of four."""
+    graphs = []
+    for batch in (1, 32):
+        g = graph_at(tmp_path / f"g{batch}", synonym_threshold=0.9)
+        statements = []
+        real = g.store.backend.conn.execute
+
+        def execute(query, params=None, real=real, statements=statements):
+            statements.append(query)
+            return real(query, params or {})
+
+        g.store.backend.conn.execute = execute
+        report = g.insert(DOCS, progress=False, batch=batch)
+        assert report.documents == 4
+        graphs.append((g.store.counts(), sorted(g.store.mentions()),
+                       sorted(g.store.synonyms()), sorted(r[:3] for r in g.store.relations())))
+        begins = statements.count("BEGIN TRANSACTION")
+        writes = [q for q in statements if q.startswith("UNWIND")]
+        if batch == 1:
+            assert begins == 4
+        else:
+            assert begins == 1 and len(writes) <= 6
+        g.close()
+    assert graphs[0] == graphs[1]
 
 
 def test_config_is_checked():

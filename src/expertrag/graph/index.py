@@ -6,7 +6,7 @@
 - ``insert(documents)``: chunk (as ingest does), extract entities and relations
   (:mod:`expertrag.graph.extract`, no LLM by default), resolve entities (normalised names
   meet; embedding similarity above ``synonym_threshold`` adds SYNONYM edges, as HippoRAG
-  does), and write each document in one transaction. Only what the new documents bring is
+  does), and write each batch of documents in one transaction. Only what the new documents bring is
   computed; a document already stored with the same content is skipped.
 - ``delete(doc_id)``: its passages, the relations only it supported and the entities nothing
   else mentions go; shared ones stay. Delete then re-insert gives the same graph.
@@ -34,7 +34,7 @@ from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.graph.extract import CO_OCCURS, make_extractor, normalize
-from expertrag.graph.store import GraphStore
+from expertrag.graph.store import DocumentWrite, GraphStore
 from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_documents
 from expertrag.types import Document
 
@@ -162,7 +162,8 @@ class GraphRAG:
 
     def insert(self, documents: Sequence[Document | str], progress: bool = True,
                batch: int = 32) -> InsertReport:
-        """Add documents (each in its own transaction); unchanged ones are skipped and
+        """Add documents, ``batch`` at a time, each batch in one transaction (a crash loses at
+        most the batch being written, never half a document); unchanged ones are skipped and
         changed ones replaced."""
         from tqdm.auto import tqdm
 
@@ -215,16 +216,27 @@ class GraphRAG:
         vectors = dict(zip(names, _unit(self.embedder.embed_documents(
             [fresh[k].name for k in names])), strict=True)) if names else {}
         report.seconds_embed += time.perf_counter() - t
-        where = 0
+        where, writes, empty = 0, [], 0
         for doc, chunks in zip(group, chunks_by_doc, strict=True):
             mine = extractions[where:where + len(chunks)]
             vecs = passage_vecs[where:where + len(chunks)]
             where += len(chunks)
-            self._write(doc, chunks, mine, vecs, fresh, vectors, known, report)
+            writes.append(self._prepare(doc, chunks, mine, vecs, fresh, vectors, known))
+            empty += sum(1 for x in mine if x.empty)
+        self.store.write_documents(writes)  # the group: one transaction
+        report.documents += len(writes)
+        report.empty_passages += empty
+        for w in writes:
+            report.passages += len(w.passages)
+            report.new_entities += len(w.entities)
+            report.relations += len(w.relations)
+            report.synonyms += len(w.synonyms)
 
-    def _write(self, doc: Document, chunks: list[Document], extractions: list[Any],
-               vecs: Sequence[Any], fresh: dict[str, Any], vectors: dict[str, Any],
-               known: _EntityMatrix, report: InsertReport) -> None:
+    def _prepare(self, doc: Document, chunks: list[Document], extractions: list[Any],
+                 vecs: Sequence[Any], fresh: dict[str, Any], vectors: dict[str, Any],
+                 known: _EntityMatrix) -> DocumentWrite:
+        """What ``doc`` brings: its passages, the entities not stored (or prepared) before
+        it, its mentions, relations, and synonym edges to everything known so far."""
         import numpy as np
 
         passages, mentions, relations = [], [], []
@@ -235,8 +247,6 @@ class GraphRAG:
                              "meta": {k: v for k, v in chunk.metadata.items()
                                       if k != "source"},
                              "emb": [float(v) for v in vec]})
-            if x.empty:
-                report.empty_passages += 1
             for e in x.entities:
                 mentions.append((pid, e.key))
                 if e.key not in known:
@@ -261,16 +271,10 @@ class GraphRAG:
                         synonyms.add((lo, hi, round(float(sims[i, j]), 4)))
         new_rows = [{"id": k, "name": fresh[k].name, "label": fresh[k].label,
                      "emb": [float(v) for v in vectors[k]]} for k in keys]
-        self.store.write_document(str(doc.id), _doc_hash(doc), dict(doc.metadata), passages,
-                                  new_rows, sorted(set(mentions)), relations,
-                                  sorted(synonyms))
-        if keys:
+        if keys:  # the next document of the group matches against these too
             known.add(keys, np.stack([vectors[k] for k in keys]))
-        report.documents += 1
-        report.passages += len(passages)
-        report.new_entities += len(new_rows)
-        report.relations += len(relations)
-        report.synonyms += len(synonyms)
+        return DocumentWrite(str(doc.id), _doc_hash(doc), dict(doc.metadata), passages,
+                             new_rows, sorted(set(mentions)), relations, sorted(synonyms))
 
     def delete(self, doc_id: str) -> bool:
         """Remove a document and what only it supported; False when it is not stored."""

@@ -12,9 +12,9 @@ The schema (property graph):
   passage, so deleting a document removes exactly the edges only it supported
 - ``(:Entity)-[:SYNONYM {sim}]->(:Entity)``, entity-resolution edges
 
-A document is written in one transaction (:meth:`GraphStore.write_document`) and deleted in
-one (:meth:`GraphStore.delete_document`): a process killed mid-index loses nothing already
-committed and leaves no half-written document.
+A batch of documents is written in one transaction (:meth:`GraphStore.write_documents`) and
+a document is deleted in one (:meth:`GraphStore.delete_document`): a process killed mid-index
+loses nothing already committed and leaves no half-written document.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,20 @@ _NEO4J_SCHEMA = [
     "CREATE CONSTRAINT expertrag_passage IF NOT EXISTS FOR (p:Passage) REQUIRE p.id IS UNIQUE",
     "CREATE CONSTRAINT expertrag_entity IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE",
 ]
+
+
+@dataclass
+class DocumentWrite:
+    """Everything one document brings to the graph, ready to be written."""
+
+    doc_id: str
+    doc_hash: str
+    meta: dict[str, Any]
+    passages: Sequence[dict[str, Any]]
+    entities: Sequence[dict[str, Any]]  # the new ones only
+    mentions: Sequence[tuple[str, str]]  # (passage id, entity id)
+    relations: Sequence[dict[str, Any]]
+    synonyms: Sequence[tuple[str, str, float]]
 
 
 class GraphStoreError(ExpertRAGError, RuntimeError):
@@ -210,38 +225,59 @@ class GraphStore:
                        mentions: Sequence[tuple[str, str]],
                        relations: Sequence[dict[str, Any]],
                        synonyms: Sequence[tuple[str, str, float]]) -> None:
-        """One document with everything it brings, in one transaction. ``entities`` are
-        the new ones (existing ones are matched by id and left as they are)."""
+        """One document with everything it brings, in one transaction (see
+        :meth:`write_documents`)."""
+        self.write_documents([DocumentWrite(doc_id, doc_hash, meta, passages, entities,
+                                            mentions, relations, synonyms)])
+
+    def write_documents(self, docs: Sequence[DocumentWrite]) -> None:
+        """Several documents in one transaction: all of them are committed or none is, so a
+        crash never leaves half a document. Each kind of row goes in one ``UNWIND``
+        statement for the whole batch, in dependency order (nodes before the edges that
+        name them), which is what makes indexing a corpus cheap: six statements per batch
+        instead of six per document. ``entities`` are the new ones (existing ones are
+        matched by id and left as they are); a batch's later documents may mention the
+        entities its earlier ones bring."""
+        if not docs:
+            return
         run = self.backend.run
+        rows: dict[str, list[dict[str, Any]]] = {k: [] for k in (
+            "docs", "passages", "entities", "mentions", "relations", "synonyms")}
+        for d in docs:
+            rows["docs"].append({"id": d.doc_id, "hash": d.doc_hash,
+                                 "meta": json.dumps(d.meta, default=str)})
+            rows["passages"] += [{**p, "doc": d.doc_id,
+                                  "meta": json.dumps(p.get("meta") or {}, default=str)}
+                                 for p in d.passages]
+            rows["entities"] += list(d.entities)
+            rows["mentions"] += [{"p": p, "e": e} for p, e in d.mentions]
+            rows["relations"] += [{**r, "doc": d.doc_id} for r in d.relations]
+            rows["synonyms"] += [{"a": a, "b": b, "sim": sim} for a, b, sim in d.synonyms]
+        statements = [
+            ("docs", "UNWIND $rows AS r MERGE (d:Document {id: r.id}) SET d.hash = r.hash, "
+                     "d.meta = r.meta"),
+            ("passages", "UNWIND $rows AS r MERGE (p:Passage {id: r.id}) SET p.doc = r.doc, "
+                         "p.position = r.position, p.text = r.text, p.meta = r.meta, "
+                         "p.emb = r.emb"),
+            ("entities", "UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name, "
+                         "e.label = r.label, e.emb = r.emb"),
+            ("mentions", "UNWIND $rows AS r MATCH (p:Passage {id: r.p}), (e:Entity {id: r.e}) "
+                         "MERGE (p)-[:MENTIONS]->(e)"),
+            ("relations", "UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
+                          "CREATE (a)-[:RELATED {relation: r.relation, doc: r.doc, "
+                          "passage: r.passage, sentence: r.sentence}]->(b)"),
+            ("synonyms", "UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
+                         "MERGE (a)-[s:SYNONYM]->(b) SET s.sim = r.sim"),
+        ]
         try:
             with self.backend.transaction():
-                run("MERGE (d:Document {id: $id}) SET d.hash = $hash, d.meta = $meta",
-                    {"id": doc_id, "hash": doc_hash, "meta": json.dumps(meta, default=str)})
-                if passages:
-                    run("UNWIND $rows AS r MERGE (p:Passage {id: r.id}) SET p.doc = r.doc, "
-                        "p.position = r.position, p.text = r.text, p.meta = r.meta, "
-                        "p.emb = r.emb",
-                        {"rows": [{**p, "doc": doc_id, "meta": json.dumps(p.get("meta") or {},
-                                                                          default=str)}
-                                  for p in passages]})
-                if entities:
-                    run("UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name, "
-                        "e.label = r.label, e.emb = r.emb", {"rows": list(entities)})
-                if mentions:
-                    run("UNWIND $rows AS r MATCH (p:Passage {id: r.p}), (e:Entity {id: r.e}) "
-                        "MERGE (p)-[:MENTIONS]->(e)",
-                        {"rows": [{"p": p, "e": e} for p, e in mentions]})
-                if relations:
-                    run("UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
-                        "CREATE (a)-[:RELATED {relation: r.relation, doc: r.doc, "
-                        "passage: r.passage, sentence: r.sentence}]->(b)",
-                        {"rows": [{**r, "doc": doc_id} for r in relations]})
-                if synonyms:
-                    run("UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
-                        "MERGE (a)-[s:SYNONYM]->(b) SET s.sim = r.sim",
-                        {"rows": [{"a": a, "b": b, "sim": s} for a, b, s in synonyms]})
+                for kind, query in statements:
+                    if rows[kind]:
+                        run(query, {"rows": rows[kind]})
         except RuntimeError as exc:
-            raise GraphStoreError(f"writing document {doc_id!r} failed (nothing of it was "
+            names = ", ".join(repr(d.doc_id) for d in docs[:3]) + (
+                f" and {len(docs) - 3} more" if len(docs) > 3 else "")
+            raise GraphStoreError(f"writing documents {names} failed (nothing of them was "
                                   f"committed): {exc}") from exc
 
     def delete_document(self, doc_id: str) -> bool:
