@@ -155,7 +155,7 @@ class SpacyExtractor:
 
 TRIPLE_SCHEMA = {
     "type": "object",
-    "properties": {"triples": {"type": "array", "maxItems": 8, "items": {
+    "properties": {"triples": {"type": "array", "minItems": 1, "maxItems": 8, "items": {
         "type": "object",
         "properties": {"subject": {"type": "string", "maxLength": 60},
                        "relation": {"type": "string", "maxLength": 40},
