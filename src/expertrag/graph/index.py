@@ -56,6 +56,7 @@ class GraphConfig:
     # facts; beside spaCy's many noun phrases 0.3 ranks better (MuSiQue paragraph
     # Recall@5 0.515 -> 0.632 on questions 50-99, 0.568 -> 0.612 on 0-49)
     passage_seed_weight: float = 0.3
+    entity_specificity: bool = False
     dense_seed_top: int = 20
     hops: int = 1
     communities_resolution: float = 1.0
@@ -351,8 +352,8 @@ class GraphRAG:
             self._linker = self.extractor if self.config.extraction == "spacy" \
                 else SpacyExtractor()
         try:
-            mentions = [e.key for e in self._linker.entities_of(query)]
-            surface = [e.name for e in self._linker.entities_of(query)]
+            found = self._linker.entities_of(query)
+            mentions, surface = [e.key for e in found], [e.name for e in found]
         except Exception:  # no spaCy: the question's keywords
             from expertrag.chains.base import keywords
 
@@ -402,7 +403,16 @@ class GraphRAG:
             return []
         seeds = np.zeros(n)
         linked = self._link(query)
-        for key, w in linked.items():
+        if linked and self.config.entity_specificity:
+            # HippoRAG's node specificity: an entity seed counts 1 / (passages mentioning
+            # it), so "the city" weighs less than "Yeovil Town"; rescaled to the same total,
+            # which keeps the balance with the dense passage seeds
+            spec = {k: w / max(1, len(g["by_entity"].get(k, ()))) for k, w in linked.items()}
+            scale = sum(linked.values()) / max(sum(spec.values()), 1e-12)
+            weights = {k: v * scale for k, v in spec.items()}
+        else:
+            weights = linked
+        for key, w in weights.items():
             seeds[g["index"][key]] += w
         dense = self._dense(query, self.config.dense_seed_top)
         if dense:
