@@ -193,6 +193,22 @@ def test_reopening_keeps_the_graph(tmp_path):
     again.close()
 
 
+def test_entity_specificity_favours_the_rare_entity(tmp_path):
+    """HippoRAG's node specificity: "London" (in four passages) seeds less than "Zed" (in
+    one), so the passage that holds Zed gains on London's passages."""
+    docs = [Document(f"Town{c} is near London.", id=f"t{c}") for c in "abc"]
+    docs.append(Document("Zed lives in London.", id="zed"))
+    shares = []
+    for on in (False, True):
+        g = graph_at(tmp_path / f"g{on}", entity_specificity=on, passage_seed_weight=1e-6)
+        g.insert(docs, progress=False)
+        scores = {d.id: d.score for d in g.ppr("Zed and London?", k=4)}
+        assert set(scores) == {"ta#0", "tb#0", "tc#0", "zed#0"}
+        shares.append(scores["zed#0"] / scores["ta#0"])
+        g.close()
+    assert shares[1] > shares[0] * 1.2
+
+
 def test_a_killed_index_loses_nothing_committed(tmp_path):
     """A process dies in the middle of writing its second batch (the third document):
     reopening shows the first batch's two documents complete and nothing of the third."""
