@@ -314,12 +314,47 @@ def test_pin_to_input_reads_the_item_not_the_examples():
               'Now perform the same with the following input\ninput: {\n'
               '    "context": "it says input: {\\"statements\\": [1]}",\n'
               '    "statements": ["a", "b", "c"], "notes": ["n"]\n}\nOutput: ')
-    out = _pin_to_input(schema, prompt)
+    out, pinned = _pin_to_input(schema, prompt)
+    assert pinned == 3
     assert out["properties"]["statements"]["minItems"] == 3
     assert out["properties"]["statements"]["maxItems"] == 3
+    verdict = out["properties"]["statements"]["items"]["properties"]["verdict"]
+    assert (verdict["minimum"], verdict["maximum"]) == (0, 1)  # 0/1, as the prompt asks
     assert "maxItems" not in out["properties"]["notes"]  # strings, not verdicts
     assert "maxItems" not in schema["properties"]["statements"]  # a copy
-    assert _pin_to_input(schema, "no input here") is schema
+    assert "minimum" not in schema["$defs"]["V"]["properties"]["verdict"]
+    assert _pin_to_input(schema, "no input here") == (schema, 0)
+
+
+def test_one_failing_row_fails_only_its_own_item():
+    """A row the model cannot answer (here: it raises whenever that prompt is in the batch)
+    is retried alone; the rest of its batch still gets answers."""
+    from pydantic import BaseModel
+
+    from expertrag.evaluation.ragas_backend import ExpertRagasLLM
+
+    class Out(BaseModel):
+        answer: str
+
+    class Flaky:
+        def generate(self, convs, *, expert=None, json_schema=None, max_new_tokens=256):
+            from types import SimpleNamespace
+
+            if any("bad" in c[0]["content"] for c in convs):
+                raise RuntimeError("could not close the output")
+            return [SimpleNamespace(parsed={"answer": c[0]["content"]}) for c in convs]
+
+    judge = ExpertRagasLLM(Flaky())
+
+    async def go():
+        return await asyncio.gather(*(judge.agenerate(p, Out) for p in ("a", "bad", "c")),
+                                    return_exceptions=True)
+
+    got = asyncio.run(go())
+    assert [g.answer for g in (got[0], got[2])] == ["a", "c"]
+    assert isinstance(got[1], RuntimeError)
+    with pytest.raises(RuntimeError, match="could not close"):
+        judge.generate("bad", Out)
 
 
 # ------------------------------------------------------------------------------ skins

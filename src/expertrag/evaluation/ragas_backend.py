@@ -107,18 +107,24 @@ def _prompt_input(prompt: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _pin_to_input(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+VERDICT_TOKENS = 48  # the decoding budget per pinned verdict: statement, reason, verdict
+REASON_CHARS = 160
+
+
+def _pin_to_input(schema: dict[str, Any], prompt: str) -> tuple[dict[str, Any], int]:
     """``schema`` with each top-level array of verdicts pinned to the length of the prompt's
-    input list of the same name: an output ``statements`` array whose items have a
-    ``statement`` field, for an input ``statements`` list of n strings, must hold exactly n
-    items. Only the count is pinned, so that prompts with as many statements share one
-    schema and one batched ``generate``; RAGAS reads the verdicts by position. Other
-    schemas come back unchanged."""
+    input list of the same name, and the number of items pinned (0: none). An output
+    ``statements`` array whose items have a ``statement`` field, for an input
+    ``statements`` list of n strings, must hold exactly n items; an integer ``verdict`` is
+    0 or 1, as the prompt asks, and a ``reason`` is at most ``REASON_CHARS`` long, so that n
+    verdicts fit a budget of about ``VERDICT_TOKENS`` each. Only the count is pinned, not the
+    statements' text, so that prompts with as many statements share one schema and one
+    batched ``generate``; RAGAS reads the verdicts by position."""
     given = _prompt_input(prompt)
     props = schema.get("properties")
     if not given or not isinstance(props, dict):
-        return schema
-    out = None
+        return schema, 0
+    out, pinned = None, 0
     for key, prop in props.items():
         values = given.get(key)
         if (not key.endswith("s") or not isinstance(values, list)
@@ -128,11 +134,19 @@ def _pin_to_input(schema: dict[str, Any], prompt: str) -> dict[str, Any]:
         item = prop.get("items", {})
         if "$ref" in item:  # pydantic puts nested models in $defs
             item = schema.get("$defs", {}).get(item["$ref"].rsplit("/", 1)[-1], {})
-        if key[:-1] not in item.get("properties", {}):
+        fields = item.get("properties", {})
+        if key[:-1] not in fields:
             continue
         out = out or copy.deepcopy(schema)
-        out["properties"][key].update(minItems=len(values), maxItems=len(values))
-    return out if out is not None else schema
+        row = copy.deepcopy(item)
+        if fields.get("verdict", {}).get("type") == "integer":
+            row["properties"]["verdict"].update(minimum=0, maximum=1)
+        if fields.get("reason", {}).get("type") == "string":
+            row["properties"]["reason"]["maxLength"] = REASON_CHARS
+        out["properties"][key] = {**prop, "items": row, "minItems": len(values),
+                                  "maxItems": len(values)}
+        pinned += len(values)
+    return (out, pinned) if out is not None else (schema, 0)
 
 
 def _base_classes() -> tuple[type, type]:
@@ -175,7 +189,11 @@ class _Batcher:
                         future.set_exception(exc)
                 continue
             for (_, future), value in zip(rows, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(value, Exception):  # that row alone failed
+                    future.set_exception(value)
+                else:
                     future.set_result(value)
         if self.pending:  # requests that arrived while this batch ran
             self.flushing = asyncio.get_running_loop().create_task(self._flush())
@@ -194,24 +212,49 @@ def ExpertRagasLLM(llm: Any, expert: str | None = None, max_new_tokens: int = 25
             self._batcher: _Batcher | None = None
             self._loop: asyncio.AbstractEventLoop | None = None
 
-        def _run(self, prompts: list[str], response_model: type) -> list[Any]:
+        def _run(self, prompts: list[str], response_model: type) -> list[Any | Exception]:
+            """One batched ``generate`` per distinct (pinned) schema. A pinned verdict list
+            gets ``VERDICT_TOKENS`` per verdict when that is more than ``max_new_tokens``,
+            so that every statement is judged rather than closed by the grammar. A row that
+            fails is retried alone, so one bad item does not fail its batch; what still
+            fails comes back as the exception, for its own caller."""
             schema = _non_empty_arrays(copy.deepcopy(response_model.model_json_schema()))
-            groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
-            for i, prompt in enumerate(prompts):  # one generate per statement count
-                own = _pin_to_input(schema, prompt)
-                groups.setdefault(json.dumps(own, sort_keys=True), (own, []))[1].append(i)
+            groups: dict[str, tuple[dict[str, Any], int, list[int]]] = {}
+            for i, prompt in enumerate(prompts):
+                own, pinned = _pin_to_input(schema, prompt)
+                budget = max(self.max_new_tokens, VERDICT_TOKENS * pinned)
+                key = json.dumps(own, sort_keys=True)
+                groups.setdefault(key, (own, budget, []))[2].append(i)
             out: list[Any] = [None] * len(prompts)
-            for own, rows in groups.values():
-                convs = [[{"role": "user", "content": prompts[i]}] for i in rows]
-                results = self.llm.generate(convs, expert=self.expert, json_schema=own,
-                                            max_new_tokens=self.max_new_tokens)
-                self.calls += len(convs)
-                for i, r in zip(rows, results, strict=True):
-                    out[i] = response_model.model_validate(r.parsed)
+            for own, budget, rows in groups.values():
+                try:
+                    out_rows = self._generate([prompts[i] for i in rows], own, budget,
+                                              response_model)
+                except Exception:
+                    out_rows = []
+                    for i in rows:  # alone, so that only the bad row fails
+                        try:
+                            out_rows += self._generate([prompts[i]], own, budget,
+                                                       response_model)
+                        except Exception as exc:
+                            out_rows.append(exc)
+                for i, value in zip(rows, out_rows, strict=True):
+                    out[i] = value
             return out
 
+        def _generate(self, prompts: list[str], schema: dict[str, Any], budget: int,
+                      response_model: type) -> list[Any]:
+            convs = [[{"role": "user", "content": p}] for p in prompts]
+            results = self.llm.generate(convs, expert=self.expert, json_schema=schema,
+                                        max_new_tokens=budget)
+            self.calls += len(convs)
+            return [response_model.model_validate(r.parsed) for r in results]
+
         def generate(self, prompt: str, response_model: type) -> Any:
-            return self._run([prompt], response_model)[0]
+            value = self._run([prompt], response_model)[0]
+            if isinstance(value, Exception):
+                raise value
+            return value
 
         async def agenerate(self, prompt: str, response_model: type) -> Any:
             loop = asyncio.get_running_loop()

@@ -193,7 +193,7 @@ class GrammarFactory:
             self._closing = torch.tensor(scores, dtype=torch.float32)
         return self._closing
 
-    def complete(self, compiled: Any, ids: list[int] | str, max_steps: int = 256,
+    def complete(self, compiled: Any, ids: list[int] | str, max_steps: int = 4096,
                  jitter: int = 0) -> list[int]:
         """Tokens that close an unfinished constrained output as fast as the grammar allows.
 
@@ -202,7 +202,10 @@ class GrammarFactory:
         tokens, so the result still parses and validates. `ids` are the generated tokens,
         or the generated text (what a server returns). A non-zero `jitter` (a retry's
         number) breaks ties between equally short tokens at random, seeded by it, so a retry
-        does not close with the very items that failed uniqueItems before."""
+        does not close with the very items that failed uniqueItems before. ``max_steps``
+        bounds the loop; a schema that requires many items (a verdict list pinned to 30
+        statements) can need a thousand tokens to close, each a grammar step, not a model
+        call."""
         import torch
 
         xgr = self._xgr
