@@ -6,8 +6,8 @@
 - ``insert(documents)``: chunk (as ingest does), extract entities and relations
   (:mod:`expertrag.graph.extract`, no LLM by default), resolve entities (normalised names
   meet; embedding similarity above ``synonym_threshold`` adds SYNONYM edges, as HippoRAG
-  does), and write each batch of documents in one transaction. Only what the new documents bring is
-  computed; a document already stored with the same content is skipped.
+  does), and write each batch of documents in one transaction. Only what the new documents
+  bring is computed; a document already stored with the same content is skipped.
 - ``delete(doc_id)``: its passages, the relations only it supported and the entities nothing
   else mentions go; shared ones stay. Delete then re-insert gives the same graph.
 - ``retrieve(query, k, mode)``:

@@ -220,16 +220,6 @@ class GraphStore:
         return {k: int(self.backend.run(v)[0][0]) for k, v in q.items()}
 
     # ------------------------------------------------------------------ writes
-    def write_document(self, doc_id: str, doc_hash: str, meta: dict[str, Any],
-                       passages: Sequence[dict[str, Any]], entities: Sequence[dict[str, Any]],
-                       mentions: Sequence[tuple[str, str]],
-                       relations: Sequence[dict[str, Any]],
-                       synonyms: Sequence[tuple[str, str, float]]) -> None:
-        """One document with everything it brings, in one transaction (see
-        :meth:`write_documents`)."""
-        self.write_documents([DocumentWrite(doc_id, doc_hash, meta, passages, entities,
-                                            mentions, relations, synonyms)])
-
     def write_documents(self, docs: Sequence[DocumentWrite]) -> None:
         """Several documents in one transaction: all of them are committed or none is, so a
         crash never leaves half a document. Each kind of row goes in one ``UNWIND``
