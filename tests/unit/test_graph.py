@@ -283,11 +283,17 @@ def test_llm_extractor_parses_triples_on_a_tiny_model():
     ex = LLMExtractor(tiny_llm(max_positions=4096), max_new_tokens=40)
     out = ex.extract(["Ada Lovelace worked with Charles Babbage.", "Paris is big."])
     assert len(out) == 2 and all(x.llm_calls == 1 for x in out)
-    parsed = LLMExtractor._parse("", {"triples": [
+    text = "Ada Lovelace worked with Charles Babbage in London."
+    parsed = LLMExtractor._parse(text, {"entities": ["London", "Paris", "London"], "triples": [
         {"subject": "Ada Lovelace", "relation": "Worked With", "object": "Charles Babbage"},
+        {"subject": "Ada Lovelace", "relation": "worked  with", "object": "Charles Babbage"},
+        {"subject": "Ada Lovelace", "relation": "met", "object": "Mary Shelley"},
         {"subject": "it", "relation": "is", "object": "it"}]})
-    assert [e.key for e in parsed.entities] == ["ada lovelace", "charles babbage"]
-    assert parsed.relations[0].relation == "worked with"
+    # Paris and Mary Shelley are not in the passage: made up, dropped; duplicates fold
+    assert [e.key for e in parsed.entities] == ["london", "ada lovelace", "charles babbage"]
+    assert [(r.subject, r.relation, r.object) for r in parsed.relations] == [
+        ("ada lovelace", "worked with", "charles babbage")]
+    assert LLMExtractor._parse(text, {"entities": ["Nobody"], "triples": []}).empty
 
 
 def test_graph_skins_and_pipeline(tmp_path):

@@ -225,9 +225,12 @@ class GraphStore:
         crash never leaves half a document. Each kind of row goes in one ``UNWIND``
         statement for the whole batch, in dependency order (nodes before the edges that
         name them), which is what makes indexing a corpus cheap: six statements per batch
-        instead of six per document. ``entities`` are the new ones (existing ones are
-        matched by id and left as they are); a batch's later documents may mention the
-        entities its earlier ones bring."""
+        instead of six per document. Edge endpoints are matched as ``MATCH (a) WHERE a.id =
+        r.a``, one match per clause: Ladybug looks these up in the primary-key index, whereas
+        the pattern form ``MATCH (a {id: r.a}), (b {id: r.b})`` scanned the whole Entity
+        table per statement (5.2 s against 0.06 s for 2,000 edges among 20,000 entities).
+        ``entities`` are the new ones (existing ones are matched by id and left as they
+        are); a batch's later documents may mention the entities its earlier ones bring."""
         if not docs:
             return
         run = self.backend.run
@@ -251,12 +254,14 @@ class GraphStore:
                          "p.emb = r.emb"),
             ("entities", "UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name, "
                          "e.label = r.label, e.emb = r.emb"),
-            ("mentions", "UNWIND $rows AS r MATCH (p:Passage {id: r.p}), (e:Entity {id: r.e}) "
-                         "MERGE (p)-[:MENTIONS]->(e)"),
-            ("relations", "UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
-                          "CREATE (a)-[:RELATED {relation: r.relation, doc: r.doc, "
-                          "passage: r.passage, sentence: r.sentence}]->(b)"),
-            ("synonyms", "UNWIND $rows AS r MATCH (a:Entity {id: r.a}), (b:Entity {id: r.b}) "
+            ("mentions", "UNWIND $rows AS r MATCH (p:Passage) WHERE p.id = r.p "
+                         "MATCH (e:Entity) WHERE e.id = r.e MERGE (p)-[:MENTIONS]->(e)"),
+            ("relations", "UNWIND $rows AS r MATCH (a:Entity) WHERE a.id = r.a "
+                          "MATCH (b:Entity) WHERE b.id = r.b CREATE (a)-[:RELATED {"
+                          "relation: r.relation, doc: r.doc, passage: r.passage, "
+                          "sentence: r.sentence}]->(b)"),
+            ("synonyms", "UNWIND $rows AS r MATCH (a:Entity) WHERE a.id = r.a "
+                         "MATCH (b:Entity) WHERE b.id = r.b "
                          "MERGE (a)-[s:SYNONYM]->(b) SET s.sim = r.sim"),
         ]
         try:
