@@ -296,6 +296,24 @@ def test_llm_extractor_parses_triples_on_a_tiny_model():
     assert LLMExtractor._parse(text, {"entities": ["Nobody"], "triples": []}).empty
 
 
+def test_llm_extractor_keeps_the_grounded_head_of_a_run_on_name():
+    from expertrag.graph.extract import LLMExtractor, normalize
+
+    text = ("The Church of the Gesù (, ) is the mother church of the Society of Jesus. "
+            "Peter Appleyard was a vibraphonist.")
+    body = f" {normalize(text)} "
+    # the model copied the name and ran on into its sentence, cut at maxLength
+    assert LLMExtractor._grounded("The Church of the Gesù (, ) is the mother church of the Soci",
+                                  body) == "church of the gesù"
+    assert LLMExtractor._grounded("Society of Jesus and the", body) == "society of jesus"
+    assert LLMExtractor._grounded("Mary Shelley", body) is None
+    assert LLMExtractor._grounded("the", body) is None
+    # a grounded triple endpoint is an entity even when its triple is dropped
+    parsed = LLMExtractor._parse(text, {"entities": [", "], "triples": [
+        {"subject": "Peter Appleyard", "relation": "object", "object": "people"}]})
+    assert [e.key for e in parsed.entities] == ["peter appleyard"] and not parsed.relations
+
+
 def test_graph_skins_and_pipeline(tmp_path):
     pytest.importorskip("langchain_core")
     pytest.importorskip("llama_index.core")
