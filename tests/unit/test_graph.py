@@ -312,6 +312,9 @@ def test_llm_extractor_keeps_the_grounded_head_of_a_run_on_name():
     parsed = LLMExtractor._parse(text, {"entities": [", "], "triples": [
         {"subject": "Peter Appleyard", "relation": "object", "object": "people"}]})
     assert [e.key for e in parsed.entities] == ["peter appleyard"] and not parsed.relations
+    run_on = LLMExtractor._parse(text, {"entities": [
+        "The Church of the Gesù (, ) is the mother church of the Soci"], "triples": []})
+    assert [e.name for e in run_on.entities] == ["church of the gesù"]  # what gets embedded
 
 
 def test_graph_skins_and_pipeline(tmp_path):

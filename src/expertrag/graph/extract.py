@@ -219,12 +219,13 @@ class LLMExtractor:
             return None
         if f" {key} " in body:
             return key
-        words = key.split()[:8]
+        parts = key.split()
+        words = parts[:8]
         for stop, word in enumerate(words):
             if word in _RUN_ON:
                 words = words[:stop]
                 break
-        for n in range(min(len(words), len(key.split()) - 1), 0, -1):
+        for n in range(min(len(words), len(parts) - 1), 0, -1):
             head = words[:n]
             while head and head[-1] in _TRAILING:
                 head = head[:-1]
@@ -236,24 +237,27 @@ class LLMExtractor:
     @staticmethod
     def _parse(text: str, parsed: dict[str, Any]) -> Extraction:
         body = f" {normalize(text)} "
-
-        def grounded(name: Any) -> str | None:
-            return LLMExtractor._grounded(name, body)
-
         entities: dict[str, Entity] = {}
+
+        def ground(name: Any) -> str | None:
+            """The name's key if grounded, recorded as an entity; a run-on name is named by
+            its grounded part (the name is what gets embedded and shown in paths)."""
+            key = LLMExtractor._grounded(name, body)
+            if key:
+                surface = str(name).strip()
+                entities.setdefault(key, Entity(surface if _keep(surface) == key else key,
+                                                key))
+            return key
+
         for name in parsed.get("entities") or []:
-            if key := grounded(name):
-                entities.setdefault(key, Entity(str(name).strip(), key))
+            ground(name)
         relations: list[Relation] = []
         seen: set[tuple[str, str, str]] = set()
         for triple in parsed.get("triples") or []:
             subj, rel, obj = (str(triple.get(k, "")).strip() for k in
                               ("subject", "relation", "object"))
-            sk, ok = grounded(subj), grounded(obj)
             # a grounded name is an entity of the chunk even when its triple is not kept
-            for name, key in ((subj, sk), (obj, ok)):
-                if key:
-                    entities.setdefault(key, Entity(name, key))
+            sk, ok = ground(subj), ground(obj)
             if not sk or not ok or sk == ok:
                 continue
             verb = " ".join(rel.lower().split()) or "related to"
