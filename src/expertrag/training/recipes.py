@@ -124,7 +124,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "base": DEFAULT_BASE,
         "builders": [
             {"builder": "critic", "source": "hotpotqa+halueval+squad2-15+instructions",
-             "params": {"caps": {"retrieve": 160, "isrel": 100, "issup": 260, "isuse": 160},
+             # v1 (680 rows, 34 min of fp32 CPU) missed IsSup macro-F1 and IsUse Spearman with
+             # 32 rows per IsUse grade; bf16 steps on CPU make ~5x the rows affordable
+             "params": {"caps": {"retrieve": 450, "isrel": 500, "issup": 1200, "isuse": 1000},
                         "squad_questions": 400, "retrieve_questions": 240}},
         ],
         "data": [{**_HOTPOT, "use": "IsRel gold vs distractor paragraphs; IsSup fully (both "

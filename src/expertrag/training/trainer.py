@@ -177,11 +177,15 @@ class _Run:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        self.precision = resolve_precision(config.precision, device)
+        kind = "cuda" if device.startswith("cuda") else "cpu"
         self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16
-            else (lambda: torch.autocast("cpu", enabled=False))
+            (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if self.precision == "bf16"
+            else (lambda: torch.autocast(kind, enabled=False))
         )
+        # held-out figures on CPU in fp32, the precision that serves the expert
+        self.eval_autocast = self.autocast if kind == "cuda" else (
+            lambda: torch.autocast("cpu", enabled=False))
         self.model: Any = None
 
     # -- model
@@ -230,7 +234,7 @@ class _Run:
             for start in range(0, len(order), self.config.eval_batch_size):
                 idx = order[start:start + self.config.eval_batch_size]
                 batch = _collate([encoded[i] for i in idx], self.pad_id, self.device)
-                loss, n, logits = _forward(self.model, batch, self.autocast)
+                loss, n, logits = _forward(self.model, batch, self.eval_autocast)
                 total, count = total + float(loss), count + int(n)
                 if len(label_ids) == 2 and len(set(label_ids)) == 2:
                     for j, i in enumerate(idx):
@@ -262,7 +266,7 @@ class _Run:
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             tok.padding_side = side
             enc = enc.to(self.device)
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.eval_autocast():
                 ids = self.model.generate(
                     **enc, max_new_tokens=self.config.eval_max_new_tokens, do_sample=False,
                     pad_token_id=self.pad_id, eos_token_id=tok.eos_token_id,
@@ -339,6 +343,48 @@ def _data_hash(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         digest.update(json.dumps([row["messages"], row["answer"]], sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere
+    torch emulates bf16 and autocast would be slower than fp32."""
+    import torch
+
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):  # an older or non-x86 build: do not guess
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def hardware(device: str) -> str:
+    """A short description of the device a run used, for the model card."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"1x {torch.cuda.get_device_name(torch.device(device))}"
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+        return f"{caps.get('cpu_name') or 'CPU'}, {torch.get_num_threads()} CPU threads"
+    except (AttributeError, RuntimeError):
+        return f"CPU, {torch.get_num_threads()} threads"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``TrainConfig.precision`` resolved for ``device``: "bf16" or "fp32"."""
+    import torch
+
+    if precision == "fp32":
+        return "fp32"
+    if device.startswith("cuda"):
+        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        supported = cpu_has_native_bf16()
+    if precision == "bf16":
+        if device.startswith("cuda") and not supported:
+            raise InputError("precision 'bf16' asked for, but this GPU has no bf16 support")
+        return "bf16"
+    return "bf16" if supported else "fp32"
 
 
 def _latest_checkpoint(root: Path) -> Path | None:
@@ -623,6 +669,7 @@ def _save_expert(run: _Run, report: TrainReport, fingerprint: str,
                          "seconds_per_step": round(report.seconds_per_step, 3),
                          "eval_seconds": round(report.eval_seconds, 1),
                          "trained_tokens": report.trained_tokens, "device": report.device,
+                         "precision": run.precision, "hardware": hardware(report.device),
                          "resumed_from_step": report.resumed_from_step,
                          "torch": torch.__version__, "transformers": transformers.__version__,
                          "peft": peft.__version__,
@@ -656,7 +703,8 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"- **Method**: {hp['method']} r={hp['r']} alpha={hp['alpha']} dropout={hp['dropout']} "
         f"on {hp['target_modules']}; lr {hp['learning_rate']}, {tr['steps']} steps of "
         f"batch {hp['batch_size']}x{hp['grad_accum']}, seed {hp['seed']}",
-        f"- **Training**: {tr['seconds']:.0f} s on {tr['device']} "
+        f"- **Training**: {tr['seconds']:.0f} s on {tr.get('hardware') or tr['device']}"
+        f"{', bf16 autocast' if tr.get('precision') == 'bf16' else ''} "
         f"({tr['seconds_per_step']:.2f} s/step, {tr['trained_tokens']} tokens)",
         "", "## Data", "",
     ]
