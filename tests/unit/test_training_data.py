@@ -66,6 +66,22 @@ def test_raft_is_deterministic_for_a_seed_and_differs_across_seeds():
     assert build_raft(rows, seed=7) != build_raft(rows, seed=8)
 
 
+def test_raft_rounds_add_fresh_draws_and_keep_round_zero():
+    rows = hotpot_rows(20)
+    one = build_raft(rows, distractors_k=(1, 3), p_no_oracle=0.5, pair_refusals=True, seed=4)
+    three = build_raft(rows, distractors_k=(1, 3), p_no_oracle=0.5, pair_refusals=True, seed=4,
+                       rounds=3)
+    assert three[:len(one)] == one  # round 0 is the single-round build
+    later = three[len(one):]
+    assert len(later) == 2 * len(one) and all(r["meta"]["round"] in (1, 2) for r in later)
+    # the same questions, other prompts (passage draws and order differ)
+    prompts = [r["messages"][0]["content"] for r in three]
+    assert len(set(prompts)) > len(one) * 2
+    assert sum(r["answer"] == REFUSAL for r in later[:len(one)]) == 10  # round(0.5 * 20)
+    with pytest.raises(InputError, match="rounds"):
+        build_raft(rows, rounds=0)
+
+
 def test_raft_refusal_share_passages_and_citations():
     rows = build_raft(hotpot_rows(40), distractors_k=3, p_no_oracle=0.25, seed=1)
     refusals = [r for r in rows if r["answer"] == REFUSAL]
@@ -151,6 +167,21 @@ def test_squad_unanswerable_questions_target_the_refusal():
             assert row["answer"] == f"v{a}{p} [{n}]."
         # distractors come from the same article only
         assert f"Article {1 - int(a)} paragraph" not in text
+
+
+def test_squad_longest_answer_within_the_word_cap():
+    articles = squad_articles()
+    qa = articles[0]["paragraphs"][0]["qas"][0]
+    qa["answers"] = [{"text": "August"}, {"text": "the third Saturday of August"},
+                     {"text": "on the third Saturday of August at dusk with lanterns"}]
+    pick = lambda **kw: next(r for r in build_squad_raft(articles, seed=5, **kw)  # noqa: E731
+                             if r["meta"]["id"] == "0-0-0")
+    assert pick()["meta"]["gold_answer"] == "August"
+    longest = pick(answer="longest")
+    assert longest["meta"]["gold_answer"] == "the third Saturday of August"  # 11 words > 8
+    assert longest["answer"].startswith("the third Saturday of August [")
+    with pytest.raises(InputError, match="answer"):
+        build_squad_raft(articles, answer="shortest")
 
 
 def test_squad_sample_and_no_oracle_share():

@@ -311,7 +311,7 @@ def _documents(paragraphs: Sequence[tuple[str, str]]) -> list[Document]:
 # ------------------------------------------------------------------------------ builders
 def build_raft(hotpot_rows: Sequence[Row], distractors_k: Count = 3, p_no_oracle: float = 0.25,
                seed: int = 42, pair_refusals: bool = False,
-               p_answer_dropped: float = 0.0) -> list[Row]:
+               p_answer_dropped: float = 0.0, rounds: int = 1) -> list[Row]:
     """RAFT-style grounded-QA rows from HotpotQA (distractor setting) items.
 
     Each item gives one row: its gold paragraphs plus ``distractors_k`` of its non-gold
@@ -327,14 +327,32 @@ def build_raft(hotpot_rows: Sequence[Row], distractors_k: Count = 3, p_no_oracle
     - ``round(p_answer_dropped * n)`` further items, among those whose answer (not yes/no)
       occurs in exactly one gold paragraph, get a row where only that paragraph is replaced
       by a distractor: the other hop is on topic but the answer is absent (a hard negative).
+
+    ``rounds`` > 1 repeats the whole construction with fresh draws (distractors, passage order,
+    which items lose their oracle), so a small question set yields more distinct prompts;
+    round 0 is the same as ``rounds=1``.
     """
     _check_count(distractors_k)
-    no_oracle = _chosen(len(hotpot_rows), p_no_oracle, seed, "raft-no-oracle")
-    dropped_pick = _chosen(len(hotpot_rows), p_answer_dropped, seed, "raft-answer-dropped")
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise InputError(f"rounds must be a positive integer, got {rounds!r}")
+    rows: list[Row] = []
+    for r in range(rounds):
+        rows += _raft_round(hotpot_rows, distractors_k, p_no_oracle, seed, pair_refusals,
+                            p_answer_dropped, r)
+    return rows
+
+
+def _raft_round(hotpot_rows: Sequence[Row], distractors_k: Count, p_no_oracle: float,
+                seed: int, pair_refusals: bool, p_answer_dropped: float, r: int) -> list[Row]:
+    """One round of :func:`build_raft` (round 0 keeps the draws of a single-round build)."""
+    tag = "" if r == 0 else f"-round{r}"
+    no_oracle = _chosen(len(hotpot_rows), p_no_oracle, seed, "raft-no-oracle" + tag)
+    dropped_pick = _chosen(len(hotpot_rows), p_answer_dropped, seed,
+                           "raft-answer-dropped" + tag)
     rows: list[Row] = []
     for i, item in enumerate(hotpot_rows):
         question, answer, paragraphs, gold = _hotpot_item(item, i)
-        rng = _rng(seed, "raft", i)
+        rng = _rng(seed, "raft", i) if r == 0 else _rng(seed, "raft", i, r)
         k = _draw(distractors_k, rng)
         oracle = [p for p in paragraphs if p[0] in gold]
         distractors = [p for p in paragraphs if p[0] not in gold]
@@ -344,7 +362,7 @@ def build_raft(hotpot_rows: Sequence[Row], distractors_k: Count = 3, p_no_oracle
             distractors += _foreign(hotpot_rows, i, rng, need - len(distractors))
         meta = {"source": "hotpotqa", "index": i, "id": item.get("id", str(i)),
                 "group": f"hotpotqa:{item.get('id', i)}", "gold_answer": answer,
-                "type": item.get("type")}
+                "type": item.get("type"), **({"round": r} if r else {})}
         item_rows = []
         if i not in no_oracle or pair_refusals:
             item_rows.append((oracle + distractors[:k], True, "oracle"))
@@ -402,7 +420,8 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
                      p_no_oracle: float = 0.0, seed: int = 42,
                      max_questions: int | None = None, max_answerable: int | None = None,
                      max_impossible: int | None = None,
-                     exclude: set[str] | None = None) -> list[Row]:
+                     exclude: set[str] | None = None, answer: str = "first",
+                     max_answer_words: int = 8) -> list[Row]:
     """Grounded-QA rows from SQuAD 2.0: each question's own paragraph plus ``distractors_k``
     (an int, or a ``(low, high)`` range drawn per question) other paragraphs of the same
     article, shuffled. Answerable questions target their first gold answer citing the
@@ -415,8 +434,15 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
     unanswerable questions are written to look answerable; how many of them an expert sees
     sets how readily it refuses). ``exclude``: question ids never to use (e.g. the ones a
     training run used, when building a calibration set). The row index in errors counts
-    questions in file order."""
+    questions in file order.
+
+    ``answer``: which of the annotators' answers is the target: "first" (SQuAD's own
+    order), or "longest" of those within ``max_answer_words`` words: annotators often
+    mark a bare fragment ("August") where another marked the whole answer ("the third
+    Saturday of August"), and an expert trained on fragments answers in fragments."""
     _check_count(distractors_k)
+    if answer not in ("first", "longest"):
+        raise InputError(f"answer must be 'first' or 'longest', got {answer!r}")
     questions = _squad_questions(squad_articles)
     keep = [i for i, q in enumerate(questions)
             if not exclude or str(q["qa"].get("id", i)) not in exclude]
@@ -446,6 +472,9 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
                    if isinstance(a, dict) and str(a.get("text", "")).strip()]
         if not impossible and not answers:
             raise DataRowError(i, "answerable question with no answer text", src)
+        if answer == "longest" and answers:
+            fitting = [a for a in answers if len(a.split()) <= max_answer_words]
+            answers = [max(fitting or answers[:1], key=len)]
         siblings = [(f"{q['title']} #{n}", text) for n, text in _siblings(squad_articles, q)]
         rng = _rng(seed, "squad", i)
         k = _draw(distractors_k, rng)
