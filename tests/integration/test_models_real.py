@@ -89,3 +89,33 @@ def test_fast_paths_keep_greedy_tokens(llm: ExpertLLM) -> None:
     finally:
         llm._worker.run(lambda: (fastpath.install_lean_lora(llm._model),
                                  fastpath.install_fast_head(llm.base_model)))
+
+
+def test_speculative_decoding_keeps_greedy_tokens(llm: ExpertLLM) -> None:
+    """The bf16-drafted speculative path gives the fp32 greedy answers of transformers' own
+    loop: free text from the bare base and a grounded-qa answer with its refusal gate."""
+    from expertrag.experts import attach_shipped
+    from expertrag.rag import build_messages
+    from expertrag.types import Document
+
+    attach_shipped(llm, ["grounded-qa"])
+    passages = [Document(text="The lighthouse was built in 1862 and first lit in 1863.",
+                         id="a"),
+                Document(text="Lantern Night is held on the third Saturday of August.",
+                         id="b")]
+    cases = [([{"role": "user", "content": p}], None) for p in (
+        "Explain in three sentences why the sky is blue.",
+        "Write a short paragraph about the history of bread.",
+        "Give three tips for learning a new language.")]
+    cases.append((build_messages("When is Lantern Night held?", passages), "grounded-qa"))
+    before = llm.speculative
+    try:
+        for messages, expert in cases:
+            llm.speculative = False
+            eager = llm.generate(messages, expert=expert, max_new_tokens=48)
+            llm.speculative = True
+            spec = llm.generate(messages, expert=expert, max_new_tokens=48)
+            assert (spec.text, spec.completion_tokens) == (eager.text, eager.completion_tokens)
+            assert llm.last_speculation["accepted"] > 0
+    finally:
+        llm.speculative = before

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -37,7 +38,13 @@ from expertrag.models.batching import (
 )
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.fastpath import install_fast_head, install_lean_lora
-from expertrag.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model, model_fingerprint
+from expertrag.models.loading import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    cpu_has_native_bf16,
+    load_base_model,
+    model_fingerprint,
+)
 from expertrag.models.schemas import prepare_schema
 from expertrag.models.structured import (
     TOOL_CALL_OPEN,
@@ -59,6 +66,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: how many times a row whose JSON fails a post-checked keyword (uniqueItems) is generated
 #: again, sampling; bounded, so a call never loops
 SCHEMA_RETRIES = 2
+ENV_SPECULATIVE = "EXPERTRAG_SPECULATIVE"  # "0" turns the speculative path off
 
 Messages = list[dict[str, Any]]
 
@@ -147,6 +155,12 @@ class ExpertLLM:
     >>> llm = ExpertLLM()                        # embedded SmolLM2-135M-Instruct
     >>> llm.add_expert("grounded-qa", "path/to/adapter")
     >>> llm.generate([{"role": "user", "content": "Hi"}], expert="grounded-qa").text
+
+    ``speculative``: one greedy, unconstrained row is drafted by a bf16 copy of the base and
+    verified by the served fp32 model (``expertrag.models.speculative``): the same tokens,
+    fewer weight-bound fp32 steps. "auto" (default) uses it on CPUs with native bf16 and fp32
+    weights; it costs a bf16 copy of the base weights (270 MB for SmolLM2-135M), built on
+    first use. ``EXPERTRAG_SPECULATIVE=0`` turns it off.
     """
 
     def __init__(
@@ -158,8 +172,14 @@ class ExpertLLM:
         quantization: str | None = None,
         trust_remote_code: bool = False,
         experts: dict[str, str] | None = None,
+        speculative: bool | str = "auto",
     ) -> None:
+        if speculative not in (True, False, "auto"):
+            raise InputError(f"speculative must be True, False or 'auto', got {speculative!r}")
         self.model_id = model
+        self.speculative = speculative
+        self._draft: Any = None  # the bf16 draft model, built on first speculative use
+        self.last_speculation: dict[str, int] = {}  # counts from the last speculative row
         self._load_kwargs = {"dtype": dtype, "device": device, "quantization": quantization,
                              "trust_remote_code": trust_remote_code}
         self._loaded: LoadedModel | None = None
@@ -831,6 +851,9 @@ class ExpertLLM:
         max_new = min(opts.max_new_tokens, self.context_window - width)
         tok = self.tokenizer
         eos = _eos_ids(self.base_model, tok)
+        if self._speculates(len(prompts), opts):
+            return self._speculative_row(enc["input_ids"][0].tolist(), lengths[0], experts,
+                                         opts, max_new, eos, on_tokens)
         config = GenerationConfig(
             max_new_tokens=max_new,
             do_sample=opts.temperature > 0,
@@ -880,6 +903,48 @@ class ExpertLLM:
             for res, row in zip(results, picked, strict=True):
                 res.logprobs = [float(v) for v in row[:res.completion_tokens]]
         return results
+
+    def _speculates(self, rows: int, opts: _Options) -> bool:
+        """Whether this request takes the speculative path (``expertrag.models.speculative``):
+        one row, greedy, unconstrained, no log-probabilities, and speculation on: True, or
+        "auto" on a CPU that computes bf16 natively with fp32 weights (there a bf16 draft
+        step costs half an fp32 one; elsewhere it would cost more)."""
+        if (rows != 1 or opts.temperature > 0 or opts.constrained or opts.logprobs
+                or self.speculative is False or os.environ.get(ENV_SPECULATIVE) == "0"):
+            return False
+        if self.speculative is True:
+            return True
+        import torch
+
+        model = self.base_model
+        return (model.device.type == "cpu" and model.dtype == torch.float32
+                and self._load_kwargs.get("quantization") is None and cpu_has_native_bf16())
+
+    def _speculative_row(self, prompt: list[int], prompt_tokens: int,
+                         experts: list[str | None], opts: _Options, max_new: int,
+                         eos: list[int], on_tokens: Callable[[Any], None] | None
+                         ) -> list[GenerationResult]:
+        """One greedy row, drafted by the base's bf16 copy and verified by the served model:
+        the same tokens as ``generate``'s greedy loop, the same gate, stops and streaming."""
+        from expertrag.models.speculative import bf16_draft, speculative_greedy
+
+        if self._draft is None:  # built once, from the base weights (no adapters)
+            self._draft = bf16_draft(self.base_model)
+        gate = self._gate(experts, opts, len(prompt))
+        stop = None
+        if opts.stop:
+            stopper = _StopStrings(self.tokenizer, opts.stop, 0)
+            stop = lambda new: bool(stopper(_tensor([new]), None)[0])  # noqa: E731
+        self._prepare(experts)
+        ids = speculative_greedy(self._model, self._draft, prompt, max_new, eos,
+                                 processors=[gate] if gate is not None else [], stop=stop,
+                                 on_tokens=on_tokens, stats=self.last_speculation)
+        result = self._result(ids, prompt_tokens, experts[0], opts, set(eos))
+        if gate is not None:
+            result.refusal_probability = gate.probabilities[0]
+            if gate.refused[0]:
+                result.text, result.finish_reason = gate.texts[0], "stop"
+        return [result]
 
     def _gate(self, experts: list[str | None], opts: _Options, width: int) -> Any:
         """The refusal-gate processor for these rows, or None when no row has a gate."""
@@ -964,6 +1029,12 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
             found.add(tid)
     return sorted(found)
+
+
+def _tensor(rows: list[list[int]]) -> Any:
+    import torch
+
+    return torch.tensor(rows)
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

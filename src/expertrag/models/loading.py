@@ -314,3 +314,15 @@ def model_fingerprint(hf_model: Any) -> str:
         rows = embeddings[:64].detach().to("cpu", torch.bfloat16).float()
         digest.update(torch.round(rows * 1e3).to(torch.int64).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere
+    torch emulates bf16 and autocast would be slower than fp32."""
+    import torch
+
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):  # an older or non-x86 build: do not guess
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))

@@ -38,7 +38,13 @@ from expertrag.evaluation.metrics import normalize_answer as _normalize
 from expertrag.evaluation.metrics import token_f1
 from expertrag.models.chat import render_prompt
 from expertrag.models.llm import EXPERT_METADATA
-from expertrag.models.loading import LoadedModel, default_device, load_base_model, model_fingerprint
+from expertrag.models.loading import (
+    LoadedModel,
+    cpu_has_native_bf16,
+    default_device,
+    load_base_model,
+    model_fingerprint,
+)
 from expertrag.training.config import TrainConfig, TrainReport
 from expertrag.training.data import DataRowError, is_refusal, split_rows, strip_citations
 
@@ -343,18 +349,6 @@ def _data_hash(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         digest.update(json.dumps([row["messages"], row["answer"]], sort_keys=True).encode())
     return digest.hexdigest()[:16]
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere
-    torch emulates bf16 and autocast would be slower than fp32."""
-    import torch
-
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-    except (AttributeError, RuntimeError):  # an older or non-x86 build: do not guess
-        return False
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def hardware(device: str) -> str:

@@ -1,0 +1,118 @@
+"""Speculative greedy decoding gives the tokens eager greedy decoding gives: with a good draft
+(the model's own bf16 copy), a bad one (another random model: most proposals rejected), an
+expert served by the target, a refusal gate, stop strings, streaming and a token budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import save_tiny_lora, tiny_causal_lm, tiny_llm, tiny_tokenizer
+
+from expertrag.errors import InputError
+from expertrag.models.speculative import bf16_draft, speculative_greedy
+
+PROMPTS = ["Hello there, expert", "Tell me a long story about the sea and a lighthouse",
+           "Numbers: 1 2 3 4 5 6 7 8 9"]
+
+
+def _eager(model, ids: list[int], max_new: int, eos: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos, top_k=None, top_p=None,
+                             temperature=None)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("draft_kind", ["bf16-self", "other-model", "same-model"])
+def test_speculative_greedy_equals_eager_greedy(draft_kind: str) -> None:
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    draft = {"bf16-self": lambda: bf16_draft(model),
+             "other-model": lambda: tiny_causal_lm(tok, seed=7),
+             "same-model": lambda: model}[draft_kind]()
+    for prompt in PROMPTS:
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        for max_new in (1, 5, 40):
+            want = _eager(model, ids, max_new, tok.eos_token_id)
+            stats: dict[str, int] = {}
+            got = speculative_greedy(model, draft, ids, max_new, [tok.eos_token_id],
+                                     stats=stats)
+            assert got == want, (draft_kind, prompt, max_new)
+            if draft_kind == "same-model" and max_new == 40 and len(got) == 40:
+                # a perfect draft: every proposal is accepted, far fewer target passes
+                assert stats["accepted"] == stats["drafted"]
+                assert stats["target_passes"] < 40 // 2
+
+
+def test_bf16_draft_has_base_weights_and_no_adapters(tmp_path: Path) -> None:
+    llm = tiny_llm()
+    llm.add_expert("e", save_tiny_lora(llm, str(tmp_path / "e")))
+    draft = bf16_draft(llm.base_model)
+    assert all(p.dtype == torch.bfloat16 for p in draft.parameters())
+    assert not any("lora" in name for name, _ in draft.named_modules())
+    q = dict(llm.base_model.named_parameters())
+    base_q = q["model.layers.0.self_attn.q_proj.base_layer.weight"]
+    assert torch.equal(draft.model.layers[0].self_attn.q_proj.weight, base_q.to(torch.bfloat16))
+    assert draft.lm_head.weight.data_ptr() == draft.model.embed_tokens.weight.data_ptr()
+
+
+def _both(llm, messages, **kwargs):
+    llm.speculative = False
+    eager = llm.generate(messages, **kwargs)
+    llm.speculative = True
+    spec = llm.generate(messages, **kwargs)
+    return eager, spec
+
+
+def test_expertllm_speculative_path_matches_generate(tmp_path: Path) -> None:
+    llm = tiny_llm()
+    llm.add_expert("e", save_tiny_lora(llm, str(tmp_path / "e")))
+    for prompt in PROMPTS:
+        msgs = [{"role": "user", "content": prompt}]
+        for kwargs in ({"max_new_tokens": 30}, {"max_new_tokens": 30, "expert": "e"},
+                       {"max_new_tokens": 3}):
+            eager, spec = _both(llm, msgs, **kwargs)
+            assert (spec.text, spec.completion_tokens, spec.finish_reason) == \
+                (eager.text, eager.completion_tokens, eager.finish_reason), kwargs
+        assert llm.last_speculation["target_passes"] >= 1
+
+
+def test_speculative_path_keeps_stops_gate_and_streaming() -> None:
+    llm = tiny_llm()
+    msgs = [{"role": "user", "content": PROMPTS[1]}]
+    llm.speculative = False
+    free = llm.generate(msgs, max_new_tokens=30).text
+    assert len(free) > 6
+    stop = free[4:6]  # a stop string the greedy answer runs into
+    eager, spec = _both(llm, msgs, max_new_tokens=30, stop=stop)
+    assert spec.text == eager.text and spec.finish_reason == eager.finish_reason == "stop"
+    assert spec.completion_tokens == eager.completion_tokens
+    for threshold in (0.0, 1.0):  # the gate forces, then bars, the refusal
+        eager, spec = _both(llm, msgs, max_new_tokens=12, refusal_threshold=threshold)
+        assert spec.text == eager.text
+        assert spec.refusal_probability == pytest.approx(eager.refusal_probability)
+    llm.speculative = True
+    chunks = [c.text for c in llm.stream(msgs, max_new_tokens=30)]
+    assert "".join(chunks) == free
+
+
+def test_speculative_applies_only_where_it_is_exact() -> None:
+    llm = tiny_llm()
+    llm.speculative = True
+    llm.last_speculation = {}
+    msgs = [{"role": "user", "content": PROMPTS[0]}]
+    llm.generate([msgs, msgs], max_new_tokens=5)  # a batch: generate's own loop
+    llm.generate(msgs, max_new_tokens=5, temperature=0.8, seed=1)  # sampling
+    llm.generate(msgs, max_new_tokens=5, logprobs=True)
+    assert llm.last_speculation == {}
+    llm.generate(msgs, max_new_tokens=5)
+    assert llm.last_speculation
+
+
+def test_speculative_option_is_checked() -> None:
+    from expertrag.models import ExpertLLM
+
+    with pytest.raises(InputError, match="speculative"):
+        ExpertLLM(speculative="always")
