@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5, help="passages per question, every system")
     parser.add_argument("--batch", type=int, default=8, help="questions per batched call")
     parser.add_argument("--systems", default="naive,crag,self-rag")
+    parser.add_argument("--crag-strips", choices=["sentences", "words", "passage"],
+                        help="CRAG's knowledge-refinement strips (default: CRAGConfig's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not (args.data_dir / "hotpotqa" / "test.jsonl").is_file():
@@ -165,6 +167,8 @@ def main() -> None:
         sets.append(("musique", items, retriever, [True] * len(items), None))
     report: dict[str, Any] = {}
     crag_cfg = CRAGConfig(k=k)
+    if args.crag_strips:
+        crag_cfg = CRAGConfig(k=k, strips=args.crag_strips)
     for name, items, retriever, has_answer, external in sets:
         questions = [it.question for it in items]
         print(f"\n{name}: {len(items)} questions ({sum(has_answer)} answerable), k={k}")
