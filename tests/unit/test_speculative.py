@@ -116,3 +116,19 @@ def test_speculative_option_is_checked() -> None:
 
     with pytest.raises(InputError, match="speculative"):
         ExpertLLM(speculative="always")
+
+
+def test_bf16_draft_takes_original_modules_of_saved_copies() -> None:
+    """A peft ``modules_to_save`` wrapper contributes its original weights, not the copy."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_causal_lm(tiny_tokenizer(), seed=0)
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"],
+                                            modules_to_save=["down_proj"]))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(1.0)  # the trained copy differs from the original
+    draft = bf16_draft(peft.get_base_model())
+    assert torch.equal(draft.model.layers[0].mlp.down_proj.weight, before.to(torch.bfloat16))

@@ -928,6 +928,8 @@ class ExpertLLM:
                          ) -> list[GenerationResult]:
         """One greedy row, drafted by the base's bf16 copy and verified by the served model:
         the same tokens as ``generate``'s greedy loop, the same gate, stops and streaming."""
+        import torch
+
         from expertrag.models.speculative import bf16_draft, speculative_greedy
 
         if self._draft is None:  # built once, from the base weights (no adapters)
@@ -936,7 +938,7 @@ class ExpertLLM:
         stop = None
         if opts.stop:
             stopper = _StopStrings(self.tokenizer, opts.stop, 0)
-            stop = lambda new: bool(stopper(_tensor([new]), None)[0])  # noqa: E731
+            stop = lambda new: bool(stopper(torch.tensor([new]), None)[0])  # noqa: E731
         self._prepare(experts)
         ids = speculative_greedy(self._model, self._draft, prompt, max_new, eos,
                                  processors=[gate] if gate is not None else [], stop=stop,
@@ -1031,12 +1033,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
             found.add(tid)
     return sorted(found)
-
-
-def _tensor(rows: list[list[int]]) -> Any:
-    import torch
-
-    return torch.tensor(rows)
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

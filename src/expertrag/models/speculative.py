@@ -29,29 +29,21 @@ MIN_DRAFT, START_DRAFT, MAX_DRAFT = 1, 3, 4  # drafted tokens per round (adaptiv
 
 
 def bf16_draft(model: Any) -> Any:
-    """A bf16 copy of `model`'s base weights, without any LoRA layers peft injected into it
-    (their ``base_layer`` weights are taken; ``lora_*`` and ``modules_to_save`` are left)."""
+    """A bf16 copy of `model`'s base weights, without anything peft injected into it: an
+    adapted layer gives its ``base_layer`` weight, a ``modules_to_save`` wrapper its
+    ``original_module``; ``lora_*`` and the saved copies are left out. Loaded strictly, so
+    a weight that does not map raises instead of staying random."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(model.config)
-    with torch.device("meta"):
-        draft = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     weights = {}
     for key, value in model.state_dict().items():
-        if "lora_" in key or "modules_to_save" in key or "original_module" in key:
+        if "lora_" in key or ".modules_to_save." in key:
             continue
-        weights[key.replace(".base_layer.", ".")] = value.detach().to(torch.bfloat16)
-    draft.load_state_dict(weights, strict=False, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        draft.tie_weights()
-    meta = [n for n, p in draft.named_parameters() if p.is_meta]
-    meta += [n for n, b in draft.named_buffers() if b.is_meta]
-    if meta:  # e.g. rotary buffers built at init: rebuild them on the CPU
-        draft = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        draft.load_state_dict(weights, strict=False)
-        if getattr(config, "tie_word_embeddings", False):
-            draft.tie_weights()
+        key = key.replace(".base_layer.", ".").replace(".original_module.", ".")
+        weights[key] = value.detach().to(torch.bfloat16)
+    draft = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=torch.bfloat16)
+    draft.load_state_dict(weights, strict=True)
     return draft.to(model.device).eval()
 
 
@@ -91,13 +83,14 @@ def speculative_greedy(
 
     def pick(logits: Any, start: int, tail: list[int]) -> list[int]:
         """The target's greedy token after each position: row i follows seq[:start] + tail[:i]."""
+        if not processors:
+            return logits.float().argmax(dim=-1).tolist()
         picks = []
         for i in range(logits.shape[0]):
             scores = logits[i:i + 1].float()
-            if processors:
-                prefix = torch.tensor([seq[:start] + tail[:i]], device=device)
-                for proc in processors:
-                    scores = proc(prefix, scores)
+            prefix = torch.tensor([seq[:start] + tail[:i]], device=device)
+            for proc in processors:
+                scores = proc(prefix, scores)
             picks.append(int(scores.argmax(dim=-1)))
         return picks
 
