@@ -52,3 +52,19 @@ def test_store_with_real_embedder(tmp_path, embedder):
     hit = store.query("How many stairs does the tower have?", k=1)[0]
     assert hit.id == "steps"
     assert 0.3 < hit.score <= 1.0
+
+
+def test_bfloat16_copy_agrees_with_float32(embedder):
+    """The bf16 eager-attention copy (the graph's entity-name embedder) gives vectors within
+    a hair of float32's, as a float32 array, and leaves the original untouched."""
+    import numpy as np
+
+    names = ["Charles Babbage", "the Analytical Engine", "London", "Lantern Night", "1862"]
+    full = embedder.embed_array(names)
+    half = embedder.variant(precision="bfloat16", batch_size=64, attention="eager")
+    assert half is not embedder and (half.precision, half.attention) == ("bfloat16", "eager")
+    assert embedder.variant(precision="float32") is embedder
+    fast = half.embed_array(names)
+    assert fast.dtype == np.float32 and fast.shape == (5, 384)
+    assert np.all(np.sum(full * fast, axis=1) > 0.99)
+    assert np.allclose(np.asarray(embedder.embed_documents(names)), full)

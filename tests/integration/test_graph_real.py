@@ -34,6 +34,27 @@ def test_spacy_extraction_finds_names_and_links_them() -> None:
     assert any({r.subject, r.object} == {"marie curie", "paris"} for r in x.relations)
 
 
+def test_spacy_worker_processes_extract_the_same() -> None:
+    """Worker processes (used for large inputs) give what one process gives, in order."""
+    import multiprocessing
+
+    from expertrag.errors import InputError
+    from expertrag.graph import SpacyExtractor
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("worker processes are used only where processes fork")
+    texts = TEXTS * 3
+
+    def flat(xs: list[Any]) -> list[Any]:
+        return [([(e.key, e.label) for e in x.entities],
+                 [(r.subject, r.object) for r in x.relations]) for x in xs]
+
+    one = SpacyExtractor(processes=1).extract(texts)
+    assert flat(SpacyExtractor(processes=2).extract(texts)) == flat(one)
+    with pytest.raises(InputError, match="processes"):
+        SpacyExtractor(processes=0)
+
+
 def test_graph_ranks_the_linked_passage_first(tmp_path: Path) -> None:
     from expertrag.graph import GraphRAG
 

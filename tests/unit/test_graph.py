@@ -106,6 +106,12 @@ def test_insert_builds_passages_entities_and_synonyms(tmp_path):
     g.close()
 
 
+def _state(store):
+    """Everything stored, embeddings as exact float lists (they come back as arrays)."""
+    entities = [(i, n, lab, emb.tolist()) for i, n, lab, emb in store.entities()]
+    return entities, store.relations(), store.synonyms(), store.mentions()
+
+
 def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
     g = graph_at(tmp_path / "g")
     g.insert(DOCS, progress=False)
@@ -113,7 +119,7 @@ def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
                "What flows through Paris?"]
     before = {(q, m): [(d.id, round(d.score, 8)) for d in g.retrieve(q, k=3, mode=m)]
               for q in queries for m in ("ppr", "local")}
-    state = (g.store.entities(), g.store.relations(), g.store.synonyms(), g.store.mentions())
+    state = _state(g.store)
     assert g.delete("ada")
     names = {e[0] for e in g.store.entities()}
     assert "ada lovelace" not in names  # only "ada" mentioned her
@@ -121,8 +127,7 @@ def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
     assert all(r[3] != "ada" for r in g.store.relations())
     assert not g.delete("ada")
     g.insert([DOCS[0]], progress=False)
-    assert (g.store.entities(), g.store.relations(), g.store.synonyms(),
-            g.store.mentions()) == state
+    assert _state(g.store) == state
     after = {(q, m): [(d.id, round(d.score, 8)) for d in g.retrieve(q, k=3, mode=m)]
              for q in queries for m in ("ppr", "local")}
     assert after == before
@@ -244,8 +249,8 @@ def test_a_batch_is_one_transaction_and_the_same_graph(tmp_path):
     """Writing four documents as one batch gives the graph that one-by-one writing gives,
     in one transaction of six statements instead of four."""
     graphs = []
-    for batch in (1, 32):
-        g = graph_at(tmp_path / f"g{batch}", synonym_threshold=0.9)
+    for batch, window in ((1, 1), (32, 1024), (3, 2)):
+        g = graph_at(tmp_path / f"g{batch}-{window}", synonym_threshold=0.9)
         statements = []
         real = g.store.backend.conn.execute
 
@@ -254,7 +259,7 @@ def test_a_batch_is_one_transaction_and_the_same_graph(tmp_path):
             return real(query, params or {})
 
         g.store.backend.conn.execute = execute
-        report = g.insert(DOCS, progress=False, batch=batch)
+        report = g.insert(DOCS, progress=False, batch=batch, window=window)
         assert report.documents == 4
         graphs.append((g.store.counts(), sorted(g.store.mentions()),
                        sorted(g.store.synonyms()), sorted(r[:3] for r in g.store.relations())))
@@ -262,10 +267,64 @@ def test_a_batch_is_one_transaction_and_the_same_graph(tmp_path):
         writes = [q for q in statements if q.startswith("UNWIND")]
         if batch == 1:
             assert begins == 4
-        else:
+        elif batch == 32:
             assert begins == 1 and len(writes) <= 6
+        else:  # windows of 2 documents, each written as one batch
+            assert begins == 2
         g.close()
-    assert graphs[0] == graphs[1]
+    assert graphs[0] == graphs[1] == graphs[2]
+
+
+def test_insert_checks_batch_and_window(tmp_path):
+    g = graph_at(tmp_path / "g")
+    for bad in ({"batch": 0}, {"window": -1}, {"window": 2.5}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            g.insert(DOCS, progress=False, **bad)
+    assert g.store.counts()["documents"] == 0
+    g.close()
+
+
+def test_a_store_with_list_embeddings_is_read_and_extended(tmp_path):
+    """Stores written before embeddings became float32 bytes (DOUBLE[] columns) open,
+    read, take new documents in their own format, and search as before."""
+    import ladybug
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = ladybug.Database(str(folder / "graph.lbdb"))
+    conn = ladybug.Connection(db)
+    for statement in (
+            "CREATE NODE TABLE Document(id STRING, hash STRING, meta STRING, PRIMARY KEY(id))",
+            "CREATE NODE TABLE Passage(id STRING, doc STRING, position INT64, text STRING, "
+            "meta STRING, emb DOUBLE[], PRIMARY KEY(id))",
+            "CREATE NODE TABLE Entity(id STRING, name STRING, label STRING, emb DOUBLE[], "
+            "PRIMARY KEY(id))"):
+        conn.execute(statement)
+    conn.close()
+    db.close()
+    g = graph_at(folder)
+    assert g.store.backend.vectors_as_lists
+    g.insert(DOCS, progress=False)
+    new = graph_at(tmp_path / "new")
+    assert not new.store.backend.vectors_as_lists
+    new.insert(DOCS, progress=False)
+    assert _state(g.store) == _state(new.store)
+    emb = g.store.entities()[0][3]
+    assert emb.dtype.name == "float32" and emb.shape == (64,)
+    for q in ("Where does Sherlock live?", "Who worked with Charles Babbage?"):
+        assert [d.id for d in g.retrieve(q, k=3)] == [d.id for d in new.retrieve(q, k=3)]
+    g.close()
+    new.close()
+
+
+def test_names_precision_follows_the_embedder(tmp_path):
+    g = graph_at(tmp_path / "g")  # a plain embedder: names use it as it is
+    assert g.name_embedder is g.embedder
+    forced = graph_at(tmp_path / "h", name_precision="bfloat16")
+    with pytest.raises(InputError, match="needs an expertrag Embedder"):
+        _ = forced.name_embedder
+    g.close()
+    forced.close()
 
 
 def test_config_is_checked():
@@ -273,6 +332,8 @@ def test_config_is_checked():
         GraphConfig(extraction="magic").validate()
     with pytest.raises(InputError, match="damping"):
         GraphConfig(damping=1.0).validate()
+    with pytest.raises(InputError, match="name_precision"):
+        GraphConfig(name_precision="half").validate()
 
 
 def test_llm_extractor_parses_triples_on_a_tiny_model():
@@ -365,3 +426,26 @@ def test_graph_evaluation_pipeline_ranks_only_the_case_passages(monkeypatch):
     assert {d.metadata.get("doc_id", d.id) for d in got} == {"g0", "n0"}
     assert got[0].metadata["doc_id"] == "g0"
     assert graph.retrieve("unknown question", 2) == []
+
+
+def test_bulk_insert_restores_the_checkpoint_setting(tmp_path):
+    g = graph_at(tmp_path / "g")
+    conn = g.store.backend.conn
+
+    def threshold():
+        return conn.execute("CALL current_setting('checkpoint_threshold') RETURN *"
+                            ).get_all()[0][0]
+
+    before = threshold()
+    seen = []
+    real = g.store.write_documents
+
+    def write(docs):
+        seen.append(threshold())
+        real(docs)
+
+    g.store.write_documents = write
+    g.insert(DOCS, progress=False, batch=2)
+    assert seen and all(int(s) > int(before) for s in seen)  # raised while writing
+    assert threshold() == before
+    g.close()

@@ -134,7 +134,18 @@ def test_embedder_rejects_bad_items_naming_the_index():
         emb.embed_query(None)  # type: ignore[arg-type]
     with pytest.raises(InputError):
         Embedder(batch_size=0)
+    with pytest.raises(InputError, match="precision"):
+        Embedder(precision="half")
     assert emb._model is None
+
+
+def test_embedder_variant_is_lazy_until_loaded():
+    emb = Embedder()
+    half = emb.variant(precision="bfloat16", attention="eager", batch_size=64)
+    assert (half.precision, half.attention, half.batch_size, half.model_name, half._model) == (
+        "bfloat16", "eager", 64, emb.model_name, None)
+    assert emb.variant(precision="float32") is emb and emb.variant() is emb
+    assert "bfloat16" in repr(half)
 
 
 def test_default_store_uses_lazy_embedder(tmp_path):

@@ -90,15 +90,47 @@ def _keep(name: str) -> str | None:
     return key
 
 
+def _auto_processes(n_texts: int) -> int:
+    """Worker processes for ``n_texts`` texts: up to 4 (one per core) for 256 texts or more,
+    and only where processes fork (spawned ones would reload the pipeline and re-import the
+    caller's script); 1 otherwise. spaCy runs on one core, so on 2 cores two workers take
+    MuSiQue's 1,890 passages from 24.9 s to about 13 s."""
+    import multiprocessing
+    import os
+
+    if n_texts < 256 or multiprocessing.get_start_method(allow_none=False) != "fork":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+_FORKED: SpacyExtractor | None = None  # the extractor whose forked workers are running
+
+
+def _extract_share(texts: list[str]) -> list[Extraction]:
+    """A worker's share (runs in a forked child holding the parent's loaded pipeline)."""
+    assert _FORKED is not None
+    return _FORKED._extract_here(texts)
+
+
 class SpacyExtractor:
-    """Named entities and noun phrases (spaCy), related by co-occurrence in a sentence."""
+    """Named entities and noun phrases (spaCy), related by co-occurrence in a sentence.
+
+    ``processes``: spaCy worker processes per :meth:`extract` call (``None``: chosen from the
+    input size and the cores, see :func:`_auto_processes`)."""
 
     name = "spacy"
 
     def __init__(self, model: str = SPACY_MODEL, noun_phrases: bool = True,
-                 batch_size: int = 64, max_per_sentence: int = 8) -> None:
+                 batch_size: int = 64, max_per_sentence: int = 8,
+                 processes: int | None = None) -> None:
+        if processes is not None and (not isinstance(processes, int) or processes < 1):
+            raise InputError(f"processes must be a positive integer or None, got "
+                             f"{processes!r}")
         self.model_name, self.noun_phrases = model, noun_phrases
         self.batch_size, self.max_per_sentence = batch_size, max_per_sentence
+        self.processes = processes
         self._nlp: Any = None
 
     @property
@@ -132,9 +164,31 @@ class SpacyExtractor:
         return list(found.values())
 
     def extract(self, texts: Sequence[str]) -> list[Extraction]:
-        """One :class:`Extraction` per text, in one spaCy pass over all of them."""
+        """One :class:`Extraction` per text, in order. With worker processes each worker
+        runs the pipeline and the entity walk over its share and sends back only the small
+        :class:`Extraction` objects (spaCy's own ``n_process`` sends whole parsed documents,
+        whose decoding and walking in the parent cost more than the parse saved)."""
+        texts = list(texts)
+        processes = self.processes or _auto_processes(len(texts))
+        if processes == 1 or len(texts) < 2:
+            return self._extract_here(texts)
+        import multiprocessing
+
+        global _FORKED
+        self.nlp  # noqa: B018 - loaded once here, inherited by the forked workers
+        size = max(1, min(self.batch_size, -(-len(texts) // (4 * processes))))
+        shares = [texts[i:i + size] for i in range(0, len(texts), size)]
+        _FORKED = self
+        try:
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                parts = pool.map(_extract_share, shares, chunksize=1)
+        finally:
+            _FORKED = None
+        return [x for part in parts for x in part]
+
+    def _extract_here(self, texts: list[str]) -> list[Extraction]:
         out = []
-        for doc in self.nlp.pipe(list(texts), batch_size=self.batch_size):
+        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
             entities: dict[str, Entity] = {}
             relations: list[Relation] = []
             seen_pairs: set[tuple[str, str]] = set()

@@ -7,6 +7,9 @@ The schema (property graph):
 - ``(:Document {id, hash, meta})``
 - ``(:Passage {id, doc, position, text, meta, emb})``, ``emb`` the passage embedding
 - ``(:Entity {id, name, label, emb})``, ``id`` the normalised name
+- embeddings are stored as float32 bytes (``BLOB``): a list of 384 doubles per row made
+  writing 23,000 entities take 10 s instead of 1.4 s; stores written before (``DOUBLE[]``)
+  are read and extended in their own format
 - ``(:Passage)-[:MENTIONS]->(:Entity)``
 - ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, one per supporting
   passage, so deleting a document removes exactly the edges only it supported
@@ -33,9 +36,9 @@ _SCHEMA = [
     "CREATE NODE TABLE IF NOT EXISTS Document(id STRING, hash STRING, meta STRING, "
     "PRIMARY KEY(id))",
     "CREATE NODE TABLE IF NOT EXISTS Passage(id STRING, doc STRING, position INT64, "
-    "text STRING, meta STRING, emb DOUBLE[], PRIMARY KEY(id))",
+    "text STRING, meta STRING, emb BLOB, PRIMARY KEY(id))",
     "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING, name STRING, label STRING, "
-    "emb DOUBLE[], PRIMARY KEY(id))",
+    "emb BLOB, PRIMARY KEY(id))",
     "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Passage TO Entity)",
     "CREATE REL TABLE IF NOT EXISTS RELATED(FROM Entity TO Entity, relation STRING, "
     "doc STRING, passage STRING, sentence STRING)",
@@ -62,8 +65,22 @@ class DocumentWrite:
     synonyms: Sequence[tuple[str, str, float]]
 
 
+_BULK_CHECKPOINT_BYTES = 256 * 1024 * 1024
+
+
 class GraphStoreError(ExpertRAGError, RuntimeError):
     """The graph database cannot be opened or a write failed (nothing was committed)."""
+
+
+def _decode_vector(value: Any) -> Any:
+    """A stored embedding as a float32 array: float32 bytes, or a list from an older store."""
+    import numpy as np
+
+    if value is None:
+        return np.zeros(0, dtype=np.float32)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return np.frombuffer(bytes(value), dtype=np.float32).copy()
+    return np.asarray(value, dtype=np.float32)
 
 
 class _Ladybug:
@@ -84,6 +101,10 @@ class _Ladybug:
             raise GraphStoreError(f"cannot open the graph database at {folder}: {exc}") from exc
         for statement in _SCHEMA:
             self.conn.execute(statement)
+        columns = self.conn.execute("CALL TABLE_INFO('Entity') RETURN *").get_all()
+        # a store created before embeddings became bytes keeps its list columns
+        self.vectors_as_lists = any(c[1] == "emb" and str(c[2]).endswith("[]")
+                                    for c in columns)
 
     def run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         result = self.conn.execute(query, params or {})
@@ -98,6 +119,20 @@ class _Ladybug:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many transactions in a row: the write-ahead log is merged into the database once
+        at the end instead of every 16 MB (MuSiQue's graph: 10.5 s -> 8.7 s of writing).
+        Each commit is as durable as before; a crash replays the log on reopening."""
+        threshold = self.conn.execute(
+            "CALL current_setting('checkpoint_threshold') RETURN *").get_all()[0][0]
+        self.conn.execute(f"CALL checkpoint_threshold={_BULK_CHECKPOINT_BYTES}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"CALL checkpoint_threshold={int(threshold)}")
+            self.conn.execute("CHECKPOINT")
 
     def close(self) -> None:
         self.conn.close()
@@ -118,6 +153,7 @@ class _Neo4j:
         self.database = database
         self.session = self.driver.session(database=database)
         self.tx: Any = None
+        self.vectors_as_lists = False  # byte arrays; lists from older stores still read
         for statement in _NEO4J_SCHEMA:
             self.session.run(statement).consume()
 
@@ -137,6 +173,10 @@ class _Neo4j:
             self.tx.commit()
         finally:
             self.tx = None
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        yield  # the server manages its own log
 
     def close(self) -> None:
         self.session.close()
@@ -170,6 +210,16 @@ class GraphStore:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Around a run of :meth:`write_documents` calls (see the backends' ``bulk``)."""
+        bulk = getattr(self.backend, "bulk", None)
+        if bulk is None:
+            yield
+            return
+        with bulk():
+            yield
+
     # ------------------------------------------------------------------ reads
     def document_hash(self, doc_id: str) -> str | None:
         rows = self.backend.run("MATCH (d:Document {id: $id}) RETURN d.hash", {"id": doc_id})
@@ -178,10 +228,19 @@ class GraphStore:
     def documents(self) -> list[str]:
         return sorted(r[0] for r in self.backend.run("MATCH (d:Document) RETURN d.id"))
 
-    def entities(self) -> list[tuple[str, str, str, list[float]]]:
-        """(id, name, label, embedding) of every entity, by id."""
+    def _encode_vector(self, vector: Any) -> Any:
+        import numpy as np
+
+        arr = np.asarray(vector, dtype=np.float32)
+        if getattr(self.backend, "vectors_as_lists", False):
+            return arr.astype(float).tolist()
+        return arr.tobytes()
+
+    def entities(self) -> list[tuple[str, str, str, Any]]:
+        """(id, name, label, embedding as a float32 array) of every entity, by id."""
         rows = self.backend.run("MATCH (e:Entity) RETURN e.id, e.name, e.label, e.emb")
-        return sorted((r[0], r[1], r[2], list(r[3] or [])) for r in rows)
+        return [(r[0], r[1], r[2], _decode_vector(r[3]))
+                for r in sorted(rows, key=lambda r: r[0])]
 
     def passages(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Passages (all, or those with ``ids``) as dicts, by id."""
@@ -192,7 +251,7 @@ class GraphStore:
             rows = self.backend.run("MATCH (p:Passage) WHERE p.id IN $ids RETURN p.id, p.doc, "
                                     "p.position, p.text, p.meta, p.emb", {"ids": list(ids)})
         out = [{"id": r[0], "doc": r[1], "position": r[2], "text": r[3],
-                "meta": json.loads(r[4] or "{}"), "emb": list(r[5] or [])} for r in rows]
+                "meta": json.loads(r[4] or "{}"), "emb": _decode_vector(r[5])} for r in rows]
         return sorted(out, key=lambda p: p["id"])
 
     def mentions(self) -> list[tuple[str, str]]:
@@ -239,10 +298,11 @@ class GraphStore:
         for d in docs:
             rows["docs"].append({"id": d.doc_id, "hash": d.doc_hash,
                                  "meta": json.dumps(d.meta, default=str)})
-            rows["passages"] += [{**p, "doc": d.doc_id,
+            rows["passages"] += [{**p, "doc": d.doc_id, "emb": self._encode_vector(p["emb"]),
                                   "meta": json.dumps(p.get("meta") or {}, default=str)}
                                  for p in d.passages]
-            rows["entities"] += list(d.entities)
+            rows["entities"] += [{**e, "emb": self._encode_vector(e["emb"])}
+                                 for e in d.entities]
             rows["mentions"] += [{"p": p, "e": e} for p, e in d.mentions]
             rows["relations"] += [{**r, "doc": d.doc_id} for r in d.relations]
             rows["synonyms"] += [{"a": a, "b": b, "sim": sim} for a, b, sim in d.synonyms]
