@@ -274,6 +274,8 @@ class GraphRAG:
                                          cfg.chunk_size, cfg.chunk_overlap) for d in group]
         flat = [c for chunks in chunks_by_doc for c in chunks]
         t = time.perf_counter()
+        # the bar counts written documents; the stage says what the window is waiting on
+        bar.set_postfix_str(f"extracting {len(flat)} chunks", refresh=True)
         extractions = self.extractor.extract([c.text for c in flat])
         report.seconds_extract += time.perf_counter() - t
         report.llm_calls += sum(x.llm_calls for x in extractions)
@@ -283,6 +285,7 @@ class GraphRAG:
                 if e.key not in known and e.key not in fresh:
                     fresh[e.key] = e
         t = time.perf_counter()
+        bar.set_postfix_str(f"embedding {len(flat)} chunks, {len(fresh)} names", refresh=True)
         passage_vecs = _embed_array(self.embedder, [c.text for c in flat])
         names = sorted(fresh)
         t_names = time.perf_counter()
@@ -291,6 +294,7 @@ class GraphRAG:
             if names else {}
         report.seconds_embed_names += time.perf_counter() - t_names
         report.seconds_embed += time.perf_counter() - t
+        bar.set_postfix_str("writing", refresh=True)
         where = 0
         for s in range(0, len(group), batch):
             writes, empty = [], 0
