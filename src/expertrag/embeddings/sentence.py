@@ -191,4 +191,4 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (f"Embedder(model={self._model_arg!r}, device={self.device!r}, "
-                f"precision={self.precision!r})")
+                f"precision={self.precision!r}, attention={self.attention!r})")

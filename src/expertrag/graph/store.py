@@ -8,7 +8,7 @@ The schema (property graph):
 - ``(:Passage {id, doc, position, text, meta, emb})``, ``emb`` the passage embedding
 - ``(:Entity {id, name, label, emb})``, ``id`` the normalised name
 - embeddings are stored as float32 bytes (``BLOB``): a list of 384 doubles per row made
-  writing 23,000 entities take 10 s instead of 1.4 s; stores written before (``DOUBLE[]``)
+  writing 12,000 entities take 5.7 s instead of 0.8 s; stores written before (``DOUBLE[]``)
   are read and extended in their own format
 - ``(:Passage)-[:MENTIONS]->(:Entity)``
 - ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, one per supporting
@@ -123,7 +123,7 @@ class _Ladybug:
     @contextmanager
     def bulk(self) -> Iterator[None]:
         """Many transactions in a row: the write-ahead log is merged into the database once
-        at the end instead of every 16 MB (MuSiQue's graph: 10.5 s -> 8.7 s of writing).
+        at the end instead of every 16 MB (MuSiQue's graph: 11-14 s of writing -> about 10 s).
         Each commit is as durable as before; a crash replays the log on reopening."""
         threshold = self.conn.execute(
             "CALL current_setting('checkpoint_threshold') RETURN *").get_all()[0][0]
