@@ -48,13 +48,13 @@ class Routed:
         return self.retrieve(text, k)
 
 
-def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int) -> tuple[list[Any], Routed,
-                                                                          Any, list[bool]]:
+def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int,
+                 start: int = 120) -> tuple[list[Any], Routed, Any, list[bool]]:
     from expertrag.evaluation.datasets import hotpot_items, load_hotpot_test
     from expertrag.retrieval.hybrid import HybridRetriever
 
     rows = load_hotpot_test(data_dir / "hotpotqa" / "test.jsonl")
-    items = hotpot_items(rows[120:120 + n])
+    items = hotpot_items(rows[start:start + n])
     rng = random.Random("bench-chains-removed")
     removed = set(rng.sample(range(len(items)), len(items) // 2))
     has_answer = [i not in removed for i in range(len(items))]
@@ -142,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--hotpot", type=int, default=100, help="HotpotQA test items (120..)")
+    parser.add_argument("--hotpot-start", type=int, default=120,
+                        help="first HotpotQA test item (400: the calibration slice, for tuning "
+                             "choices without touching the reported items)")
     parser.add_argument("--musique", type=int, default=60, help="MuSiQue questions")
     parser.add_argument("--k", type=int, default=5, help="passages per question, every system")
     parser.add_argument("--batch", type=int, default=8, help="questions per batched call")
@@ -169,7 +172,7 @@ def main() -> None:
     sets = []
     if args.hotpot:
         items, routed, external, has_answer = hotpot_setup(args.data_dir, args.hotpot,
-                                                           embedder, k)
+                                                           embedder, k, args.hotpot_start)
         sets.append(("hotpotqa", items, routed, has_answer, external))
     if args.musique:
         items, retriever = musique_setup(args.data_dir, args.musique, embedder, k)

@@ -104,6 +104,8 @@ def test_bf16_autocast_trains_and_records_fp32_figures(tmp_path, monkeypatch):
 
 
 def test_precision_resolution(monkeypatch):
+    import torch
+
     from expertrag.errors import InputError
     from expertrag.training import trainer
 
@@ -113,6 +115,15 @@ def test_precision_resolution(monkeypatch):
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
     assert trainer.resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower
     assert trainer.resolve_precision("bf16", "cpu") == "bf16"  # forced: the user's choice
+    # CUDA: "auto" is fp32 (bf16 autocast diverged there); "bf16" needs a GPU that has it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert trainer.resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(InputError, match="no bf16 support"):
+        trainer.resolve_precision("bf16", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert trainer.resolve_precision("auto", "cuda") == "fp32"
+    assert trainer.resolve_precision("bf16", "cuda") == "bf16"
     with pytest.raises(InputError, match="precision"):
         TrainConfig(precision="fp8").validate()
 

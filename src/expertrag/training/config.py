@@ -28,8 +28,9 @@ class TrainConfig:
     starts training from that adapter's update instead of zero: a warm start, e.g. a
     multi-task critic from the relevance expert.
     ``precision`` of the training forward and backward passes: "auto" runs them under bf16
-    autocast where the hardware computes bf16 natively (a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 or AMX: ~2.3x faster steps than fp32 on a 2-core Zen 5) and in fp32 elsewhere;
+    autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX: ~2.3x faster steps
+    than fp32 on a 2-core Zen 5) and in fp32 elsewhere, CUDA included (bf16 autocast there
+    diverged to NaN on an H200; fp32 with TF32 trains the shipped recipes in minutes);
     "bf16" and "fp32" force one. Weights, optimizer state and the held-out evaluation stay
     fp32 on CPU, so the recorded figures are those of the fp32 model that serves the expert.
     """

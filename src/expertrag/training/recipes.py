@@ -164,6 +164,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "relevance": {
         "name": "relevance",
+        "version": 2,
         "task": "relevance grading (CRAG retrieval evaluator)",
         "description": (
             "Grades whether a passage helps answer a question. Score it without generation: "
@@ -172,15 +173,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         ),
         "base": DEFAULT_BASE,
         "builders": [
-            {"builder": "relevance", "source": "hotpotqa+squad2",
-             "params": {"positives_per_item": 2, "hotpot_rounds": 3, "squad_per_label": 200,
+            {"builder": "relevance", "source": "hotpotqa+squad2+squad2-15",
+             "params": {"positives_per_item": 2, "hotpot_rounds": 4, "squad_per_label": 2000,
                         "squad_negatives": "sibling"}},
         ],
         "data": [{**_HOTPOT, "use": "gold paragraphs (yes) vs the item's distractor "
-                  "paragraphs (no: hard negatives); 3 rounds, each pairing the 2 gold "
-                  "paragraphs with 2 unseen distractors"},
-                 {**_SQUAD, "use": "200 answerable questions, each with its own paragraph (yes) "
-                  "and another paragraph of the same article (no: on topic, no answer)"}],
+                  "paragraphs (no: hard negatives); 4 rounds, each pairing the 2 gold "
+                  "paragraphs with 2 unseen distractors (all 8 distractors used)"},
+                 {**_SQUAD, "use": "answerable questions, each with its own paragraph (yes) "
+                  "and another paragraph of the same article (no: on topic, no answer)"},
+                 {**_SQUAD15, "use": "pooled with the 2-article sample: 2,000 seeded "
+                  "answerable questions in all, each with its own paragraph (yes) and a "
+                  "sibling paragraph (no)"}],
         # MS MARCO is left out on purpose: its terms allow research use only, and the shipped
         # adapter should carry no such restriction. `build_relevance(msmarco=...)` still
         # takes it for research runs; bench_rerank_quality.py scores the expert on it.
@@ -190,12 +194,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "config": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.05,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                       "gate_proj", "up_proj", "down_proj"],
-                   "learning_rate": 6e-4, "epochs": 1, "batch_size": 8, "grad_accum": 1,
-                   "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.1,
-                   "save_every": 10, "save_dtype": "float16", "seed": 42},
-        "timing": ("2 CPU cores, near-idle: ~8.3 s/step (8 rows x ~205 tokens, MLP targets "
-                   "included); 444 steps + evaluation of 424 rows: ~66 min. The train loss sits "
-                   "at the label's chance level (~0.35) for ~170 steps, then falls."),
+                   "learning_rate": 6e-4, "epochs": 2, "batch_size": 16, "grad_accum": 1,
+                   "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.05,
+                   "save_every": 50, "save_dtype": "float16", "seed": 42},
+        # v1 (3,560 rows: 3 HotpotQA rounds + 200 SQuAD questions, one epoch, 66 min on 2 CPU
+        # cores) ranked passages well (HotpotQA test AUC 0.884) but as CRAG's evaluator could
+        # not tell a set holding the gold paragraphs from one of distractors only better than
+        # 0.775 at any threshold; v2 uses every distractor, 10x the SQuAD questions and two
+        # epochs (~2.5x the rows, a GPU run of minutes; ~5 h on 2 CPU cores)
+        "timing": ("v1 on 2 CPU cores: ~8.3 s/step (8 rows x ~205 tokens, MLP targets "
+                   "included); v2: see the model card (measured wall time and hardware)"),
         # trained at r=16, shipped at r=8 (truncated SVD): 4.9 MB instead of 9.8 MB
         "ship_rank": 8,
         "usage": "See `expertrag.training.data.relevance_scores` for a one-line scorer.",
@@ -241,6 +249,8 @@ def build_recipe_rows(recipe: dict[str, Any], data: str | os.PathLike[str] | Non
             msmarco = (load_msmarco(folder / MSMARCO_DIR, part=spec.get("msmarco_part"))
                        if "msmarco" in spec["source"] else None)
             squad = load_squad(folder / SQUAD_SAMPLE) if "squad2" in spec["source"] else None
+            if squad is not None and "squad2-15" in spec["source"]:
+                squad = squad + load_squad(folder / SQUAD_ARTICLES)  # disjoint articles
             built = build_relevance(load_hotpot(folder / HOTPOT_TRAIN), msmarco=msmarco,
                                     squad=squad, seed=seed, **params)
         else:

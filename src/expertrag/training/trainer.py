@@ -371,14 +371,17 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "fp32":
         return "fp32"
     if device.startswith("cuda"):
-        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        supported = cpu_has_native_bf16()
+        if precision == "bf16":
+            if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+                raise InputError("precision 'bf16' asked for, but this GPU has no bf16 support")
+            return "bf16"
+        # "auto" on CUDA is fp32 (TF32 matmuls): bf16 autocast turned the loss into NaN at
+        # step 90 (grounded-qa) and 237 (relevance) on an H200 (torch 2.11, transformers
+        # 5.17), where the same recipes train in fp32 at 0.2 s/step
+        return "fp32"
     if precision == "bf16":
-        if device.startswith("cuda") and not supported:
-            raise InputError("precision 'bf16' asked for, but this GPU has no bf16 support")
         return "bf16"
-    return "bf16" if supported else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def _latest_checkpoint(root: Path) -> Path | None:
@@ -587,7 +590,9 @@ def train_expert(
                 micro_done += 1
                 mean_loss = window_loss / n_tokens
                 if not math.isfinite(mean_loss):
-                    raise TrainingError(f"loss became {mean_loss} at step {step}")
+                    raise TrainingError(
+                        f"loss became {mean_loss} at step {step} ({run.precision} "
+                        "precision); a lower learning_rate or precision='fp32' may help")
                 history.append({"step": step, "loss": mean_loss,
                                 "lr": float(scheduler.get_last_lr()[0])})
                 bar.update(1)
