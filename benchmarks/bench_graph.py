@@ -197,11 +197,13 @@ def main() -> None:
                index_rows)
     print(f"spaCy graph: {counts}")
     for name, r in timed:
-        rest = r.seconds - r.seconds_extract - r.seconds_embed
+        rest = (r.seconds - r.seconds_extract - r.seconds_embed - r.seconds_synonyms
+                - r.seconds_write)
         print(f"{name} indexing time: extraction {r.seconds_extract:.1f} s, embedding "
               f"{r.seconds_embed:.1f} s (passages {r.seconds_embed - r.seconds_embed_names:.1f}"
-              f" s, new entity names {r.seconds_embed_names:.1f} s), graph writes and "
-              f"synonym edges {rest:.1f} s")
+              f" s, new entity names {r.seconds_embed_names:.1f} s), synonym edges "
+              f"{r.seconds_synonyms:.1f} s, graph writes {r.seconds_write:.1f} s, the rest "
+              f"{rest:.1f} s")
 
     # ---------------------------------------------------------------- answers
     answer_rows = []

@@ -55,6 +55,22 @@ def test_spacy_worker_processes_extract_the_same() -> None:
         SpacyExtractor(processes=0)
 
 
+def test_names_embedded_by_token_count_match_one_pass() -> None:
+    """Passes of equal token counts give all-MiniLM-L6-v2's vectors of one mixed pass,
+    in order (float32: the same up to rounding)."""
+    import numpy as np
+
+    from expertrag.embeddings import Embedder
+    from expertrag.graph.index import _embed_names
+
+    names = ["Paris", "Marie Curie", "the Seine", "Nobel Prizes", "The Louvre in Paris",
+             "Pierre Curie", "world's most visited museum", "Berlin", "flour"] * 3
+    embedder = Embedder()
+    got, want = _embed_names(embedder, names), embedder.embed_array(names)
+    cos = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert got.shape == want.shape and cos.min() > 0.99999
+
+
 def test_graph_ranks_the_linked_passage_first(tmp_path: Path) -> None:
     from expertrag.graph import GraphRAG
 

@@ -19,6 +19,7 @@ pytest.importorskip("ladybug")
 from expertrag.errors import InputError
 from expertrag.graph import GraphConfig, GraphRAG, GraphStore, normalize
 from expertrag.graph.extract import CO_OCCURS, Entity, Extraction, Relation
+from expertrag.graph.store import DocumentWrite, GraphStoreError
 from expertrag.types import Document
 
 DOCS = [
@@ -112,8 +113,9 @@ def _state(store):
     return entities, store.relations(), store.synonyms(), store.mentions()
 
 
-def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
-    g = graph_at(tmp_path / "g")
+@pytest.mark.parametrize("edges", [False, True])
+def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path, edges):
+    g = graph_at(tmp_path / "g", co_occurrence_edges=edges)
     g.insert(DOCS, progress=False)
     queries = ["Who worked with Charles Babbage?", "Where does Sherlock live?",
                "What flows through Paris?"]
@@ -132,6 +134,200 @@ def test_delete_keeps_shared_entities_and_reinsert_restores_results(tmp_path):
              for q in queries for m in ("ppr", "local")}
     assert after == before
     g.close()
+
+
+class TripleExtractor(CapsExtractor):
+    """CapsExtractor plus a named relation where a sentence says "X worked with Y"."""
+
+    def extract(self, texts):
+        out = super().extract(texts)
+        for text, x in zip(texts, out, strict=True):
+            for sentence in re.split(r"(?<=\.)\s+", text):
+                m = re.search(r"([A-Z][a-z]+(?: [A-Z][a-z]+)*) worked with "
+                              r"([A-Z][a-z]+(?: [A-Z][a-z]+)*)", sentence)
+                if m:
+                    x.relations.append(Relation(normalize(m.group(1)), "worked with",
+                                                normalize(m.group(2)), sentence))
+        return out
+
+
+def _related_edges(g):
+    return int(g.store.backend.run("MATCH ()-[r:RELATED]->() RETURN count(*)")[0][0])
+
+
+def _results(g, queries=("Who worked with Charles Babbage?", "Where does Sherlock live?",
+                         "What flows through Paris?", "Tell me about Ada Lovelace")):
+    return {(q, m): [(d.id, round(d.score, 8), d.metadata.get("paths"))
+                     for d in g.retrieve(q, k=3, mode=m)]
+            for q in queries for m in ("ppr", "local", "global")}
+
+
+def test_co_occurrences_kept_on_passages_read_back_as_the_edges_were(tmp_path):
+    """By default a passage keeps its co-occurrences (no RELATED edge each); the store
+    reads them back as the same relations, so both layouts give the same graph, counts,
+    report and searches. Named relations (the LLM's triples) stay edges either way."""
+    graphs, reports = {}, {}
+    for edges in (False, True):
+        g = graph_at(tmp_path / f"g{edges}", co_occurrence_edges=edges)
+        g.extractor = TripleExtractor()
+        reports[edges] = g.insert(DOCS, progress=False)
+        graphs[edges] = g
+    relations = graphs[True].store.relations()
+    assert ("ada lovelace", "worked with", "charles babbage") in {r[:3] for r in relations}
+    assert sum(r[1] == CO_OCCURS for r in relations) >= 5
+    assert _related_edges(graphs[True]) == len(relations)
+    assert _related_edges(graphs[False]) == 1  # the named relation only
+    assert _state(graphs[False].store) == _state(graphs[True].store)
+    assert graphs[False].store.counts() == graphs[True].store.counts()
+    assert graphs[False].store.counts()["relations"] == len(relations)
+    assert reports[False].relations == reports[True].relations == len(relations)
+    assert _results(graphs[False]) == _results(graphs[True])
+    paths = graphs[False].retrieve("Tell me about Ada Lovelace", k=1, mode="local")[0]
+    assert any("—appears with→" in p for p in paths.metadata["paths"])
+    for g in graphs.values():
+        g.close()
+
+
+def test_a_store_with_co_occurrence_edges_is_read_and_extended(tmp_path):
+    """A store whose co-occurrences are RELATED edges (written with co_occurrence_edges,
+    or before they moved onto passages) takes new documents the default way; it reads,
+    searches and deletes as a store written one way throughout."""
+    old = graph_at(tmp_path / "g", co_occurrence_edges=True)
+    old.insert(DOCS[:2], progress=False)
+    old.close()
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS[2:], progress=False)
+    assert _related_edges(g) > 0
+    fresh = graph_at(tmp_path / "fresh")
+    fresh.insert(DOCS, progress=False)
+    assert _related_edges(fresh) == 0
+    assert _state(g.store) == _state(fresh.store)
+    assert _results(g) == _results(fresh)
+    for doc in ("ada", "holmes"):  # one with edges, one with co-occurrences on passages
+        assert g.delete(doc) and fresh.delete(doc)
+        assert all(r[3] != doc for r in g.store.relations())
+        assert _state(g.store) == _state(fresh.store)
+    g.insert(DOCS, progress=False)
+    fresh.insert(DOCS, progress=False)
+    assert _state(g.store) == _state(fresh.store)
+    assert _results(g) == _results(fresh)
+    g.close()
+    fresh.close()
+
+
+def test_writing_what_is_stored_fails_and_commits_nothing(tmp_path):
+    """Writes create their nodes (no MERGE): a batch naming a stored document or entity
+    fails as a whole."""
+    g = graph_at(tmp_path / "g")
+    g.insert(DOCS[:1], progress=False)
+    state, counts = _state(g.store), g.store.counts()
+
+    def write(doc, entities=()):
+        return DocumentWrite(doc, "hash", {}, [{"id": f"{doc}#0", "position": 0,
+                                               "text": "Some text.", "emb": [0.5] * 64}],
+                             [{"id": e, "name": e, "label": "", "emb": [0.5] * 64}
+                              for e in entities], [], [], [])
+
+    for bad in (write("ada"), write("other", ["london"])):
+        with pytest.raises(GraphStoreError, match="nothing of them was committed"):
+            g.store.write_documents([write("fine", ["zebra"]), bad])
+        assert _state(g.store) == state and g.store.counts() == counts
+        assert g.store.documents() == ["ada"]
+    g.close()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_window_synonyms_are_the_document_by_document_ones(tmp_path, monkeypatch, precision):
+    """Synonyms found per block of a window (scanned in bf16 or float32, then computed
+    exactly) are the pairs that matching each document in turn against everything known
+    so far finds, with the same similarities, each in the document that completes it."""
+    import numpy as np
+
+    from expertrag.graph.index import _EntityMatrix
+    from expertrag.models import loading
+
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: precision == "bfloat16")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(15, 32))
+    # near-duplicates of 15 base vectors: many pairs on both sides of 0.9
+    vecs = np.repeat(base, 20, axis=0) + rng.normal(scale=0.33, size=(300, 32))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    # and 150 pairs at cosines within 0.006 of 0.9, where a bf16 product errs
+    u = rng.normal(size=(150, 32))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    w = rng.normal(size=(150, 32))
+    w -= (w * u).sum(axis=1, keepdims=True) * u
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    cos = 0.9 + rng.uniform(-0.006, 0.006, size=(150, 1))
+    vecs = np.concatenate([vecs, u, cos * u + np.sqrt(1 - cos ** 2) * w]).astype(np.float32)
+    keys = [f"e{i:03d}" for i in rng.permutation(600)]
+    known_keys, new_keys = keys[:100], keys[100:]
+    owners = sorted(rng.integers(0, 25, size=len(new_keys)).tolist())
+    # keys are grouped by document and sorted within one, as _insert_window orders them
+    by_doc: dict[int, list[str]] = {}
+    for k, d in zip(new_keys, owners, strict=True):
+        by_doc.setdefault(d, []).append(k)
+    order = [k for d in sorted(by_doc) for k in sorted(by_doc[d])]
+    owners = [d for d in sorted(by_doc) for _ in by_doc[d]]
+    vectors = dict(zip(keys, vecs, strict=True))
+    known = _EntityMatrix([(k, k, "", vectors[k]) for k in known_keys])
+    g = graph_at(tmp_path / "g", synonym_threshold=0.9)
+    got = g._window_synonyms(order, owners, vectors, known, 25)
+    seen = list(known_keys)
+    near = 0
+    for d in range(25):
+        mine = sorted(by_doc.get(d, []))
+        want = set()
+        for i, a in enumerate(mine):
+            for b in seen + mine[i + 1:]:
+                sim = float(np.dot(vectors[a].astype(np.float64), vectors[b].astype(np.float64)))
+                near += abs(sim - 0.9) < 0.01
+                if sim >= 0.9:
+                    want.add((*sorted((a, b)), sim))
+        assert [p[:2] for p in got[d]] == sorted(p[:2] for p in want)
+        assert [p[2] for p in got[d]] == pytest.approx(
+            [round(p[2], 4) for p in sorted(want)], abs=1e-12)
+        seen += mine
+    assert sum(map(len, got)) > 200 and near > 100  # many pairs, many near the threshold
+    g.close()
+
+
+def test_names_are_embedded_one_pass_per_token_count():
+    """An expertrag Embedder gets the names in passes of equal token counts (so batches
+    carry no padding); the vectors come back in the names' order. Other embedders get one
+    pass."""
+    import numpy as np
+
+    from expertrag.embeddings import Embedder
+    from expertrag.graph.index import _embed_names
+
+    class Model:  # the SentenceTransformer surface that Embedder and _embed_names use
+        max_seq_length = 5
+
+        def __init__(self):
+            self.passes = []
+
+        def tokenizer(self, texts, truncation, max_length):
+            assert truncation
+            return {"input_ids": [[0] * min(len(t.split()) + 2, max_length) for t in texts]}
+
+        def encode(self, texts, **_):
+            self.passes.append(list(texts))
+            return np.array([[len(t), len(t.split()), 1.0] for t in texts], dtype=np.float32)
+
+    embedder = Embedder()
+    embedder._model = model = Model()
+    names = ["Ada Lovelace", "London", "the Analytical Engine", "Paris", "Charles Babbage",
+             "a very long name of six words"]
+    out = _embed_names(embedder, names)
+    assert out.tolist() == [[len(n), len(n.split()), 1.0] for n in names]
+    counts = [{min(len(t.split()) + 2, 5) for t in p} for p in model.passes]
+    assert all(len(c) == 1 for c in counts) and len(model.passes) == 3
+    assert sorted(model.passes, key=len)[-1] == ["the Analytical Engine",
+                                                 "a very long name of six words"]
+    plain = HashEmbedder()
+    assert _embed_names(plain, names).tolist() == \
+        np.asarray(plain.embed_documents(names), dtype=np.float32).tolist()
 
 
 def test_changed_document_is_replaced(tmp_path):
@@ -227,7 +423,7 @@ def test_a_killed_index_loses_nothing_committed(tmp_path):
         run = g.store.backend.run
         batches = [0]
         def dying(query, params=None):
-            if "MENTIONS" in query and "MERGE" in query:
+            if query.startswith("UNWIND") and "MENTIONS" in query:
                 batches[0] += 1
                 if batches[0] == 2:
                     os._exit(3)  # killed mid-transaction, after passages and entities

@@ -60,6 +60,10 @@ class GraphConfig:
     # Recall@5 0.612 -> 0.627 on questions 0-49, 0.632 -> 0.635 on 50-99
     entity_specificity: bool = True
     dense_seed_top: int = 20
+    # co-occurrences (the spaCy mode's relations) as RELATED edges in the database, for
+    # Cypher queries that walk them; by default each passage keeps its own (read back as
+    # the same relations, same searches): MuSiQue's 104,000 edges took 2.6 s of writing
+    co_occurrence_edges: bool = False
     hops: int = 1
     # entity names embedded in bf16 where the hardware computes it natively ("auto"), always
     # ("bfloat16", an expertrag Embedder only) or never ("float32")
@@ -100,6 +104,8 @@ class InsertReport:
     seconds_extract: float = 0.0
     seconds_embed: float = 0.0  # passages and entity names
     seconds_embed_names: float = 0.0  # of which entity names
+    seconds_synonyms: float = 0.0  # matching new names against the known ones
+    seconds_write: float = 0.0  # graph database writes, the closing checkpoint included
 
 
 @dataclass
@@ -126,6 +132,33 @@ def _embed_array(embedder: Any, texts: list[str]) -> Any:
                       dtype=np.float32)
 
 
+def _embed_names(embedder: Any, texts: list[str]) -> Any:
+    """Entity names embedded as :func:`_embed_array` does, one pass per token count for an
+    expertrag ``Embedder``: sentence-transformers sorts a pass by characters, so its batches
+    of names mixed token counts and were padded to their longest (MuSiQue's 23,000 names:
+    210,000 tokens run for 118,000 real ones); a pass of equal counts pads nothing
+    (6.8-7.6 s against 10.5-11.1 s in batches of 64, vectors within cosine 0.99996)."""
+    import numpy as np
+
+    from expertrag.embeddings import Embedder
+
+    if not isinstance(embedder, Embedder) or len(texts) < 2:
+        return _embed_array(embedder, texts)
+    model = embedder.model
+    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    groups: dict[int, list[int]] = {}
+    for i, tokens in enumerate(ids):
+        groups.setdefault(len(tokens), []).append(i)
+    out: Any = None
+    for count in sorted(groups):
+        rows = groups[count]
+        vecs = _embed_array(embedder, [texts[i] for i in rows])
+        if out is None:
+            out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)
+        out[rows] = vecs
+    return out
+
+
 def _names_at_precision(embedder: Any, precision: str) -> Any:
     from expertrag.embeddings import Embedder
 
@@ -138,9 +171,10 @@ def _names_at_precision(embedder: Any, precision: str) -> Any:
         return embedder
     if precision == "auto" and not _native_bf16(embedder):
         return embedder
-    # names are ~5 tokens: eager attention and batches of 64 suit them better than SDPA
-    # and 32 (MuSiQue's 23,000 names: 8.4 s against 11.2-12.1 s, both bf16)
-    return embedder.variant(precision="bfloat16", batch_size=64, attention="eager")
+    # names are ~5 tokens: eager attention suits them better than SDPA (MuSiQue's 23,000
+    # names: 8.4 s against 11.2-12.1 s, both bf16); batches of 256 names of one token count
+    # (see _embed_names) 5.9 s against 6.8-7.6 s for 64 (512: 5.8-6.3 s, 1024: 7.0 s)
+    return embedder.variant(precision="bfloat16", batch_size=256, attention="eager")
 
 
 def _native_bf16(embedder: Any) -> bool:
@@ -196,8 +230,9 @@ class GraphRAG:
         """What embeds entity names (the graph's nodes and a question's mentions): the
         passage embedder, in bf16 when ``config.name_precision`` allows it and the hardware
         computes bf16 natively. Names are 23,000 of MuSiQue's 25,000 texts to embed; bf16
-        (with eager attention, batches of 64) takes them from 27.5 s to 8.4 s on 2 Zen 5
-        cores, within cosine 0.996 of float32."""
+        (with eager attention, batches of 64) took them from 27.5 s to 8.4 s on 2 Zen 5
+        cores, within cosine 0.996 of float32; passes of one token count in batches of 256
+        (:func:`_embed_names`) to ~6 s."""
         if self._name_embedder is None:
             self._name_embedder = _names_at_precision(self.embedder,
                                                       self.config.name_precision)
@@ -259,6 +294,8 @@ class GraphRAG:
             with self.store.bulk():
                 for s in range(0, len(todo), window):
                     self._insert_window(todo[s:s + window], known, report, batch, bar)
+                closing = time.perf_counter()
+            report.seconds_write += time.perf_counter() - closing  # the closing checkpoint
         finally:
             bar.close()
             if todo:
@@ -268,6 +305,8 @@ class GraphRAG:
 
     def _insert_window(self, group: list[Document], known: _EntityMatrix,
                        report: InsertReport, batch: int, bar: Any) -> None:
+        import numpy as np
+
         cfg = self.config
         chunks_by_doc = [chunk_documents([replace(d, metadata={**d.metadata,
                                                                "source": str(d.id)})],
@@ -289,21 +328,45 @@ class GraphRAG:
         passage_vecs = _embed_array(self.embedder, [c.text for c in flat])
         names = sorted(fresh)
         t_names = time.perf_counter()
-        vectors = dict(zip(names, _unit(_embed_array(
+        vectors = dict(zip(names, _unit(_embed_names(
             self.name_embedder, [fresh[k].name for k in names])), strict=True)) \
             if names else {}
         report.seconds_embed_names += time.perf_counter() - t_names
         report.seconds_embed += time.perf_counter() - t
+        t = time.perf_counter()
+        bar.set_postfix_str(f"matching {len(fresh)} names", refresh=True)
+        # each new entity belongs to the first document of the window that mentions it
+        owned: list[list[str]] = [[] for _ in group]
+        owner: dict[str, int] = {}
+        where = 0
+        for d, chunks in enumerate(chunks_by_doc):
+            for x in extractions[where:where + len(chunks)]:
+                for e in x.entities:
+                    if e.key in fresh and e.key not in owner:
+                        owner[e.key] = d
+                        owned[d].append(e.key)
+            where += len(chunks)
+        for keys in owned:
+            keys.sort()
+        order = [k for keys in owned for k in keys]
+        synonyms = self._window_synonyms(order, [owner[k] for k in order], vectors, known,
+                                         len(group))
+        if order:  # the next window matches against these too
+            known.add(order, np.stack([vectors[k] for k in order]))
+        report.seconds_synonyms += time.perf_counter() - t
+        t = time.perf_counter()
         bar.set_postfix_str("writing", refresh=True)
         where = 0
         for s in range(0, len(group), batch):
             writes, empty = [], 0
-            for doc, chunks in zip(group[s:s + batch], chunks_by_doc[s:s + batch],
-                                   strict=True):
+            for d in range(s, min(s + batch, len(group))):
+                doc, chunks = group[d], chunks_by_doc[d]
                 mine = extractions[where:where + len(chunks)]
                 vecs = passage_vecs[where:where + len(chunks)]
                 where += len(chunks)
-                writes.append(self._prepare(doc, chunks, mine, vecs, fresh, vectors, known))
+                entities = [{"id": k, "name": fresh[k].name, "label": fresh[k].label,
+                             "emb": vectors[k]} for k in owned[d]]
+                writes.append(self._prepare(doc, chunks, mine, vecs, entities, synonyms[d]))
                 empty += sum(1 for x in mine if x.empty)
             self.store.write_documents(writes)  # one transaction
             report.documents += len(writes)
@@ -311,53 +374,84 @@ class GraphRAG:
             for w in writes:
                 report.passages += len(w.passages)
                 report.new_entities += len(w.entities)
-                report.relations += len(w.relations)
+                report.relations += len(w.relations) + sum(
+                    len(p.get("co_occurs", ())) for p in w.passages)
                 report.synonyms += len(w.synonyms)
             bar.update(len(writes))
+        report.seconds_write += time.perf_counter() - t
 
-    def _prepare(self, doc: Document, chunks: list[Document], extractions: list[Any],
-                 vecs: Sequence[Any], fresh: dict[str, Any], vectors: dict[str, Any],
-                 known: _EntityMatrix) -> DocumentWrite:
-        """What ``doc`` brings: its passages, the entities not stored (or prepared) before
-        it, its mentions, relations, and synonym edges to everything known so far."""
+    def _window_synonyms(self, keys: list[str], owners: list[int], vectors: dict[str, Any],
+                         known: _EntityMatrix, n_docs: int) -> list[list[tuple[str, str, float]]]:
+        """Synonym edges (similarity >= ``synonym_threshold``) of a window's new entities,
+        per document: a document gets the pairs between its new entities and everything
+        stored or brought by an earlier document of the window, and among its own new ones
+        -- the edges that matching each document in turn against all entities known so far
+        gives. ``keys`` are in document order (``owners``: each one's document).
+
+        Blocks of 512 names are scanned against the entities before them (one product per
+        block, not per document: each document re-read the whole entity matrix) for
+        candidates within :data:`_SCAN_MARGIN` of the threshold, in bf16 where the CPU
+        computes it natively; each candidate's similarity is then computed exactly (float64
+        dot product of the float32 vectors), so the edges and their values do not depend on
+        the scan's precision nor on how documents were grouped. MuSiQue's 23,000 names:
+        3.3-3.5 s matched document by document, 0.8-1.7 s in blocks."""
         import numpy as np
 
+        found: list[set[tuple[str, str, float]]] = [set() for _ in range(n_docs)]
+        if not keys:
+            return [[] for _ in range(n_docs)]
+        mat = np.stack([vectors[k] for k in keys]).astype(np.float32, copy=False)
+        n_known = len(known.keys)
+        pool = np.concatenate([known.view(), mat]) if n_known else mat
+        pool_keys = [*known.keys, *keys]
+        mine = np.asarray(owners, dtype=np.int64)
+        pool_owner = np.concatenate([np.full(n_known, -1, dtype=np.int64), mine])
+        threshold = self.config.synonym_threshold
+        scan = _Scan(pool)
+        for s in range(0, len(keys), 512):
+            e = min(s + 512, len(keys))
+            # the block's rows against everything up to its last document's names
+            upto = n_known + int(np.searchsorted(mine, mine[e - 1], side="right"))
+            rows, cols = scan.near(mat[s:e], upto, threshold)
+            rows = rows + s
+            # a pair is found once: from its later entity's row (the document that completes
+            # it), or, between two entities of one document, from the first one's row
+            keep = (pool_owner[cols] < mine[rows]) | ((pool_owner[cols] == mine[rows])
+                                                      & (cols > n_known + rows))
+            rows, cols = rows[keep], cols[keep]
+            exact = np.einsum("ij,ij->i", mat[rows].astype(np.float64),
+                              pool[cols].astype(np.float64))
+            for i, j, sim in zip(rows.tolist(), cols.tolist(), exact.tolist(), strict=True):
+                if sim >= threshold:
+                    lo, hi = sorted((keys[i], pool_keys[j]))
+                    found[owners[i]].add((lo, hi, round(sim, 4)))
+        return [sorted(f) for f in found]
+
+    def _prepare(self, doc: Document, chunks: list[Document], extractions: list[Any],
+                 vecs: Sequence[Any], entities: list[dict[str, Any]],
+                 synonyms: list[tuple[str, str, float]]) -> DocumentWrite:
+        """What ``doc`` brings: its passages, the entities no earlier document brought, its
+        mentions, relations and synonym edges. Co-occurrences travel with their passage
+        (the store keeps them on it) unless ``config.co_occurrence_edges``."""
         passages, mentions, relations = [], [], []
-        new_keys: set[str] = set()
+        as_edges = self.config.co_occurrence_edges
         for n, (chunk, x, vec) in enumerate(zip(chunks, extractions, vecs, strict=True)):
             pid = f"{doc.id}#{n}"
+            co_occurs = []
+            for e in x.entities:
+                mentions.append((pid, e.key))
+            for r in x.relations:
+                if r.relation == CO_OCCURS and not as_edges:
+                    co_occurs.append((r.subject, r.object, r.sentence[:500]))
+                else:
+                    relations.append({"a": r.subject, "b": r.object, "relation": r.relation,
+                                      "passage": pid, "sentence": r.sentence[:500]})
             passages.append({"id": pid, "position": n, "text": chunk.text,
                              "meta": {k: v for k, v in chunk.metadata.items()
                                       if k != "source"},
-                             "emb": vec})
-            for e in x.entities:
-                mentions.append((pid, e.key))
-                if e.key not in known:
-                    new_keys.add(e.key)
-            for r in x.relations:
-                relations.append({"a": r.subject, "b": r.object, "relation": r.relation,
-                                  "passage": pid, "sentence": r.sentence[:500]})
-        keys = sorted(new_keys)
-        synonyms: set[tuple[str, str, float]] = set()
-        if keys:
-            mat = np.stack([vectors[k] for k in keys])
-            threshold = self.config.synonym_threshold
-            # against every entity stored before this document, and among its own new ones
-            for pool_keys, pool in ((known.keys, known.view()), (keys, mat)):
-                if not pool_keys:
-                    continue
-                sims = mat @ pool.T
-                for i, j in zip(*np.nonzero(sims >= threshold), strict=True):
-                    a, b = keys[i], pool_keys[j]
-                    if a != b:
-                        lo, hi = sorted((a, b))
-                        synonyms.add((lo, hi, round(float(sims[i, j]), 4)))
-        new_rows = [{"id": k, "name": fresh[k].name, "label": fresh[k].label,
-                     "emb": vectors[k]} for k in keys]
-        if keys:  # the next document of the group matches against these too
-            known.add(keys, np.stack([vectors[k] for k in keys]))
+                             "emb": vec, "co_occurs": co_occurs})
         return DocumentWrite(str(doc.id), _doc_hash(doc), dict(doc.metadata), passages,
-                             new_rows, sorted(set(mentions)), relations, sorted(synonyms))
+                             entities, sorted(set(mentions)), relations, synonyms)
 
     def delete(self, doc_id: str) -> bool:
         """Remove a document and what only it supported; False when it is not stored."""
@@ -740,6 +834,41 @@ class _EntityMatrix:
         self._buf[n:need] = rows
         self.keys.extend(keys)
         self._set.update(keys)
+
+
+# a bf16 product of unit vectors is within 2u + u^2 + u (u = 2^-8, the last u the output's
+# rounding) ~ 0.0118 of the exact one; candidates are taken this far below the threshold
+_SCAN_MARGIN = {"bfloat16": 0.02, "float32": 1e-3}
+
+
+class _Scan:
+    """Candidate pairs of near-duplicate unit vectors: ``block`` rows against the first
+    ``upto`` rows of ``pool`` scored >= threshold - margin (bf16 where native, else
+    float32); callers recompute the candidates exactly."""
+
+    def __init__(self, pool: Any) -> None:
+        from expertrag.models.loading import cpu_has_native_bf16
+
+        self.pool = pool
+        self.precision = "bfloat16" if cpu_has_native_bf16() else "float32"
+        if self.precision == "bfloat16":
+            import torch
+
+            self._pool_bf16 = torch.from_numpy(pool).to(torch.bfloat16)
+
+    def near(self, block: Any, upto: int, threshold: float) -> tuple[Any, Any]:
+        import numpy as np
+
+        floor = threshold - _SCAN_MARGIN[self.precision]
+        if self.precision == "bfloat16":
+            import torch
+
+            sims = torch.from_numpy(np.ascontiguousarray(block)).to(torch.bfloat16) \
+                @ self._pool_bf16[:upto].T
+            hits = (sims.float() >= floor).nonzero().numpy()  # floor not rounded to bf16
+            return hits[:, 0].astype(np.int64), hits[:, 1].astype(np.int64)
+        rows, cols = np.nonzero(block @ self.pool[:upto].T >= floor)
+        return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def _pagerank(adj: Any, personalization: Any, damping: float, iters: int = 100,

@@ -5,14 +5,20 @@ through its official driver for graphs that outgrow one machine.
 The schema (property graph):
 
 - ``(:Document {id, hash, meta})``
-- ``(:Passage {id, doc, position, text, meta, emb})``, ``emb`` the passage embedding
+- ``(:Passage {id, doc, position, text, meta, emb, cooc})``, ``emb`` the passage embedding,
+  ``cooc`` the co-occurrences found in the passage (JSON: its entity ids and sentences
+  once each, (entity, entity, sentence) triples as indices), which
+  :meth:`GraphStore.relations` reads back as ``co_occurs`` relations: one RELATED edge each
+  made MuSiQue's 104,000 co-occurrences 2.6 s of its ~10 s of writing, and on their passage
+  they add little to the passage rows; deleting the passage deletes them
 - ``(:Entity {id, name, label, emb})``, ``id`` the normalised name
 - embeddings are stored as float32 bytes (``BLOB``): a list of 384 doubles per row made
   writing 12,000 entities take 5.7 s instead of 0.8 s; stores written before (``DOUBLE[]``)
   are read and extended in their own format
 - ``(:Passage)-[:MENTIONS]->(:Entity)``
-- ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, one per supporting
-  passage, so deleting a document removes exactly the edges only it supported
+- ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, the LLM's triples
+  (and co-occurrences when the index asks for edges), one per supporting passage, so
+  deleting a document removes exactly the edges only it supported
 - ``(:Entity)-[:SYNONYM {sim}]->(:Entity)``, entity-resolution edges
 
 A batch of documents is written in one transaction (:meth:`GraphStore.write_documents`) and
@@ -31,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError
+from expertrag.graph.extract import CO_OCCURS
 
 _SCHEMA = [
     "CREATE NODE TABLE IF NOT EXISTS Document(id STRING, hash STRING, meta STRING, "
     "PRIMARY KEY(id))",
     "CREATE NODE TABLE IF NOT EXISTS Passage(id STRING, doc STRING, position INT64, "
-    "text STRING, meta STRING, emb BLOB, PRIMARY KEY(id))",
+    "text STRING, meta STRING, emb BLOB, cooc STRING, PRIMARY KEY(id))",
+    # stores created before co-occurrences moved onto their passage
+    "ALTER TABLE Passage ADD IF NOT EXISTS cooc STRING DEFAULT ''",
     "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING, name STRING, label STRING, "
     "emb BLOB, PRIMARY KEY(id))",
     "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Passage TO Entity)",
@@ -70,6 +79,27 @@ _BULK_CHECKPOINT_BYTES = 256 * 1024 * 1024
 
 class GraphStoreError(ExpertRAGError, RuntimeError):
     """The graph database cannot be opened or a write failed (nothing was committed)."""
+
+
+def _pack_co_occurs(triples: Sequence[tuple[str, str, str]]) -> str:
+    """A passage's (entity, entity, sentence) co-occurrences as compact JSON: each entity
+    id and sentence once, the triples as indices ('' when there are none)."""
+    if not triples:
+        return ""
+    keys: dict[str, int] = {}
+    sentences: dict[str, int] = {}
+    rows = [[keys.setdefault(a, len(keys)), keys.setdefault(b, len(keys)),
+             sentences.setdefault(sentence, len(sentences))] for a, b, sentence in triples]
+    return json.dumps({"k": list(keys), "s": list(sentences), "r": rows},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def _unpack_co_occurs(packed: str | None) -> list[tuple[str, str, str]]:
+    if not packed:
+        return []
+    data = json.loads(packed)
+    keys, sentences = data["k"], data["s"]
+    return [(keys[a], keys[b], sentences[s]) for a, b, s in data["r"]]
 
 
 def _decode_vector(value: Any) -> Any:
@@ -259,10 +289,20 @@ class GraphStore:
         return sorted((r[0], r[1]) for r in rows)
 
     def relations(self) -> list[tuple[str, str, str, str, str, str]]:
-        """(subject, relation, object, doc, passage, sentence) of every RELATED edge."""
+        """(subject, relation, object, doc, passage, sentence) of every relation: the
+        RELATED edges and the co-occurrences kept on passages (relation ``co_occurs``)."""
         rows = self.backend.run("MATCH (a:Entity)-[r:RELATED]->(b:Entity) RETURN a.id, "
                                 "r.relation, b.id, r.doc, r.passage, r.sentence")
-        return sorted(tuple(r) for r in rows)  # type: ignore[misc]
+        out = [tuple(r) for r in rows]
+        for pid, doc, packed in self._co_occurs():
+            out += [(a, CO_OCCURS, b, doc, pid, sentence)
+                    for a, b, sentence in _unpack_co_occurs(packed)]
+        return sorted(out)  # type: ignore[arg-type]
+
+    def _co_occurs(self) -> list[list[Any]]:
+        """(passage id, doc id, packed co-occurrences) of the passages that hold some."""
+        rows = self.backend.run("MATCH (p:Passage) RETURN p.id, p.doc, p.cooc")
+        return [r for r in rows if r[2]]
 
     def synonyms(self) -> list[tuple[str, str, float]]:
         rows = self.backend.run("MATCH (a:Entity)-[s:SYNONYM]->(b:Entity) RETURN a.id, b.id, "
@@ -276,7 +316,10 @@ class GraphStore:
              "mentions": "MATCH ()-[m:MENTIONS]->() RETURN count(*)",
              "relations": "MATCH ()-[r:RELATED]->() RETURN count(*)",
              "synonyms": "MATCH ()-[s:SYNONYM]->() RETURN count(*)"}
-        return {k: int(self.backend.run(v)[0][0]) for k, v in q.items()}
+        out = {k: int(self.backend.run(v)[0][0]) for k, v in q.items()}
+        out["relations"] += sum(len(json.loads(packed)["r"])
+                                for _, _, packed in self._co_occurs())
+        return out
 
     # ------------------------------------------------------------------ writes
     def write_documents(self, docs: Sequence[DocumentWrite]) -> None:
@@ -288,8 +331,12 @@ class GraphStore:
         r.a``, one match per clause: Ladybug looks these up in the primary-key index, whereas
         the pattern form ``MATCH (a {id: r.a}), (b {id: r.b})`` scanned the whole Entity
         table per statement (5.2 s against 0.06 s for 2,000 edges among 20,000 entities).
-        ``entities`` are the new ones (existing ones are matched by id and left as they
-        are); a batch's later documents may mention the entities its earlier ones bring."""
+        Everything a write names is new: documents, passages, entities (the ones no stored
+        or earlier document brought), mentions and synonyms are created, not merged (MERGE
+        looked each up first: 3.0 s against 1.2 s for MuSiQue), so writing a document,
+        passage or entity that is already stored fails and commits nothing (``GraphRAG``
+        deletes a changed document before writing it again). A batch's later documents may
+        mention the entities its earlier ones bring."""
         if not docs:
             return
         run = self.backend.run
@@ -298,8 +345,11 @@ class GraphStore:
         for d in docs:
             rows["docs"].append({"id": d.doc_id, "hash": d.doc_hash,
                                  "meta": json.dumps(d.meta, default=str)})
-            rows["passages"] += [{**p, "doc": d.doc_id, "emb": self._encode_vector(p["emb"]),
-                                  "meta": json.dumps(p.get("meta") or {}, default=str)}
+            rows["passages"] += [{"id": p["id"], "position": p["position"],
+                                  "text": p["text"], "doc": d.doc_id,
+                                  "emb": self._encode_vector(p["emb"]),
+                                  "meta": json.dumps(p.get("meta") or {}, default=str),
+                                  "cooc": _pack_co_occurs(p.get("co_occurs") or ())}
                                  for p in d.passages]
             rows["entities"] += [{**e, "emb": self._encode_vector(e["emb"])}
                                  for e in d.entities]
@@ -307,22 +357,22 @@ class GraphStore:
             rows["relations"] += [{**r, "doc": d.doc_id} for r in d.relations]
             rows["synonyms"] += [{"a": a, "b": b, "sim": sim} for a, b, sim in d.synonyms]
         statements = [
-            ("docs", "UNWIND $rows AS r MERGE (d:Document {id: r.id}) SET d.hash = r.hash, "
-                     "d.meta = r.meta"),
-            ("passages", "UNWIND $rows AS r MERGE (p:Passage {id: r.id}) SET p.doc = r.doc, "
-                         "p.position = r.position, p.text = r.text, p.meta = r.meta, "
-                         "p.emb = r.emb"),
-            ("entities", "UNWIND $rows AS r MERGE (e:Entity {id: r.id}) SET e.name = r.name, "
-                         "e.label = r.label, e.emb = r.emb"),
+            ("docs", "UNWIND $rows AS r CREATE (:Document {id: r.id, hash: r.hash, "
+                     "meta: r.meta})"),
+            ("passages", "UNWIND $rows AS r CREATE (:Passage {id: r.id, doc: r.doc, "
+                         "position: r.position, text: r.text, meta: r.meta, emb: r.emb, "
+                         "cooc: r.cooc})"),
+            ("entities", "UNWIND $rows AS r CREATE (:Entity {id: r.id, name: r.name, "
+                         "label: r.label, emb: r.emb})"),
             ("mentions", "UNWIND $rows AS r MATCH (p:Passage) WHERE p.id = r.p "
-                         "MATCH (e:Entity) WHERE e.id = r.e MERGE (p)-[:MENTIONS]->(e)"),
+                         "MATCH (e:Entity) WHERE e.id = r.e CREATE (p)-[:MENTIONS]->(e)"),
             ("relations", "UNWIND $rows AS r MATCH (a:Entity) WHERE a.id = r.a "
                           "MATCH (b:Entity) WHERE b.id = r.b CREATE (a)-[:RELATED {"
                           "relation: r.relation, doc: r.doc, passage: r.passage, "
                           "sentence: r.sentence}]->(b)"),
             ("synonyms", "UNWIND $rows AS r MATCH (a:Entity) WHERE a.id = r.a "
                          "MATCH (b:Entity) WHERE b.id = r.b "
-                         "MERGE (a)-[s:SYNONYM]->(b) SET s.sim = r.sim"),
+                         "CREATE (a)-[:SYNONYM {sim: r.sim}]->(b)"),
         ]
         try:
             with self.backend.transaction():
