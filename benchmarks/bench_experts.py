@@ -42,12 +42,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_test(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
-    """HotpotQA test.jsonl: evaluation only (the training loaders refuse this file)."""
+def load_test(data_dir: Path, limit: int | None, start: int = 0) -> list[dict[str, Any]]:
+    """HotpotQA test.jsonl from item ``start``: evaluation only (the training loaders refuse
+    this file)."""
     path = data_dir / "hotpotqa" / "test.jsonl"
     if not path.is_file():
         sys.exit(f"error: {path} not found: pass --data-dir pointing at the shared data folder")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = rows[start:]
     return rows[:limit] if limit else rows
 
 
@@ -336,6 +338,11 @@ def main() -> None:
                         help="grounded-qa v1 to compare: REV:PATH in git history or a folder "
                              "('' to leave it out)")
     parser.add_argument("--limit", type=int, default=120, help="first N HotpotQA test items")
+    parser.add_argument("--hotpot-start", type=int, default=0,
+                        help="first HotpotQA test item (300: the slice that chooses between "
+                             "training candidates, kept apart from the reported 0-119)")
+    parser.add_argument("--skip-musique", action="store_true",
+                        help="grounded part: HotpotQA only (for choosing between candidates)")
     parser.add_argument("--models", default="base,v1,shipped",
                         help="grounded / demo parts: which of base,v1,shipped to run")
     parser.add_argument("--part", choices=["relevance", "grounded", "demo", "critic", "speed",
@@ -354,14 +361,15 @@ def main() -> None:
     parts = {"relevance", "grounded", "demo", "critic", "speed"} if args.part == "all" \
         else {args.part}
     needs_data = parts & {"relevance", "grounded", "critic"}
-    items = load_test(args.data_dir, args.limit) if needs_data else []
+    items = load_test(args.data_dir, args.limit, args.hotpot_start) if needs_data else []
     musique: list[dict[str, Any]] = []
     halu: list[dict[str, Any]] = []
     if parts & {"grounded", "critic"}:
         from expertrag.evaluation.datasets import load_musique
         from expertrag.training.data import HALUEVAL_QA, load_halueval
 
-        musique = load_musique(args.data_dir / "musique" / "questions.json")
+        if not (args.skip_musique and "critic" not in parts):
+            musique = load_musique(args.data_dir / "musique" / "questions.json")
         if "critic" in parts:
             halu = load_halueval(args.data_dir / HALUEVAL_QA, part="heldout")
     llm = ExpertLLM().load()
