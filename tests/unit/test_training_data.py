@@ -322,6 +322,24 @@ def test_masking_is_exact(builder):
         assert tok.decode(enc["labels"][n:-1]) == row["answer"]
 
 
+def test_answers_end_with_the_chat_templates_end_of_turn_whatever_the_eos():
+    """transformers 5.17 read SmolLM2's GGUF EOS as <|im_start|>: an expert trained there
+    ended its answers with it and never stopped elsewhere. The template decides."""
+    from expertrag.training.trainer import end_of_turn_id
+
+    tok = tiny_tokenizer()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id(tok) == im_end
+    skewed = tiny_tokenizer()
+    skewed.eos_token = "<|im_start|>"
+    assert skewed.eos_token_id != im_end
+    row = {"messages": [{"role": "user", "content": "hi"}], "answer": "yes"}
+    assert encode_row(skewed, row)["labels"][-1] == im_end
+    plain = tiny_tokenizer()
+    plain.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert end_of_turn_id(plain) == plain.eos_token_id  # no end-of-turn token: EOS
+
+
 def test_encode_row_reports_broken_rows_and_length():
     tok = tiny_tokenizer()
     row = {"messages": [{"role": "user", "content": "hi"}], "answer": "yes"}

@@ -63,8 +63,8 @@ class TrainingError(ExpertRAGError, RuntimeError):
 def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int | None = None,
                index: int = 0) -> dict[str, list[int]] | None:
     """Token ids and labels for one row: the rendered prompt (labels -100) then the answer and
-    EOS (supervised). Returns None when longer than ``max_length``; raises DataRowError for a
-    row with no messages or no answer."""
+    the end-of-turn token (supervised; see ``end_of_turn_id``). Returns None when longer than
+    ``max_length``; raises DataRowError for a row with no messages or no answer."""
     messages, answer = row.get("messages"), row.get("answer")
     if not isinstance(messages, list) or not messages:
         raise DataRowError(index, "empty or missing 'messages'")
@@ -72,14 +72,40 @@ def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int | None = Non
         raise DataRowError(index, "empty or missing 'answer'")
     prompt = render_prompt(tokenizer, messages, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise InputError("the tokenizer has no EOS token; cannot mark the end of an answer")
+    eos = end_of_turn_id(tokenizer)
     answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
     ids = [*prompt_ids, *answer_ids]
     if max_length is not None and len(ids) > max_length:
         return None
     return {"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids}
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token the chat template puts right after an assistant answer (``<|im_end|>`` for
+    SmolLM2), else the tokenizer's EOS. Answers are trained to end with it, whatever EOS the
+    tokenizer reports: transformers 5.17 read SmolLM2's GGUF EOS as ``<|endoftext|>`` where
+    5.25 reads ``<|im_end|>``, and an expert trained under one ended its answers with a token
+    the other did not stop on."""
+    found: int | None = None
+    sentinel = "Zq7 sentinel answer"
+    try:
+        text = render_prompt(tokenizer, [{"role": "user", "content": "q"},
+                                         {"role": "assistant", "content": sentinel}],
+                             add_generation_prompt=False)
+        cut = text.find(sentinel)
+        if cut >= 0:
+            after = tokenizer(text[cut + len(sentinel):], add_special_tokens=False)["input_ids"]
+            special = set(getattr(tokenizer, "all_special_ids", []) or [])
+            special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+            if after and after[0] in special:
+                found = int(after[0])
+    except Exception:  # a template that cannot render an assistant turn: fall back to EOS
+        found = None
+    if found is None:
+        found = tokenizer.eos_token_id
+    if found is None:
+        raise InputError("the tokenizer has no EOS token; cannot mark the end of an answer")
+    return int(found)
 
 
 def _collate(items: Sequence[dict[str, list[int]]], pad_id: int, device: str) -> dict[str, Any]:
@@ -275,7 +301,8 @@ class _Run:
             with torch.no_grad(), self.eval_autocast():
                 ids = self.model.generate(
                     **enc, max_new_tokens=self.config.eval_max_new_tokens, do_sample=False,
-                    pad_token_id=self.pad_id, eos_token_id=tok.eos_token_id,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=sorted({end_of_turn_id(tok), tok.eos_token_id} - {None}),
                 )
             new = ids[:, enc["input_ids"].shape[1]:]
             out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
