@@ -83,9 +83,9 @@ def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int | None = Non
 def end_of_turn_id(tokenizer: Any) -> int:
     """The token the chat template puts right after an assistant answer (``<|im_end|>`` for
     SmolLM2), else the tokenizer's EOS. Answers are trained to end with it, whatever EOS the
-    tokenizer reports: transformers 5.17 read SmolLM2's GGUF EOS as ``<|endoftext|>`` where
-    5.25 reads ``<|im_end|>``, and an expert trained under one ended its answers with a token
-    the other did not stop on."""
+    tokenizer reports: transformers 5.17 read SmolLM2's GGUF EOS as ``<|im_start|>`` where
+    5.25 reads ``<|im_end|>``, and experts trained under 5.17 ended their answers with a token
+    that 5.25 did not stop on."""
     found: int | None = None
     sentinel = "Zq7 sentinel answer"
     try:
@@ -290,6 +290,7 @@ class _Run:
 
         out: list[str] = []
         tok = self.tokenizer
+        stop_ids = sorted({end_of_turn_id(tok), tok.eos_token_id} - {None})
         for start in range(0, len(rows), self.config.eval_batch_size):
             chunk = rows[start:start + self.config.eval_batch_size]
             prompts = [render_prompt(tok, r["messages"]) for r in chunk]
@@ -302,7 +303,7 @@ class _Run:
                 ids = self.model.generate(
                     **enc, max_new_tokens=self.config.eval_max_new_tokens, do_sample=False,
                     pad_token_id=self.pad_id,
-                    eos_token_id=sorted({end_of_turn_id(tok), tok.eos_token_id} - {None}),
+                    eos_token_id=stop_ids,
                 )
             new = ids[:, enc["input_ids"].shape[1]:]
             out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
