@@ -79,8 +79,8 @@ class CRAGConfig:
     own data and ``calibration`` records how.
     """
 
-    upper: float = 0.99
-    lower: float = 0.9527
+    upper: float = SHIPPED_CALIBRATION["upper"]
+    lower: float = SHIPPED_CALIBRATION["lower"]
     k: int = 4
     strips: str = "sentences"
     strip_sentences: int = 3
