@@ -194,6 +194,26 @@ def test_incorrect_uses_the_external_source_with_a_rewritten_query():
     assert all("Cats" not in p.text for p in res.context.passages)
 
 
+def test_external_documents_are_refined_with_their_own_strip_mode():
+    page = "Cats sleep a lot. Paris is the capital of France. Dogs bark."
+
+    def web(query, k):
+        return [Document(text=page, id="web1"), Document(text="Cats purr.", id="web2")]
+
+    whole, _, ev = crag(corpus("Cats sleep a lot."), external=web, strip_sentences=1)
+    ctx = whole.answer("What is the capital of France?").context
+    assert whole.config.external_strips == "passage"
+    assert [s.text for s in ctx.strips] == [page, "Cats purr."]
+    assert [p.id for p in ctx.passages] == ["web1"] and ctx.passages[0].text == page
+    assert ev.calls == [1, 2]  # the internal document, then both external passages
+    cut, _, _ = crag(corpus("Cats sleep a lot."), external=web, strip_sentences=1,
+                     external_strips=None)
+    ctx = cut.answer("What is the capital of France?").context
+    assert ctx.passages[0].text == "Paris is the capital of France."
+    with pytest.raises(InputError, match="external_strips"):
+        CRAGConfig(external_strips="pages").validate()
+
+
 def test_ambiguous_keeps_internal_documents_beside_external_ones():
     web = corpus("Paris is the capital of France.")
     chain, _, _ = crag(corpus("France is in Europe."), external=web, rewrite="none")
