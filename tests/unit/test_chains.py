@@ -220,6 +220,17 @@ def test_ambiguous_keeps_internal_documents_beside_external_ones():
     res = chain.answer("What is the capital of France?")
     assert res.action == AMBIGUOUS
     assert [p.metadata["external"] for p in res.context.passages] == [False, True]
+    # an external document below the floor is not added beside internal context ...
+    noise = corpus("Cats sleep a lot.")
+    chain, _, _ = crag(corpus("France is in Europe."), external=noise, rewrite="none")
+    ctx = chain.answer("What is the capital of France?").context
+    assert [p.text for p in ctx.passages] == ["France is in Europe."]
+    assert ctx.external_documents[0].text == "Cats sleep a lot."  # fetched, scored, dropped
+    # ... but on Incorrect it is all there is: the best one is kept, the generator judges
+    chain, _, _ = crag(corpus("Dogs bark."), external=noise, rewrite="none")
+    res = chain.answer("What is the capital of France?")
+    assert res.action == INCORRECT and [p.text for p in res.context.passages] == [
+        "Cats sleep a lot."]
 
 
 def test_external_timeout_and_errors_are_recorded_not_raised():

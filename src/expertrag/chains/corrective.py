@@ -337,16 +337,18 @@ class CorrectiveRAG:
         return out
 
     def _recompose(self, docs: Sequence[Document], strips: list[Strip],
-                   scores_by_doc: Sequence[float]) -> list[Document]:
+                   scores_by_doc: Sequence[float], fallback: bool = True) -> list[Document]:
         """The kept strips (best first, at most ``max_strips``, each >= the floor) joined per
-        source document, in document order. When no strip passes, the documents themselves
-        were judged relevant enough but no piece alone is: keep every strip of the best
-        document, so Correct and Ambiguous always have context."""
+        source document, in document order. When no strip passes and ``fallback``, keep every
+        strip of the best document, so the generator always has context (internal documents
+        were judged relevant enough as a whole; external ones are all there is on
+        Incorrect). External documents beside internal context get no fallback: a document
+        below the floor would only add noise there."""
         cfg = self.config
         passing = [s for s in strips if s.score >= cfg.floor]
         passing.sort(key=lambda s: -s.score)
         kept = passing[: cfg.max_strips]
-        if not kept and strips:
+        if not kept and strips and fallback:
             def doc_score(s: Strip) -> float:
                 return scores_by_doc[s.source] if s.source < len(scores_by_doc) \
                     and scores_by_doc[s.source] == scores_by_doc[s.source] else s.score
@@ -429,7 +431,8 @@ class CorrectiveRAG:
             passages = self._recompose(docs_scored[i], strips[i], scores[i]) if strips[i] \
                 else []
             if ext_strips.get(i):
-                passages += self._recompose(external[i], ext_strips[i], [])
+                passages += self._recompose(external[i], ext_strips[i], [],
+                                            fallback=not passages)
             out.append(CorrectedContext(
                 question=question, action=actions[i], documents=docs_scored[i],
                 scores=scores[i], strips=strips[i] + ext_strips.get(i, []), passages=passages,
