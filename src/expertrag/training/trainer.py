@@ -61,10 +61,11 @@ class TrainingError(ExpertRAGError, RuntimeError):
 
 # ------------------------------------------------------------------------------ encoding
 def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int | None = None,
-               index: int = 0) -> dict[str, list[int]] | None:
+               index: int = 0, end_id: int | None = None) -> dict[str, list[int]] | None:
     """Token ids and labels for one row: the rendered prompt (labels -100) then the answer and
-    the end-of-turn token (supervised; see ``end_of_turn_id``). Returns None when longer than
-    ``max_length``; raises DataRowError for a row with no messages or no answer."""
+    the end-of-turn token (supervised; ``end_id``, default ``end_of_turn_id(tokenizer)``:
+    pass it when encoding many rows, it renders the template once). Returns None when longer
+    than ``max_length``; raises DataRowError for a row with no messages or no answer."""
     messages, answer = row.get("messages"), row.get("answer")
     if not isinstance(messages, list) or not messages:
         raise DataRowError(index, "empty or missing 'messages'")
@@ -72,7 +73,7 @@ def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int | None = Non
         raise DataRowError(index, "empty or missing 'answer'")
     prompt = render_prompt(tokenizer, messages, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    eos = end_of_turn_id(tokenizer)
+    eos = end_of_turn_id(tokenizer) if end_id is None else end_id
     answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
     ids = [*prompt_ids, *answer_ids]
     if max_length is not None and len(ids) > max_length:
@@ -481,11 +482,14 @@ def train_expert(
     run = _Run(loaded, config, recipe, device)
 
     tok = loaded.tokenizer
-    encoded_all = [encode_row(tok, r, config.max_length, i) for i, r in enumerate(train_rows)]
+    end_id = end_of_turn_id(tok)
+    encoded_all = [encode_row(tok, r, config.max_length, i, end_id)
+                   for i, r in enumerate(train_rows)]
     skipped = sum(1 for e in encoded_all if e is None)
     keep_idx = [i for i, e in enumerate(encoded_all) if e is not None]
     train_enc = [encoded_all[i] for i in keep_idx]
-    eval_pairs = [(r, encode_row(tok, r, config.max_length, i)) for i, r in enumerate(eval_rows)]
+    eval_pairs = [(r, encode_row(tok, r, config.max_length, i, end_id))
+                  for i, r in enumerate(eval_rows)]
     skipped += sum(1 for _, e in eval_pairs if e is None)
     eval_kept = [r for r, e in eval_pairs if e is not None]
     eval_enc = [e for _, e in eval_pairs if e is not None]
