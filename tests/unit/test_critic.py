@@ -323,3 +323,22 @@ def test_recorded_evidence_gate_is_served_by_the_pipeline(tmp_path):
     assert len(evidence_scores(pipe.evidence_gate.scorer, rows)[0]) == 1
     with pytest.raises(InputError, match="row 0"):
         evidence_scores(pipe.evidence_gate.scorer, [{"meta": {}}])
+
+
+def test_recorded_decoding_is_served(tmp_path):
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.training.gate import record_decoding
+
+    llm = tiny_llm()
+    folder = tmp_path / "gq"
+    train_expert(llm.loaded, label_rows(8), None,
+                 config(tmp_path, output_dir=str(folder), epochs=1, eval_fraction=0.0))
+    record_decoding(folder, 2)
+    record_decoding(folder, 3, "Measured: somewhere.")  # a rewrite replaces the section
+    card = (folder / "README.md").read_text()
+    assert card.count("## Decoding") == 1 and "3 beams" in card and "Measured" in card
+    assert json.loads((folder / EXPERT_METADATA).read_text())["decoding"] == {"num_beams": 3}
+    llm.add_expert("gq", folder)
+    assert llm.expert_info("gq")["num_beams"] == 3
+    with pytest.raises(InputError, match="num_beams"):
+        record_decoding(folder, 0)

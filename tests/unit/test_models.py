@@ -165,6 +165,98 @@ async def test_async_does_not_block_event_loop(llm: ExpertLLM) -> None:
     assert ticks > 0
 
 
+# ------------------------------------------------------------------ beam search
+def _hf_beams(model: ExpertLLM, messages, beams: int, new: int) -> str:
+    """transformers' own beam search on one unpadded prompt: the reference."""
+    import torch
+
+    from expertrag.models.llm import render_prompt
+
+    ids = model.tokenizer(render_prompt(model.tokenizer, messages), return_tensors="pt",
+                          add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.base_model.generate(**ids, max_new_tokens=new, do_sample=False,
+                                        num_beams=beams, length_penalty=1.0,
+                                        pad_token_id=model.tokenizer.pad_token_id)
+    return model.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_beam_search_matches_transformers_row_by_row_in_a_padded_batch(llm: ExpertLLM) -> None:
+    batch = llm.generate(PROMPTS, max_new_tokens=8, num_beams=3)
+    assert [r.text for r in batch] == [_hf_beams(llm, p, 3, 8) for p in PROMPTS]
+    assert all(r.completion_tokens > 0 for r in batch)
+    # one beam is greedy decoding
+    assert llm.generate(HELLO, max_new_tokens=8, num_beams=1).text == \
+        llm.generate(HELLO, max_new_tokens=8).text
+
+
+def test_beam_search_keeps_the_refusal_gate_per_row(llm: ExpertLLM) -> None:
+    from expertrag.rag import REFUSAL
+
+    greedy = llm.generate(PROMPTS, max_new_tokens=6, refusal_threshold=1.0)
+    barred = llm.generate(PROMPTS, max_new_tokens=6, refusal_threshold=1.0, num_beams=3)
+    first = llm.tokenizer(REFUSAL, add_special_tokens=False)["input_ids"][0]
+    for g, b in zip(greedy, barred, strict=True):
+        # read from the same first step, whatever the beams do afterwards
+        assert b.refusal_probability == pytest.approx(g.refusal_probability, rel=1e-4)
+        assert llm.tokenizer(b.text, add_special_tokens=False)["input_ids"][:1] != [first]
+    forced = llm.generate(PROMPTS, max_new_tokens=6, refusal_threshold=0.0, num_beams=3)
+    assert [r.text for r in forced] == [REFUSAL] * len(PROMPTS)
+
+
+def test_beam_search_in_a_mixed_expert_batch_matches_single_calls(expert_llm: ExpertLLM
+                                                                   ) -> None:
+    experts = ["alpha", None, "beta"]
+    mixed = expert_llm.generate(PROMPTS, expert=experts, max_new_tokens=6, num_beams=2)
+    singles = [expert_llm.generate(p, expert=e, max_new_tokens=6, num_beams=2)
+               for p, e in zip(PROMPTS, experts, strict=True)]
+    assert [r.text for r in mixed] == [r.text for r in singles]
+
+
+def test_an_expert_ships_its_beam_width(tmp_path: Path) -> None:
+    from expertrag.models.llm import EXPERT_METADATA
+
+    model = _lively(tiny_llm(name="beamed"))
+    folder = Path(save_tiny_lora(model, str(tmp_path / "beamed"), seed=3))
+    (folder / EXPERT_METADATA).write_text(json.dumps({"decoding": {"num_beams": 3}}))
+    model.add_expert("beamed", folder)
+    assert model.expert_info("beamed")["num_beams"] == 3
+    default = model.generate(PROMPTS, expert="beamed", max_new_tokens=8)
+    assert [r.text for r in default] == [
+        r.text for r in model.generate(PROMPTS, expert="beamed", max_new_tokens=8, num_beams=3)]
+    greedy = model.generate(PROMPTS, expert="beamed", max_new_tokens=8, num_beams=1)
+    assert [r.text for r in default] != [r.text for r in greedy]  # the setting is applied
+    # a batch mixing it with the base: the base rows stay greedy, the expert rows beam
+    mixed = model.generate(PROMPTS[:2], expert=["beamed", None], max_new_tokens=8)
+    assert mixed[0].text == default[0].text
+    assert mixed[1].text == model.generate(PROMPTS[1], max_new_tokens=8).text
+    # sampling, grammars and log-probabilities keep their own decoding
+    assert model.generate(HELLO, expert="beamed", logprobs=True, max_new_tokens=4).logprobs
+    assert model.generate(HELLO, expert="beamed", json_mode=True, max_new_tokens=12).parsed \
+        is not None
+    for bad in ({"num_beams": 0}, {"num_beams": 99}, "three"):
+        bad_folder = Path(save_tiny_lora(model, str(tmp_path / f"bad{len(str(bad))}")))
+        (bad_folder / EXPERT_METADATA).write_text(json.dumps({"decoding": bad}))
+        with pytest.raises(ExpertError, match="num_beams"):
+            model.add_expert(f"bad{len(str(bad))}", bad_folder)
+
+
+def test_beam_search_streams_its_answer_whole(llm: ExpertLLM) -> None:
+    chunks = list(llm.stream(HELLO, max_new_tokens=8, num_beams=2))
+    assert chunks[-1].final is not None
+    assert "".join(c.text for c in chunks) == llm.generate(HELLO, max_new_tokens=8,
+                                                           num_beams=2).text
+
+
+@pytest.mark.parametrize("kwargs", [{"num_beams": 0}, {"num_beams": True}, {"num_beams": 2.0},
+                                    {"num_beams": 2, "temperature": 0.7},
+                                    {"num_beams": 2, "json_mode": True},
+                                    {"num_beams": 2, "logprobs": True}])
+def test_bad_beam_arguments(llm: ExpertLLM, kwargs) -> None:
+    with pytest.raises(InputError, match="num_beams"):
+        llm.generate(HELLO, **kwargs)
+
+
 # ------------------------------------------------------------------ structured output
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},

@@ -165,6 +165,16 @@ def test_label_probabilities_from_log_probabilities(server):
         server.label_probabilities([HELLO])
 
 
+def test_beam_search_is_refused_over_the_server(server):
+    assert server.generate(HELLO, num_beams=1).text  # greedy is what the server does
+    with pytest.raises(ServerCapabilityError, match="in-process only"):
+        server.generate(HELLO, num_beams=3)
+    with pytest.raises(InputError, match="num_beams"):
+        server.generate(HELLO, num_beams=0)
+    with pytest.raises(ServerCapabilityError, match="in-process only"):
+        list(server.stream(HELLO, num_beams=2))
+
+
 def test_refusal_gate_over_the_server(server):
     from expertrag.rag import REFUSAL
 

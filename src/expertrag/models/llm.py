@@ -142,6 +142,7 @@ class _Options:
     continue_final_message: bool = False
     refusal_gate: bool = True
     refusal_threshold: float | None = None
+    num_beams: int | None = None  # None: the expert's own (metadata ``decoding``), else 1
     attempt: int = 0  # > 0 on a retry after a failed post-check (see _grouped)
 
     @property
@@ -370,8 +371,14 @@ class ExpertLLM:
                 raise ExpertError(f"expert {name!r}: refusal_gate in {EXPERT_METADATA} needs "
                                   "a non-empty 'text' and a 'threshold' within [0, 1]")
             gate = (gate["text"], float(gate["threshold"]))
+        decoding = meta.get("decoding", {})
+        beams = decoding.get("num_beams", 1) if isinstance(decoding, dict) else None
+        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 16:
+            raise ExpertError(f"expert {name!r}: decoding in {EXPERT_METADATA} must be an "
+                              f"object whose num_beams is an int within [1, 16], got "
+                              f"{decoding!r}")
         return {"path": str(folder), "config": config, "metadata": meta,
-                "dora": bool(config.get("use_dora")), "gate": gate}
+                "dora": bool(config.get("use_dora")), "gate": gate, "num_beams": beams}
 
     def _attach(self, name: str, info: dict[str, Any]) -> None:
         from peft import PeftModel
@@ -497,8 +504,8 @@ class ExpertLLM:
                  json_mode: bool, tools: list[dict[str, Any]] | None,
                  tool_choice: str | None, parallel_tool_calls: bool = True,
                  logprobs: bool = False, continue_final_message: bool = False,
-                 refusal_gate: bool = True, refusal_threshold: float | None = None
-                 ) -> _Options:
+                 refusal_gate: bool = True, refusal_threshold: float | None = None,
+                 num_beams: int | None = None) -> _Options:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -531,10 +538,22 @@ class ExpertLLM:
         if refusal_threshold is not None and not 0.0 <= refusal_threshold <= 1.0:
             raise InputError(f"refusal_threshold must be within [0, 1], got "
                              f"{refusal_threshold!r}")
+        if num_beams is not None and (isinstance(num_beams, bool)
+                                      or not isinstance(num_beams, int) or num_beams < 1):
+            raise InputError(f"num_beams must be a positive int or None, got {num_beams!r}")
+        if num_beams is not None and num_beams > 1:
+            clash = [name for name, on in (("temperature > 0", temperature > 0),
+                                           ("json_schema/json_mode/tools",
+                                            norm_tools or json_schema is not None or json_mode),
+                                           ("logprobs", logprobs)) if on]
+            if clash:
+                raise InputError(f"num_beams > 1 is plain beam search: it cannot be combined "
+                                 f"with {', '.join(clash)}")
         return _Options(max_new_tokens, float(temperature), float(top_p), seed, stops,
                         json_schema, bool(json_mode), norm_tools, choice,
                         bool(parallel_tool_calls), bool(logprobs),
-                        bool(continue_final_message), bool(refusal_gate), refusal_threshold)
+                        bool(continue_final_message), bool(refusal_gate), refusal_threshold,
+                        num_beams=num_beams)
 
     @staticmethod
     def _as_batch(messages: Any) -> tuple[list[Messages], bool]:
@@ -586,6 +605,7 @@ class ExpertLLM:
         continue_final_message: bool = False,
         refusal_gate: bool = True,
         refusal_threshold: float | None = None,
+        num_beams: int | None = None,
     ) -> Any:
         """Generate for one conversation (returns a GenerationResult) or a batch
         (a list of conversations; returns a list), in one batched forward pass.
@@ -606,13 +626,23 @@ class ExpertLLM:
         read from the first decoding step (no extra forward pass) and reported as
         ``result.refusal_probability``. ``refusal_gate=False`` turns it off;
         ``refusal_threshold`` sets the threshold for this call (and gates the bare base too).
+
+        ``num_beams > 1``: beam search with length-normalised scores instead of greedy
+        decoding (not with sampling, grammars or log-probabilities; streamed, the answer
+        comes as one chunk when the search ends). It finds answers whose first token is not
+        the single likeliest one but whose whole span is (``on the third Saturday of
+        August`` over ``August``). The prompt is prefilled once and shared by the beams, so
+        on a grounded prompt it costs ~1.15x a greedy answer. ``None`` (default): the
+        expert's own setting (its metadata's ``decoding.num_beams``; grounded-qa ships 3)
+        for plain greedy calls, greedy otherwise and for the bare base.
         """
         prompts, experts, opts, is_batch = self._request(messages, expert, dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop=stop, json_schema=json_schema, json_mode=json_mode, tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             logprobs=logprobs, continue_final_message=continue_final_message,
-            refusal_gate=refusal_gate, refusal_threshold=refusal_threshold))
+            refusal_gate=refusal_gate, refusal_threshold=refusal_threshold,
+            num_beams=num_beams))
         results = self._worker.run(lambda: self._generate_rows(prompts, experts, opts))
         return results if is_batch else results[0]
 
@@ -824,12 +854,26 @@ class ExpertLLM:
     def _grouped_once(self, prompts: list[str], experts: list[str | None], opts: _Options,
                       on_tokens: Callable[[Any], None] | None) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(prompts)
-        for rows in self._groups(experts):
-            sub = self._generate_group([prompts[i] for i in rows], [experts[i] for i in rows],
-                                       opts, on_tokens)
-            for i, res in zip(rows, sub, strict=True):
-                results[i] = res
+        for group in self._groups(experts):
+            by_beams: dict[int, list[int]] = {}
+            for i in group:
+                by_beams.setdefault(self._beams_for(experts[i], opts), []).append(i)
+            for beams, rows in by_beams.items():
+                sub = self._generate_group([prompts[i] for i in rows],
+                                           [experts[i] for i in rows],
+                                           replace(opts, num_beams=beams), on_tokens)
+                for i, res in zip(rows, sub, strict=True):
+                    results[i] = res
         return results  # type: ignore[return-value]
+
+    def _beams_for(self, expert: str | None, opts: _Options) -> int:
+        """The beam width for one row: the call's, else its expert's for a plain greedy
+        call (its metadata's ``decoding``), else 1."""
+        if opts.num_beams is not None:
+            return opts.num_beams
+        if expert is None or opts.temperature > 0 or opts.constrained or opts.logprobs:
+            return 1
+        return int(self._experts[expert].get("num_beams") or 1)
 
     def _groups(self, experts: list[str | None]) -> list[list[int]]:
         """One group for the whole batch unless it mixes experts that peft cannot serve in
@@ -864,6 +908,8 @@ class ExpertLLM:
             pad_token_id=tok.pad_token_id,
             eos_token_id=eos,
         )
+        if opts.num_beams > 1:
+            config.num_beams, config.length_penalty = opts.num_beams, 1.0
         kwargs: dict[str, Any] = {"generation_config": config}
         if opts.stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -876,11 +922,17 @@ class ExpertLLM:
             )
         elif gate is not None:
             kwargs["logits_processor"] = LogitsProcessorList([gate])
-        if on_tokens is not None:
+        if on_tokens is not None and opts.num_beams == 1:  # a beam answer streams whole, at the end
             kwargs["streamer"] = _TokenStreamer(on_tokens)
         if opts.seed is not None:
             torch.manual_seed(opts.seed)
         kwargs.update(self._prepare(experts))
+        if opts.num_beams > 1:
+            if width > 1:
+                kwargs[_cache_argument()] = self._shared_prefill(enc, opts.num_beams, kwargs)
+            if "adapter_names" in kwargs:  # a mixed batch: one name per hypothesis
+                kwargs["adapter_names"] = [n for n in kwargs["adapter_names"]
+                                           for _ in range(opts.num_beams)]
         if opts.logprobs:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
         with torch.inference_mode():
@@ -905,13 +957,30 @@ class ExpertLLM:
                 res.logprobs = [float(v) for v in row[:res.completion_tokens]]
         return results
 
+    def _shared_prefill(self, enc: Any, beams: int, kwargs: dict[str, Any]) -> Any:
+        """The prompt's KV cache (all but its last token) computed once per row and repeated
+        for each beam: ``generate`` would otherwise run the prefill ``beams`` times, which on
+        a long grounded prompt costs more than the few answer tokens. Positions start at
+        each row's first real token, as ``generate`` numbers them."""
+        import torch
+
+        mask = enc["attention_mask"][:, :-1]
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        extra = {k: v for k, v in kwargs.items() if k == "adapter_names"}
+        with torch.inference_mode():
+            out = self._model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask,
+                              position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(beams)
+        return cache
+
     def _speculates(self, rows: int, opts: _Options) -> bool:
         """Whether this request takes the speculative path (``expertrag.models.speculative``):
         one row, greedy, unconstrained, more than one new token, no log-probabilities, and
         speculation on: True, or "auto" on a CPU that computes bf16 natively with fp32
         weights (there a bf16 draft step costs ~0.6 of an fp32 one; elsewhere more)."""
         if (rows != 1 or opts.max_new_tokens < 2 or opts.temperature > 0 or opts.constrained
-                or opts.logprobs
+                or opts.logprobs or opts.num_beams > 1
                 or self.speculative is False or os.environ.get(ENV_SPECULATIVE) == "0"):
             return False
         if self.speculative is True:
@@ -965,7 +1034,7 @@ class ExpertLLM:
         if all(r is None for r in rows):
             return None
         eos = _eos_ids(self.base_model, self.tokenizer)
-        return _RefusalGate(self.tokenizer, rows, width, eos[0])
+        return _RefusalGate(self.tokenizer, rows, width, eos[0], beams=opts.num_beams)
 
     def _grammar(self, opts: _Options) -> Any:
         if opts.tools:
@@ -1011,12 +1080,19 @@ class ExpertLLM:
         self._worker.close()
 
 
+def _cache_argument() -> str:
+    """The name ``generate`` takes a prefilled KV cache by (transformers 5 renamed it)."""
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     allowed = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": None,
                "stop": None, "json_schema": None, "json_mode": False, "tools": None,
                "tool_choice": None, "parallel_tool_calls": True, "logprobs": False,
                "continue_final_message": False, "refusal_gate": True,
-               "refusal_threshold": None}
+               "refusal_threshold": None, "num_beams": None}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise InputError(f"unknown generation arguments: {sorted(unknown)}")
@@ -1043,11 +1119,12 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
 class _RefusalGate:
     """At the first decoding step, row by row: P(the refusal's first token) >= threshold
     forces the refusal (then end of text); below it, that token is barred. Records the
-    probability; rows without a gate are left alone."""
+    probability; rows without a gate are left alone. Under beam search the scores hold
+    ``beams`` consecutive hypotheses per row (all the same prompt at the first step)."""
 
     def __init__(self, tokenizer: Any, rows: list[tuple[str, float] | None], width: int,
-                 eos: int) -> None:
-        self.width, self.eos = width, eos
+                 eos: int, beams: int = 1) -> None:
+        self.width, self.eos, self.beams = width, eos, beams
         self.rows = [None if r is None else
                      (tokenizer(r[0], add_special_tokens=False)["input_ids"][0], r[1])
                      for r in rows]
@@ -1065,19 +1142,21 @@ class _RefusalGate:
                 if row is None:
                     continue
                 token, threshold = row
-                p = float(probs[i, token])
+                hyps = slice(i * self.beams, (i + 1) * self.beams)
+                p = float(probs[i * self.beams, token])
                 self.probabilities[i] = p
                 if p >= threshold:
                     self.refused[i] = True
-                    scores[i, :] = -float("inf")
-                    scores[i, token] = 0.0
+                    scores[hyps, :] = -float("inf")
+                    scores[hyps, token] = 0.0
                 else:
-                    scores[i, token] = -float("inf")
+                    scores[hyps, token] = -float("inf")
         elif step == 1:
             for i, refused in enumerate(self.refused):
                 if refused:
-                    scores[i, :] = -float("inf")
-                    scores[i, self.eos] = 0.0
+                    hyps = slice(i * self.beams, (i + 1) * self.beams)
+                    scores[hyps, :] = -float("inf")
+                    scores[hyps, self.eos] = 0.0
         return scores
 
 

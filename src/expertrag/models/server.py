@@ -301,9 +301,18 @@ class ServerLLM:
                  tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
                  parallel_tool_calls: bool = True, logprobs: bool = False,
                  continue_final_message: bool = False, refusal_gate: bool = True,
-                 refusal_threshold: float | None = None) -> Any:
+                 refusal_threshold: float | None = None, num_beams: int | None = None) -> Any:
         """``ExpertLLM.generate`` against the server: one request per conversation, the batch
-        sent concurrently (``concurrency`` at a time)."""
+        sent concurrently (``concurrency`` at a time). Decoding is greedy or sampled: an
+        expert's shipped beam width (``decoding`` in its metadata) applies in-process only,
+        and asking for ``num_beams > 1`` here is a :class:`ServerCapabilityError` (vLLM's
+        beam search ignores the logit bias the refusal gate needs)."""
+        if num_beams is not None and (isinstance(num_beams, bool)
+                                      or not isinstance(num_beams, int) or num_beams < 1):
+            raise InputError(f"num_beams must be a positive int or None, got {num_beams!r}")
+        if num_beams is not None and num_beams > 1:
+            raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
+                                        "(ExpertLLM); the server client decodes greedily")
         is_batch = isinstance(messages, list) and messages and all(
             isinstance(m, list | str) for m in messages)
         convs = [validate_messages(m) for m in (messages if is_batch else [messages])]
@@ -475,7 +484,8 @@ class ServerLLM:
         Constrained calls (JSON, tools) and gated refusals arrive in one piece."""
         expert = kwargs.get("expert")
         plain = not (kwargs.get("json_schema") is not None or kwargs.get("json_mode")
-                     or kwargs.get("tools") or kwargs.get("logprobs"))
+                     or kwargs.get("tools") or kwargs.get("logprobs")
+                     or kwargs.get("num_beams") not in (None, 1))  # generate() says no
         gate = self._gate(expert, kwargs.get("refusal_gate", True),
                           kwargs.get("refusal_threshold"))
         if not plain or gate is not None or isinstance(expert, list):

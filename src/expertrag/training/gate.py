@@ -161,6 +161,19 @@ def pick_evidence_threshold(best_scores: Sequence[float], refuse: Sequence[bool]
     return result
 
 
+def record_decoding(folder: str | os.PathLike[str], num_beams: int, evidence: str = "") -> None:
+    """Write the expert's decoding setting into its metadata and model card (atomic rewrite):
+    ``ExpertLLM.generate`` beams this wide for the expert's plain greedy calls."""
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or not 1 <= num_beams <= 16:
+        raise InputError(f"num_beams must be an int within [1, 16], got {num_beams!r}")
+    _record(folder, "decoding", {"num_beams": num_beams}, "Decoding", (
+        f"`ExpertLLM.generate` answers with this expert by beam search, {num_beams} beams, "
+        "length-normalised scores (greedy when `num_beams` is 1; sampling, grammars and "
+        "log-probabilities keep their own decoding; `num_beams=1` in a call turns it off). "
+        "The prompt is prefilled once and shared by the beams. In-process only: the "
+        f"multi-LoRA server client decodes greedily.{' ' + evidence if evidence else ''}"))
+
+
 def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
                          threshold: float, calibration: dict[str, Any],
                          refusal_threshold: float | None = 1.0) -> None:

@@ -119,6 +119,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         # refuse by a calibrated probability, not greedy argmax (expertrag.training.gate):
         # on the held-out eval split plus SQuAD questions no training row used
         "refusal_gate": {"squad_questions": 120},
+        # beam search finds whole answer spans greedy decoding cuts short (ExpertLLM.generate)
+        "decoding": {"num_beams": 3},
         "timing": "see the model card (measured wall time and hardware of the shipped run)",
         "usage": "Pass `expert=\"grounded-qa\"` to `RAGPipeline` (the CLI does it when shipped).",
         "licence": ADAPTER_LICENCE,
@@ -332,6 +334,10 @@ def run_recipe(
         record_shrink(report.output_dir, recipe["ship_rank"])
     if recipe.get("refusal_gate"):
         calibrate_recipe_gate(recipe, rows, config, report.output_dir, data, base_model)
+    if recipe.get("decoding"):
+        from expertrag.training.gate import record_decoding
+
+        record_decoding(report.output_dir, int(recipe["decoding"]["num_beams"]))
     return report
 
 
