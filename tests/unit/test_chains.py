@@ -437,7 +437,29 @@ def test_long_form_beam_is_bounded():
     assert "It is in France." in res.candidates[res.best].text
 
 
+def test_self_rag_candidates_are_greedy_unless_asked():
+    seen = []
+
+    class Recording(FakeLLM):
+        def generate(self, convs, expert=None, max_new_tokens=64, **kwargs):
+            seen.append(kwargs.get("num_beams", "unset"))
+            return super().generate(convs, expert=expert, max_new_tokens=max_new_tokens,
+                                    **kwargs)
+
+    docs = corpus("Paris is the capital of France.", "Dogs.")
+    for beams, sent in ((1, 1), (3, 3), (None, "unset")):  # None: the expert's own setting
+        seen.clear()
+        chain = SelfRAG(Recording(), docs, critic=FakeCritic(),
+                        config=SelfRAGConfig(k=2, num_beams=beams))
+        assert chain.answer("Capital of France?").answer == "Paris [1]."
+        assert seen and set(seen) == {sent}
+
+
 def test_self_rag_rejects_bad_settings():
+    with pytest.raises(InputError, match="num_beams"):
+        SelfRAGConfig(num_beams=0).validate()
+    with pytest.raises(InputError, match="use_logprob"):
+        SelfRAGConfig(num_beams=3, use_logprob=True).validate()
     with pytest.raises(InputError, match="retrieve_threshold"):
         SelfRAGConfig(retrieve_threshold=1.5).validate()
     with pytest.raises(InputError, match="mode"):
