@@ -39,6 +39,7 @@ from expertrag.chains.base import (
     check_question,
 )
 from expertrag.errors import InputError
+from expertrag.models.chat import check_num_beams
 from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
 from expertrag.reflection import (
     ISREL,
@@ -96,12 +97,8 @@ class SelfRAGConfig:
                              f"{self.retrieve_threshold!r}")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.num_beams is not None and (not isinstance(self.num_beams, int)
-                                           or isinstance(self.num_beams, bool)
-                                           or self.num_beams < 1):
-            raise InputError(f"num_beams must be a positive integer or None, got "
-                             f"{self.num_beams!r}")
-        if self.use_logprob and (self.num_beams or 1) > 1:
+        beams = check_num_beams(self.num_beams)
+        if self.use_logprob and (beams or 1) > 1:
             raise InputError("use_logprob scores greedy candidates: it needs num_beams 1 or None")
         return self
 

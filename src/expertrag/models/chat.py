@@ -37,6 +37,20 @@ def tool_instructions(tools: list[dict[str, Any]]) -> str:
     )
 
 
+MAX_BEAMS = 16
+
+
+def check_num_beams(value: Any) -> int | None:
+    """A beam width: None (the caller's default) or an int within [1, MAX_BEAMS]; anything
+    else is an InputError naming the value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BEAMS:
+        raise InputError(f"num_beams must be None or an int within [1, {MAX_BEAMS}], got "
+                         f"{value!r}")
+    return value
+
+
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Check a message list and return normalised copies; errors name the bad message."""
     if isinstance(messages, str):

@@ -36,7 +36,7 @@ from expertrag.models.batching import (
     pad_rows,
     plan_batches,
 )
-from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.chat import check_num_beams, render_prompt, validate_messages
 from expertrag.models.fastpath import install_fast_head, install_lean_lora
 from expertrag.models.loading import (
     DEFAULT_MODEL,
@@ -372,11 +372,13 @@ class ExpertLLM:
                                   "a non-empty 'text' and a 'threshold' within [0, 1]")
             gate = (gate["text"], float(gate["threshold"]))
         decoding = meta.get("decoding", {})
-        beams = decoding.get("num_beams", 1) if isinstance(decoding, dict) else None
-        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 16:
-            raise ExpertError(f"expert {name!r}: decoding in {EXPERT_METADATA} must be an "
-                              f"object whose num_beams is an int within [1, 16], got "
-                              f"{decoding!r}")
+        try:
+            if not isinstance(decoding, dict):
+                raise InputError(f"decoding must be an object like {{\"num_beams\": 3}}, got "
+                                 f"{decoding!r}")
+            beams = check_num_beams(decoding.get("num_beams", 1)) or 1
+        except InputError as exc:
+            raise ExpertError(f"expert {name!r}: {EXPERT_METADATA}: {exc}") from exc
         return {"path": str(folder), "config": config, "metadata": meta,
                 "dora": bool(config.get("use_dora")), "gate": gate, "num_beams": beams}
 
@@ -538,10 +540,7 @@ class ExpertLLM:
         if refusal_threshold is not None and not 0.0 <= refusal_threshold <= 1.0:
             raise InputError(f"refusal_threshold must be within [0, 1], got "
                              f"{refusal_threshold!r}")
-        if num_beams is not None and (isinstance(num_beams, bool)
-                                      or not isinstance(num_beams, int) or num_beams < 1):
-            raise InputError(f"num_beams must be a positive int or None, got {num_beams!r}")
-        if num_beams is not None and num_beams > 1:
+        if (check_num_beams(num_beams) or 1) > 1:
             clash = [name for name, on in (("temperature > 0", temperature > 0),
                                            ("json_schema/json_mode/tools",
                                             norm_tools or json_schema is not None or json_mode),
@@ -632,7 +631,7 @@ class ExpertLLM:
         comes as one chunk when the search ends). It finds answers whose first token is not
         the single likeliest one but whose whole span is (``on the third Saturday of
         August`` over ``August``). The prompt is prefilled once and shared by the beams, so
-        on a grounded prompt it costs ~1.15x a greedy answer. ``None`` (default): the
+        on a grounded prompt it costs ~1.17x a greedy answer. ``None`` (default): the
         expert's own setting (its metadata's ``decoding.num_beams``; grounded-qa ships 3)
         for plain greedy calls, greedy otherwise and for the bare base.
         """
@@ -965,11 +964,11 @@ class ExpertLLM:
         import torch
 
         mask = enc["attention_mask"][:, :-1]
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         extra = {k: v for k, v in kwargs.items() if k == "adapter_names"}
         with torch.inference_mode():
             out = self._model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask,
-                              position_ids=positions, use_cache=True, logits_to_keep=1, **extra)
+                              position_ids=_positions(mask), use_cache=True, logits_to_keep=1,
+                              **extra)
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_repeat_interleave(beams)
         return cache
@@ -1234,6 +1233,10 @@ def _left_pad(rows: list[list[int]], pad: int, device: Any) -> dict[str, Any]:
     """Left-pad token rows into a batch, with position ids that start at 0 at each row's first
     real token (so a row's logits do not depend on the batch it lands in)."""
     input_ids, mask = pad_rows(rows, pad, left=True)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
-            "position_ids": positions.to(device)}
+            "position_ids": _positions(mask).to(device)}
+
+
+def _positions(mask: Any) -> Any:
+    """Position ids of a left-padded batch: 0 at each row's first real token."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)

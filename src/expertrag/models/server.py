@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError, UnknownExpertError
-from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.chat import check_num_beams, render_prompt, validate_messages
 from expertrag.models.llm import GenerationResult, StreamChunk, _first_stop
 from expertrag.models.structured import (
     TOOL_CALL_CLOSE,
@@ -307,10 +307,7 @@ class ServerLLM:
         expert's shipped beam width (``decoding`` in its metadata) applies in-process only,
         and asking for ``num_beams > 1`` here is a :class:`ServerCapabilityError` (vLLM's
         beam search ignores the logit bias the refusal gate needs)."""
-        if num_beams is not None and (isinstance(num_beams, bool)
-                                      or not isinstance(num_beams, int) or num_beams < 1):
-            raise InputError(f"num_beams must be a positive int or None, got {num_beams!r}")
-        if num_beams is not None and num_beams > 1:
+        if (check_num_beams(num_beams) or 1) > 1:
             raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
                                         "(ExpertLLM); the server client decodes greedily")
         is_batch = isinstance(messages, list) and messages and all(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import InputError
+from expertrag.models.chat import check_num_beams
 from expertrag.rag import REFUSAL
 
 
@@ -164,8 +165,8 @@ def pick_evidence_threshold(best_scores: Sequence[float], refuse: Sequence[bool]
 def record_decoding(folder: str | os.PathLike[str], num_beams: int, evidence: str = "") -> None:
     """Write the expert's decoding setting into its metadata and model card (atomic rewrite):
     ``ExpertLLM.generate`` beams this wide for the expert's plain greedy calls."""
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or not 1 <= num_beams <= 16:
-        raise InputError(f"num_beams must be an int within [1, 16], got {num_beams!r}")
+    if check_num_beams(num_beams) is None:
+        raise InputError("num_beams must be an int, got None")
     _record(folder, "decoding", {"num_beams": num_beams}, "Decoding", (
         f"`ExpertLLM.generate` answers with this expert by beam search, {num_beams} beams, "
         "length-normalised scores (greedy when `num_beams` is 1; sampling, grammars and "
