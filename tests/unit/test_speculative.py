@@ -58,42 +58,44 @@ def test_bf16_draft_has_base_weights_and_no_adapters(tmp_path: Path) -> None:
     assert draft.lm_head.weight.data_ptr() == draft.model.embed_tokens.weight.data_ptr()
 
 
-def _both(llm, messages, **kwargs):
+def _both(llm, messages, mode=True, **kwargs):
     llm.speculative = False
     eager = llm.generate(messages, **kwargs)
-    llm.speculative = True
+    llm.speculative = mode
     spec = llm.generate(messages, **kwargs)
     return eager, spec
 
 
-def test_expertllm_speculative_path_matches_generate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [True, "ngram"])
+def test_expertllm_speculative_path_matches_generate(tmp_path: Path, mode) -> None:
     llm = tiny_llm()
     llm.add_expert("e", save_tiny_lora(llm, str(tmp_path / "e")))
     for prompt in PROMPTS:
         msgs = [{"role": "user", "content": prompt}]
         for kwargs in ({"max_new_tokens": 30}, {"max_new_tokens": 30, "expert": "e"},
                        {"max_new_tokens": 3}):
-            eager, spec = _both(llm, msgs, **kwargs)
+            eager, spec = _both(llm, msgs, mode, **kwargs)
             assert (spec.text, spec.completion_tokens, spec.finish_reason) == \
                 (eager.text, eager.completion_tokens, eager.finish_reason), kwargs
         assert llm.last_speculation["target_passes"] >= 1
 
 
-def test_speculative_path_keeps_stops_gate_and_streaming() -> None:
+@pytest.mark.parametrize("mode", [True, "ngram"])
+def test_speculative_path_keeps_stops_gate_and_streaming(mode) -> None:
     llm = tiny_llm()
     msgs = [{"role": "user", "content": PROMPTS[1]}]
     llm.speculative = False
     free = llm.generate(msgs, max_new_tokens=30).text
     assert len(free) > 6
     stop = free[4:6]  # a stop string the greedy answer runs into
-    eager, spec = _both(llm, msgs, max_new_tokens=30, stop=stop)
+    eager, spec = _both(llm, msgs, mode, max_new_tokens=30, stop=stop)
     assert spec.text == eager.text and spec.finish_reason == eager.finish_reason == "stop"
     assert spec.completion_tokens == eager.completion_tokens
     for threshold in (0.0, 1.0):  # the gate forces, then bars, the refusal
-        eager, spec = _both(llm, msgs, max_new_tokens=12, refusal_threshold=threshold)
+        eager, spec = _both(llm, msgs, mode, max_new_tokens=12, refusal_threshold=threshold)
         assert spec.text == eager.text
         assert spec.refusal_probability == pytest.approx(eager.refusal_probability)
-    llm.speculative = True
+    llm.speculative = mode
     chunks = [c.text for c in llm.stream(msgs, max_new_tokens=30)]
     assert "".join(chunks) == free
 
@@ -132,3 +134,40 @@ def test_bf16_draft_takes_original_modules_of_saved_copies() -> None:
                 param.add_(1.0)  # the trained copy differs from the original
     draft = bf16_draft(peft.get_base_model())
     assert torch.equal(draft.model.layers[0].mlp.down_proj.weight, before.to(torch.bfloat16))
+
+
+def test_ngram_draft_proposes_what_followed_the_latest_match() -> None:
+    from expertrag.models.speculative import NgramDraft
+
+    draft = NgramDraft(max_ngram=3, min_ngram=2, tokens=4)
+    #          0  1  2  3  4  5  6  7  8  9
+    seq = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
+    # the tail (6, 7) last occurred at 6..7 and was followed by 2, 3, 6, 7
+    assert draft.propose(seq, 4, set()) == [2, 3, 6, 7]
+    assert draft.propose(seq, 2, set()) == [2, 3]
+    # a longer match wins over a later shorter one: (1, 6, 7) only at 5..7
+    assert draft.propose([*seq[:-2], 1, 6, 7], 3, set()) == [2, 3, 1]
+    # the proposal stops at an end-of-sequence token, which it includes
+    assert draft.propose(seq, 4, {3}) == [2, 3]
+    # no repeated n-gram: nothing to propose (an ordinary one-token step)
+    assert draft.propose([1, 2, 3, 4], 4, set()) == []
+    with pytest.raises(ValueError):
+        NgramDraft(max_ngram=1, min_ngram=2)
+
+
+def test_ngram_speculative_greedy_equals_eager_greedy() -> None:
+    from expertrag.models.speculative import NgramDraft
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    accepted = 0
+    for prompt in [*PROMPTS, "a b c a b c a b c a b c a b"]:
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        for max_new in (1, 5, 40):
+            want = _eager(model, ids, max_new, tok.eos_token_id)
+            stats: dict[str, int] = {}
+            got = speculative_greedy(model, NgramDraft(), ids, max_new, [tok.eos_token_id],
+                                     stats=stats)
+            assert got == want, (prompt, max_new)
+            accepted += stats["accepted"]
+    assert accepted > 0  # a random tiny model repeats itself: some drafts were taken

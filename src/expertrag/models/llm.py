@@ -67,6 +67,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: again, sampling; bounded, so a call never loops
 SCHEMA_RETRIES = 2
 ENV_SPECULATIVE = "EXPERTRAG_SPECULATIVE"  # "0" turns the speculative path off
+# True / "bf16": the base's bf16 copy drafts; "ngram": prompt lookup (no draft model);
+# "auto": bf16 where the CPU computes it natively; False: off
+SPECULATIVE_MODES = (False, True, "auto", "bf16", "ngram")
 
 Messages = list[dict[str, Any]]
 
@@ -176,8 +179,9 @@ class ExpertLLM:
         experts: dict[str, str] | None = None,
         speculative: bool | str = False,
     ) -> None:
-        if speculative not in (True, False, "auto"):
-            raise InputError(f"speculative must be True, False or 'auto', got {speculative!r}")
+        if speculative not in SPECULATIVE_MODES:
+            raise InputError(f"speculative must be one of {SPECULATIVE_MODES}, got "
+                             f"{speculative!r}")
         self.model_id = model
         self.speculative = speculative
         self._draft: Any = None  # the bf16 draft model, built on first speculative use
@@ -982,7 +986,7 @@ class ExpertLLM:
                 or opts.logprobs or opts.num_beams > 1
                 or self.speculative is False or os.environ.get(ENV_SPECULATIVE) == "0"):
             return False
-        if self.speculative is True:
+        if self.speculative in (True, "bf16", "ngram"):
             return True
         import torch
 
@@ -998,17 +1002,21 @@ class ExpertLLM:
         the same tokens as ``generate``'s greedy loop, the same gate, stops and streaming."""
         import torch
 
-        from expertrag.models.speculative import bf16_draft, speculative_greedy
+        from expertrag.models.speculative import NgramDraft, bf16_draft, speculative_greedy
 
-        if self._draft is None:  # built once, from the base weights (no adapters)
-            self._draft = bf16_draft(self.base_model)
+        if self.speculative == "ngram":
+            draft: Any = NgramDraft()
+        else:
+            if self._draft is None:  # built once, from the base weights (no adapters)
+                self._draft = bf16_draft(self.base_model)
+            draft = self._draft
         gate = self._gate(experts, opts, len(prompt))
         stop = None
         if opts.stop:
             stopper = _StopStrings(self.tokenizer, opts.stop, 0)
             stop = lambda new: bool(stopper(torch.tensor([new]), None)[0])  # noqa: E731
         self._prepare(experts)
-        ids = speculative_greedy(self._model, self._draft, prompt, max_new, eos,
+        ids = speculative_greedy(self._model, draft, prompt, max_new, eos,
                                  processors=[gate] if gate is not None else [], stop=stop,
                                  on_tokens=on_tokens, stats=self.last_speculation)
         result = self._result(ids, prompt_tokens, experts[0], opts, set(eos))

@@ -47,6 +47,75 @@ def bf16_draft(model: Any) -> Any:
     return draft.to(model.device).eval()
 
 
+class ModelDraft:
+    """Drafts with a small causal LM (e.g. :func:`bf16_draft`), keeping its own KV cache in
+    step with the kept sequence."""
+
+    def __init__(self, model: Any) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache()
+        self.kw = _cache_arg(model)
+        self.length = 0  # tokens of the kept sequence the cache holds
+
+    def budget(self, k: int) -> int:
+        return k
+
+    def propose(self, seq: list[int], k: int, eos: set[int]) -> list[int]:
+        import torch
+
+        proposal: list[int] = []
+        feed = seq[self.length:]
+        device = self.model.device
+        for _ in range(k):
+            logits = self.model(torch.tensor([feed], device=device), use_cache=True,
+                                **{self.kw: self.cache}).logits
+            self.length += len(feed)
+            proposal.append(int(logits[0, -1].argmax()))
+            if proposal[-1] in eos:
+                break
+            feed = proposal[-1:]
+        return proposal
+
+    def rollback(self, valid: int) -> None:
+        """Keep only the first ``valid`` cached tokens (the rest were rejected)."""
+        if self.length > valid:
+            self.cache.crop(-(self.length - valid))
+            self.length = valid
+
+
+class NgramDraft:
+    """Prompt-lookup drafting (Saxena 2023; transformers' ``prompt_lookup_num_tokens``): the
+    last ``n`` tokens (``max_ngram`` down to ``min_ngram``) are looked up earlier in the
+    prompt and the answer so far, and the tokens that followed the latest match are proposed.
+    No model runs, so a draft costs nothing; a miss leaves an ordinary one-token step. It pays
+    where answers copy their context (RAG answers, extraction, JSON echoing the input)."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2, tokens: int = 8) -> None:
+        if not 1 <= min_ngram <= max_ngram or tokens < 1:
+            raise ValueError("need 1 <= min_ngram <= max_ngram and tokens >= 1")
+        self.max_ngram, self.min_ngram, self.tokens = max_ngram, min_ngram, tokens
+
+    def budget(self, k: int) -> int:
+        return self.tokens
+
+    def propose(self, seq: list[int], k: int, eos: set[int]) -> list[int]:
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            tail = seq[-n:]
+            for start in range(len(seq) - n - 1, -1, -1):  # latest earlier match first
+                if seq[start:start + n] == tail:
+                    follow = seq[start + n:start + n + k]
+                    for i, token in enumerate(follow):
+                        if token in eos:
+                            return follow[:i + 1]
+                    return follow
+        return []
+
+    def rollback(self, valid: int) -> None:
+        """Nothing cached."""
+
+
 def speculative_greedy(
     target: Any,
     draft: Any,
@@ -60,6 +129,8 @@ def speculative_greedy(
     stats: dict[str, int] | None = None,
 ) -> list[int]:
     """Greedy new tokens for one prompt, drafted by `draft` and verified by `target`.
+
+    `draft`: a small causal LM (wrapped in :class:`ModelDraft`) or an :class:`NgramDraft`.
 
     `processors` are transformers-style logits processors ``(input_ids, scores) -> scores``
     applied to the target's logits at every position with that position's prefix (what
@@ -77,8 +148,8 @@ def speculative_greedy(
     eos = set(eos_ids)
     seq = list(prompt_ids)
     new: list[int] = []
-    t_cache, d_cache = DynamicCache(), DynamicCache()
-    t_kw, d_kw = _cache_arg(target), _cache_arg(draft)
+    t_cache = DynamicCache()
+    t_kw = _cache_arg(target)
     counts = {"target_passes": 1, "drafted": 0, "accepted": 0}
 
     def pick(logits: Any, start: int, tail: list[int]) -> list[int]:
@@ -109,22 +180,15 @@ def speculative_greedy(
         if kept and on_tokens is not None:
             on_tokens(kept)
 
-    k, d_len = START_DRAFT, 0
+    drafter = draft if isinstance(draft, NgramDraft) else ModelDraft(draft)
+    k = START_DRAFT
     with torch.inference_mode():
         out = target(torch.tensor([seq], device=device), use_cache=True, **{t_kw: t_cache})
         keep(pick(out.logits[0, -1:], len(seq), []))
         while not done():
-            # the target's cache holds seq[:-1]; the draft's holds seq[:d_len]
-            proposal: list[int] = []
-            feed = seq[d_len:]
-            for _ in range(min(k, max_new_tokens - len(new))):
-                logits = draft(torch.tensor([feed], device=device), use_cache=True,
-                               **{d_kw: d_cache}).logits
-                d_len += len(feed)
-                proposal.append(int(logits[0, -1].argmax()))
-                if proposal[-1] in eos:
-                    break
-                feed = proposal[-1:]
+            # the target's cache holds seq[:-1]
+            proposal = drafter.propose(seq, min(drafter.budget(k), max_new_tokens - len(new)),
+                                       eos)
             base = len(seq)
             out = target(torch.tensor([[seq[-1], *proposal]], device=device), use_cache=True,
                          **{t_kw: t_cache})
@@ -135,16 +199,14 @@ def speculative_greedy(
             counts["target_passes"] += 1
             counts["drafted"] += len(proposal)
             counts["accepted"] += agreed
-            k = min(k + 2, MAX_DRAFT) if agreed == len(proposal) else max(k - 1, MIN_DRAFT)
+            if proposal:
+                k = min(k + 2, MAX_DRAFT) if agreed == len(proposal) else max(k - 1, MIN_DRAFT)
             keep([*proposal[:agreed], picks[agreed]])
             # drop what the caches hold beyond the kept sequence
             extra = t_cache.get_seq_length() - (len(seq) - 1)
             if extra > 0:
                 t_cache.crop(-extra)
-            valid = min(d_len, base + agreed, len(seq) - 1)
-            if d_len > valid:
-                d_cache.crop(-(d_len - valid))
-                d_len = valid
+            drafter.rollback(min(base + agreed, len(seq) - 1))
     if stats is not None:
         stats.update(counts)
     return new
