@@ -5,8 +5,9 @@ every decision is a probability read from one forward pass (nothing to parse, no
 can fail to parse):
 
 1. **Corrective RAG.** The ``relevance`` expert grades each retrieved passage. Correct
-   (some passage clearly relevant): the passages are cut into strips, the relevant strips
-   are kept and the ``grounded-qa`` expert answers from them, citing the source documents.
+   (some passage clearly relevant): knowledge refinement keeps the best-graded passages
+   (``CRAGConfig(strips="sentences")`` cuts them into sentence strips instead) and the
+   ``grounded-qa`` expert answers from them, citing the source documents.
    Incorrect (nothing relevant): with no external source the chain says "I don't know"
    instead of answering from passages it judged irrelevant; give it one (here a tiny
    "web" corpus, in real life a search tool) and it searches there with a keyword query.

@@ -4,7 +4,7 @@ streaming, events, sources)."""
 from __future__ import annotations
 
 import pytest
-from test_chains import FakeCritic, FakeLLM, KeywordEvaluator
+from test_chains import STRIPPED, FakeCritic, FakeLLM, KeywordEvaluator
 
 from expertrag.chains.corrective import CRAGConfig
 from expertrag.types import Document
@@ -39,7 +39,8 @@ class ListRetriever(BaseRetriever):
 def lc_crag(**config) -> tuple[CorrectiveRAGChain, FakeLLM, KeywordEvaluator]:
     llm, ev = FakeLLM(), KeywordEvaluator()
     chain = CorrectiveRAGChain(llm, ListRetriever(texts=TEXTS), evaluator=ev,
-                               config=CRAGConfig(upper=0.8, lower=0.3, **config))
+                               config=CRAGConfig(**{"upper": 0.8, "lower": 0.3, **STRIPPED,
+                                                    **config}))
     return chain, llm, ev
 
 
@@ -99,7 +100,7 @@ def test_lc_sources_retrievers_and_tools():
     assert found[0].id == "https://a"
     chain = CorrectiveRAGChain(FakeLLM(), lambda q, k: [Document(text="Dogs bark.")],
                                evaluator=KeywordEvaluator(), external=web_search,
-                               config=CRAGConfig(upper=0.8, lower=0.3))
+                               config=CRAGConfig(upper=0.8, lower=0.3, **STRIPPED))
     out = chain.invoke("What is the capital of France?")
     assert out["action"] == "incorrect" and out["rewritten_query"] == "France capital"
     assert out["context"][0].page_content == "Result for France capital"
@@ -108,7 +109,7 @@ def test_lc_sources_retrievers_and_tools():
 def test_corrected_context_retriever_for_langchain():
     retriever = CorrectedContextRetriever(retriever=ListRetriever(texts=TEXTS), llm=FakeLLM(),
                                           evaluator=KeywordEvaluator(), k=3,
-                                          config=CRAGConfig(upper=0.8, lower=0.3))
+                                          config=CRAGConfig(upper=0.8, lower=0.3, **STRIPPED))
     docs = retriever.invoke("Capital of France?")
     assert [d.page_content for d in docs] == [TEXTS[0], TEXTS[2]]  # "Dogs" judged irrelevant
     assert all(d.metadata["crag_action"] == "correct" for d in docs)
@@ -143,7 +144,7 @@ def test_llama_index_retriever_engines_and_events():
             seen.append(event.class_name())
 
     get_dispatcher("expertrag.llama_index.chains").add_event_handler(Collect())
-    cfg = CRAGConfig(upper=0.8, lower=0.3)
+    cfg = CRAGConfig(upper=0.8, lower=0.3, **STRIPPED)
     nodes = LICorrected(Nodes(), FakeLLM(), evaluator=KeywordEvaluator(), k=4,
                         config=cfg).retrieve("Capital of France?")
     assert [n.node.node_id for n in nodes] == ["n0", "n2"]

@@ -104,9 +104,14 @@ def corpus(*texts: str):
     return lambda q, k: docs[:k]
 
 
+# sentence strips of the documents at or above `lower`: the refinement mechanism under test
+# (the shipped defaults keep the best whole passages, a special case of it)
+STRIPPED = {"strips": "sentences", "strip_floor": None, "doc_floor": None, "max_strips": 6}
+
+
 def crag(retriever, external=None, **config) -> tuple[CorrectiveRAG, FakeLLM, KeywordEvaluator]:
     llm, ev = FakeLLM(), KeywordEvaluator()
-    cfg = CRAGConfig(upper=0.8, lower=0.3, **config)
+    cfg = CRAGConfig(**{"upper": 0.8, "lower": 0.3, **STRIPPED, **config})
     return CorrectiveRAG(llm, retriever, evaluator=ev, external=external, config=cfg), llm, ev
 
 
@@ -500,3 +505,30 @@ def test_no_strip_passing_the_floor_keeps_the_best_document_whole():
     (passage,) = res.context.passages
     assert passage.id == "d0" and passage.text == "Dogs bark. France is in Europe. It is big."
     assert passage.metadata["crag_strips"] == [0, 1, 2]
+
+
+def test_doc_floor_and_score_order_shape_the_recomposed_context():
+    docs = corpus("Cats sleep a lot.", "France has a king once.", "Paris is the capital of France.")
+    # by default only documents at or above `lower` (0.3) are refined: doc 0 (0.05) is not
+    chain, _, _ = crag(docs, k=3, strips="passage", strip_floor=0.0)
+    assert [p.id for p in chain.answer("Capital of France?").context.passages] == ["d1", "d2"]
+    # doc_floor=0 refines every retrieved document; the action still follows `lower`/`upper`
+    chain, _, _ = crag(docs, k=3, strips="passage", strip_floor=0.0, doc_floor=0.0)
+    res = chain.answer("Capital of France?")
+    assert res.action == CORRECT
+    assert [p.id for p in res.context.passages] == ["d0", "d1", "d2"]  # retrieval order
+    chain, _, _ = crag(docs, k=3, strips="passage", strip_floor=0.0, doc_floor=0.0,
+                       order="best-first")
+    passages = chain.answer("Capital of France?").context.passages
+    assert [p.id for p in passages] == ["d2", "d1", "d0"]  # best evaluator score first
+    assert [p.score for p in passages] == [0.9, 0.4, 0.05]
+    chain.config = CRAGConfig(**{**chain.config.to_dict(), "order": "best-last"})
+    passages = chain.answer("Capital of France?").context.passages
+    assert [p.id for p in passages] == ["d0", "d1", "d2"]  # the best next to the question
+    # an irrelevant corpus is still Incorrect (and refused) whatever the doc floor
+    chain, llm, _ = crag(corpus("Cats sleep.", "Dogs bark."), doc_floor=0.0)
+    assert chain.answer("Capital of France?").refused and not llm.generated
+    with pytest.raises(InputError, match="order"):
+        CRAGConfig(order="random").validate()
+    with pytest.raises(InputError, match="doc_floor"):
+        CRAGConfig(doc_floor=float("nan")).validate()
