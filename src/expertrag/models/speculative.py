@@ -17,6 +17,11 @@ measured slower) and the loop measured ~1.15x eager on 8 chat prompts; transform
 assisted generation (same draft) measured 0.9-1.2x. Only one row,
 greedy, unconstrained decoding takes this path (``ExpertLLM`` decides); the draft is the bare
 base (no expert adapters): it only proposes, the served model (with its expert) decides.
+
+:class:`NgramDraft` proposes without a model (prompt lookup). It costs nothing to draft, but
+a verifying pass is not free on this CPU (57 ms for 1 token, 79 ms for 5, 92 ms for 9) and
+chat answers repeat few n-grams (1.07 tokens per pass), so it measured 0.97x eager on chat
+prompts and 0.91x on short grounded answers; it stays opt-in (``speculative="ngram"``).
 """
 
 from __future__ import annotations
