@@ -90,6 +90,9 @@ def main() -> None:
                              "DEFAULT_GRID)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive RAG row")
+    parser.add_argument("--external", action="store_true",
+                        help="give CRAG bench_chains' external corpus and report the share of "
+                             "unanswerable-internally questions it answers right")
     args = parser.parse_args()
 
     from bench_chains import figures, hotpot_setup
@@ -97,6 +100,7 @@ def main() -> None:
     from expertrag import ExpertLLM
     from expertrag.chains.corrective import CorrectiveRAG, CRAGConfig
     from expertrag.embeddings import Embedder
+    from expertrag.evaluation.datasets import answer_correct
     from expertrag.experts import attach_shipped
     from expertrag.rag import RAGPipeline
     from expertrag.rerank.llm import LLMReranker
@@ -105,7 +109,7 @@ def main() -> None:
     attach_shipped(base)
     llm = MemoLLM(base)
     evaluator = MemoEvaluator(LLMReranker.with_relevance_expert(base))
-    items, routed, _, has_answer = hotpot_setup(args.data_dir, args.n, Embedder(), args.k,
+    items, routed, external, has_answer = hotpot_setup(args.data_dir, args.n, Embedder(), args.k,
                                                 args.start)
     questions = [it.question for it in items]
     started = time.perf_counter()
@@ -119,17 +123,24 @@ def main() -> None:
             if args.grid else DEFAULT_GRID)
     for overrides in grid:
         cfg = CRAGConfig(**{"k": args.k, **overrides})
-        chain = CorrectiveRAG(llm, routed, evaluator=evaluator, config=cfg)
+        chain = CorrectiveRAG(llm, routed, evaluator=evaluator, config=cfg,
+                              external=external if args.external else None)
         t0 = time.perf_counter()
         results = chain.answer_many(questions)
         f = figures(results, items, has_answer, 1.0)
         f["incorrect_on_answerable"] = sum(r.action == "incorrect" for r, h in zip(
             results, has_answer, strict=True) if h) / max(1, sum(has_answer))
+        if args.external:
+            lost = [i for i, h in enumerate(has_answer) if not h]
+            f["recovered"] = sum(answer_correct(results[i].answer, items[i])
+                                 for i in lost) / max(1, len(lost))
         label = " ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
         rows.append((label, f))
         print(f"{label}: acc {f['accuracy']:.3f} refusal {f['refusal_accuracy']:.3f} "
               f"false {f['false_refusals']:.3f} incorrect-on-answerable "
-              f"{f['incorrect_on_answerable']:.3f} ({time.perf_counter() - t0:.0f} s)",
+              f"{f['incorrect_on_answerable']:.3f} "
+              f"recovered {f.get('recovered', float('nan')):.3f} "
+              f"({time.perf_counter() - t0:.0f} s)",
               flush=True)
     print("\n| setting | accuracy (answerable) | refusal acc | false refusals |")
     print("|---|---|---|---|")

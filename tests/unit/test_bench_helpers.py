@@ -31,3 +31,36 @@ def test_graph_recall_counts_distinct_paragraphs():
     assert recall(["a#0", "a#1", "b#0"], {"a", "b"}, 2) == 1.0
     assert recall(["a#0", "c#0", "b#0"], {"a", "b"}, 2) == 0.5
     assert recall([], {"a"}, 5) == 0.0
+
+
+def test_tune_crag_memoises_scores_and_answers():
+    tune = _load("tune_crag")
+
+    class Scorer:
+        def __init__(self):
+            self.seen = []
+
+        def score_pairs(self, pairs):
+            self.seen += pairs
+            return [len(t) / 10 for _, t in pairs]
+
+    inner = Scorer()
+    memo = tune.MemoEvaluator(inner)
+    assert memo.score_pairs([("q", "ab"), ("q", "abc"), ("q", "ab")]) == [0.2, 0.3, 0.2]
+    assert memo.score_pairs([("q", "abc"), ("r", "a")]) == [0.3, 0.1]
+    assert inner.seen == [("q", "ab"), ("q", "abc"), ("r", "a")]  # each pair scored once
+
+    class Generator:
+        calls = 0
+        name = "gen"
+
+        def generate(self, convs, **kwargs):
+            self.calls += 1
+            return [f"{c[0]['content']}:{kwargs.get('expert')}" for c in convs]
+
+    gen = tune.MemoLLM(Generator())
+    conv = [{"role": "user", "content": "hi"}]
+    assert gen.generate([conv, conv], expert="e") == ["hi:e", "hi:e"]
+    assert gen.generate([conv], expert="e") == ["hi:e"] and gen.inner.calls == 1
+    assert gen.generate([conv], expert="f") == ["hi:f"] and gen.inner.calls == 2  # kwargs count
+    assert gen.name == "gen"  # everything else is forwarded
