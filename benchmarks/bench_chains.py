@@ -118,6 +118,15 @@ def figures(results: list[Any], items: list[Any], has_answer: list[bool],
             "rows_per_question": mean(rows), "seconds_per_question": seconds / len(results)}
 
 
+def recovered(results: list[Any], items: list[Any], has_answer: list[bool]) -> float:
+    """The share of the questions without their gold paragraphs that were answered right."""
+    from expertrag.evaluation.datasets import answer_correct
+
+    lost = [i for i, h in enumerate(has_answer) if not h]
+    return (sum(answer_correct(results[i].answer, items[i]) for i in lost) / len(lost)
+            if lost else float("nan"))
+
+
 def best_threshold_accuracy(best_scores: list[float], has_answer: list[bool]) -> float:
     """The action accuracy (Incorrect iff the answer is absent) that the best possible
     ``lower`` would reach on these very questions: an upper bound that tells whether the
@@ -213,11 +222,8 @@ def main() -> None:
                 f["action_accuracy_best_lower"] = best_threshold_accuracy(
                     [max(r.context.scores, default=0.0) for r in results], truth)
                 if label == "CRAG + external":
-                    from expertrag.evaluation.datasets import answer_correct
-
                     lost = [i for i, h in enumerate(has_answer) if not h]
-                    f["recovered"] = (sum(answer_correct(results[i].answer, items[i])
-                                          for i in lost) / len(lost)) if lost else float("nan")
+                    f["recovered"] = recovered(results, items, has_answer)
                     # where recovery is lost: the source's documents, refinement, or answering
                     gold = [{d.text.strip() for d in items[i].gold} for i in lost]
                     ctxs = [results[i].context for i in lost]

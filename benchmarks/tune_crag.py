@@ -4,10 +4,11 @@
 among the retrieved ones). What users see is the answer, so this script runs the whole chain
 (evaluate, refine, generate with grounded-qa) on HotpotQA test items 400-499 (the calibration
 slice, never in bench_chains' answer sets), gold removed from half (seeded), for a grid of
-``lower`` / strip mode / strip floor / strip budget, and prints accuracy on answerable
-questions, refusal accuracy on unanswerable ones and false refusals for each, beside naive RAG
-on the same questions. Evaluator scores and generated answers are memoised by input, so a
-context that two settings share is generated once.
+``CRAGConfig`` overrides (thresholds, strip mode, floors, strip budget, order), and prints
+accuracy on answerable questions, refusal accuracy on unanswerable ones and false refusals
+for each (and, with ``--external``, recovery), beside naive RAG on the same questions.
+Evaluator scores and generated answers are memoised by input, so a context that two settings
+share is generated once.
 
     python benchmarks/tune_crag.py --data-dir ../shared/data [--n 100] [--k 5]
 """
@@ -95,12 +96,11 @@ def main() -> None:
                              "unanswerable-internally questions it answers right")
     args = parser.parse_args()
 
-    from bench_chains import figures, hotpot_setup
+    from bench_chains import _print, figures, hotpot_setup, recovered
 
     from expertrag import ExpertLLM
     from expertrag.chains.corrective import CorrectiveRAG, CRAGConfig
     from expertrag.embeddings import Embedder
-    from expertrag.evaluation.datasets import answer_correct
     from expertrag.experts import attach_shipped
     from expertrag.rag import RAGPipeline
     from expertrag.rerank.llm import LLMReranker
@@ -109,8 +109,8 @@ def main() -> None:
     attach_shipped(base)
     llm = MemoLLM(base)
     evaluator = MemoEvaluator(LLMReranker.with_relevance_expert(base))
-    items, routed, external, has_answer = hotpot_setup(args.data_dir, args.n, Embedder(), args.k,
-                                                args.start)
+    items, routed, external, has_answer = hotpot_setup(args.data_dir, args.n, Embedder(),
+                                                       args.k, args.start)
     questions = [it.question for it in items]
     started = time.perf_counter()
     rows = []
@@ -131,9 +131,7 @@ def main() -> None:
         f["incorrect_on_answerable"] = sum(r.action == "incorrect" for r, h in zip(
             results, has_answer, strict=True) if h) / max(1, sum(has_answer))
         if args.external:
-            lost = [i for i, h in enumerate(has_answer) if not h]
-            f["recovered"] = sum(answer_correct(results[i].answer, items[i])
-                                 for i in lost) / max(1, len(lost))
+            f["recovered"] = recovered(results, items, has_answer)
         label = " ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
         rows.append((label, f))
         print(f"{label}: acc {f['accuracy']:.3f} refusal {f['refusal_accuracy']:.3f} "
@@ -142,11 +140,11 @@ def main() -> None:
               f"recovered {f.get('recovered', float('nan')):.3f} "
               f"({time.perf_counter() - t0:.0f} s)",
               flush=True)
-    print("\n| setting | accuracy (answerable) | refusal acc | false refusals |")
-    print("|---|---|---|---|")
-    for label, f in rows:
-        print(f"| {label} | {f['accuracy']:.3f} | {f['refusal_accuracy']:.3f} | "
-              f"{f['false_refusals']:.3f} |")
+    print()
+    _print(["setting", "accuracy (answerable)", "refusal acc", "false refusals", "recovered"],
+           [[label, *(f"{f.get(k, float('nan')):.3f}" for k in (
+               "accuracy", "refusal_accuracy", "false_refusals", "recovered"))]
+            for label, f in rows])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

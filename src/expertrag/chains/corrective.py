@@ -381,8 +381,8 @@ class CorrectiveRAG:
             kept = [s for s in strips if s.source == best]
         sources = sorted({s.source for s in kept})
         if cfg.order != "retrieval":
-            best = {i: max(s.score for s in kept if s.source == i) for i in sources}
-            sources.sort(key=lambda i: -best[i])
+            top = {i: max(s.score for s in kept if s.source == i) for i in sources}
+            sources.sort(key=lambda i: -top[i])
             if cfg.order == "best-last":
                 sources.reverse()
         passages = []

@@ -54,7 +54,8 @@ def bf16_draft(model: Any) -> Any:
 
 class ModelDraft:
     """Drafts with a small causal LM (e.g. :func:`bf16_draft`), keeping its own KV cache in
-    step with the kept sequence."""
+    step with the kept sequence. It drafts ``k`` tokens per round, adapted to how many the
+    target accepted (longer after a full acceptance, shorter after a rejection)."""
 
     def __init__(self, model: Any) -> None:
         from transformers import DynamicCache
@@ -63,17 +64,15 @@ class ModelDraft:
         self.cache = DynamicCache()
         self.kw = _cache_arg(model)
         self.length = 0  # tokens of the kept sequence the cache holds
+        self.k = START_DRAFT
 
-    def budget(self, k: int) -> int:
-        return k
-
-    def propose(self, seq: list[int], k: int, eos: set[int]) -> list[int]:
+    def propose(self, seq: list[int], limit: int, eos: set[int]) -> list[int]:
         import torch
 
         proposal: list[int] = []
         feed = seq[self.length:]
         device = self.model.device
-        for _ in range(k):
+        for _ in range(min(self.k, limit)):
             logits = self.model(torch.tensor([feed], device=device), use_cache=True,
                                 **{self.kw: self.cache}).logits
             self.length += len(feed)
@@ -83,8 +82,12 @@ class ModelDraft:
             feed = proposal[-1:]
         return proposal
 
-    def rollback(self, valid: int) -> None:
-        """Keep only the first ``valid`` cached tokens (the rest were rejected)."""
+    def update(self, proposed: int, agreed: int, valid: int) -> None:
+        """After a round: adapt ``k`` and keep only the first ``valid`` cached tokens (the
+        rest were rejected)."""
+        if proposed:
+            self.k = min(self.k + 2, MAX_DRAFT) if agreed == proposed \
+                else max(self.k - 1, MIN_DRAFT)
         if self.length > valid:
             self.cache.crop(-(self.length - valid))
             self.length = valid
@@ -102,10 +105,9 @@ class NgramDraft:
             raise ValueError("need 1 <= min_ngram <= max_ngram and tokens >= 1")
         self.max_ngram, self.min_ngram, self.tokens = max_ngram, min_ngram, tokens
 
-    def budget(self, k: int) -> int:
-        return self.tokens
-
-    def propose(self, seq: list[int], k: int, eos: set[int]) -> list[int]:
+    def propose(self, seq: list[int], limit: int, eos: set[int]) -> list[int]:
+        """At most ``min(tokens, limit)`` tokens, ending at the first ``eos`` one."""
+        k = min(self.tokens, limit)
         for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
             tail = seq[-n:]
             for start in range(len(seq) - n - 1, -1, -1):  # latest earlier match first
@@ -117,8 +119,8 @@ class NgramDraft:
                     return follow
         return []
 
-    def rollback(self, valid: int) -> None:
-        """Nothing cached."""
+    def update(self, proposed: int, agreed: int, valid: int) -> None:
+        """Nothing cached, nothing to adapt."""
 
 
 def speculative_greedy(
@@ -135,7 +137,9 @@ def speculative_greedy(
 ) -> list[int]:
     """Greedy new tokens for one prompt, drafted by `draft` and verified by `target`.
 
-    `draft`: a small causal LM (wrapped in :class:`ModelDraft`) or an :class:`NgramDraft`.
+    `draft`: a small causal LM (wrapped in :class:`ModelDraft`) or a drafter (an object with
+    ``propose(seq, limit, eos)`` and ``update(proposed, agreed, valid)``, e.g.
+    :class:`NgramDraft`).
 
     `processors` are transformers-style logits processors ``(input_ids, scores) -> scores``
     applied to the target's logits at every position with that position's prefix (what
@@ -185,15 +189,13 @@ def speculative_greedy(
         if kept and on_tokens is not None:
             on_tokens(kept)
 
-    drafter = draft if isinstance(draft, NgramDraft) else ModelDraft(draft)
-    k = START_DRAFT
+    drafter = draft if callable(getattr(draft, "propose", None)) else ModelDraft(draft)
     with torch.inference_mode():
         out = target(torch.tensor([seq], device=device), use_cache=True, **{t_kw: t_cache})
         keep(pick(out.logits[0, -1:], len(seq), []))
         while not done():
             # the target's cache holds seq[:-1]
-            proposal = drafter.propose(seq, min(drafter.budget(k), max_new_tokens - len(new)),
-                                       eos)
+            proposal = drafter.propose(seq, max_new_tokens - len(new), eos)
             base = len(seq)
             out = target(torch.tensor([[seq[-1], *proposal]], device=device), use_cache=True,
                          **{t_kw: t_cache})
@@ -204,14 +206,12 @@ def speculative_greedy(
             counts["target_passes"] += 1
             counts["drafted"] += len(proposal)
             counts["accepted"] += agreed
-            if proposal:
-                k = min(k + 2, MAX_DRAFT) if agreed == len(proposal) else max(k - 1, MIN_DRAFT)
             keep([*proposal[:agreed], picks[agreed]])
             # drop what the caches hold beyond the kept sequence
             extra = t_cache.get_seq_length() - (len(seq) - 1)
             if extra > 0:
                 t_cache.crop(-extra)
-            drafter.rollback(min(base + agreed, len(seq) - 1))
+            drafter.update(len(proposal), agreed, min(base + agreed, len(seq) - 1))
     if stats is not None:
         stats.update(counts)
     return new
