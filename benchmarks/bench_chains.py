@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--systems", default="naive,crag,self-rag")
     parser.add_argument("--crag-strips", choices=["sentences", "words", "passage"],
                         help="CRAG's knowledge-refinement strips (default: CRAGConfig's)")
+    parser.add_argument("--dtype", default=None,
+                        help="the model's dtype (float32, bfloat16; default: ExpertLLM's own)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not (args.data_dir / "hotpotqa" / "test.jsonl").is_file():
@@ -177,7 +179,8 @@ def main() -> None:
     from expertrag.rag import RAGPipeline
     from expertrag.training.critic_data import load_instructions, template_part
 
-    llm = ExpertLLM().load()
+    llm = ExpertLLM(dtype=args.dtype).load()
+    print(f"model dtype: {llm.base_model.dtype}")
     attach_shipped(llm)
     embedder = Embedder()
     wanted = args.systems.split(",")

@@ -353,6 +353,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--critic-caps", default="retrieve=400,isrel=200,issup=300,isuse=200",
                         help="held-out judgements per task in the critic part")
+    parser.add_argument("--dtype", default=None,
+                        help="the model's dtype (float32, bfloat16; default: ExpertLLM's own)")
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args()
 
@@ -372,7 +374,8 @@ def main() -> None:
             musique = load_musique(args.data_dir / "musique" / "questions.json")
         if "critic" in parts:
             halu = load_halueval(args.data_dir / HALUEVAL_QA, part="heldout")
-    llm = ExpertLLM().load()
+    llm = ExpertLLM(dtype=args.dtype).load()
+    print(f"model dtype: {llm.base_model.dtype}")
     needed = {"relevance": {"relevance"}, "grounded": {"grounded-qa"}, "demo": {"grounded-qa"},
               "critic": {"critic"}, "speed": {"relevance", "grounded-qa", "critic"}}
     names = sorted(set().union(*(needed[p] for p in parts)))

@@ -38,9 +38,10 @@ def make_store(db: str, collection: str) -> VectorStore:
     return VectorStore(path=db, collection=collection)
 
 
-def make_llm(model: str, server: str | None = None) -> Any:
-    """Build the LLM: in-process (weights load lazily, on the first generation), or a
-    client of the multi-LoRA server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
+def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> Any:
+    """Build the LLM: in-process (weights load lazily, on the first generation; ``dtype``
+    None picks bf16 on a CPU with native bf16, else fp32), or a client of the multi-LoRA
+    server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
     import os
 
     from expertrag.models.server import ENV_URL
@@ -52,7 +53,7 @@ def make_llm(model: str, server: str | None = None) -> Any:
         return ServerLLM(url)
     from expertrag.models.llm import ExpertLLM
 
-    return ExpertLLM.from_pretrained(model=model)
+    return ExpertLLM.from_pretrained(model=model, dtype=dtype)
 
 
 def shipped_experts() -> dict[str, Any]:
@@ -172,7 +173,7 @@ def _print_answers(answers: Sequence[Answer], as_json: bool) -> None:
 def _answer(args: argparse.Namespace, store: VectorStore, questions: list[str]) -> list[Answer]:
     from expertrag.rag import RAGPipeline
 
-    llm = make_llm(args.model, getattr(args, "server", None))
+    llm = make_llm(args.model, getattr(args, "server", None), dtype=getattr(args, "dtype", None))
     expert = choose_expert(llm, args.expert)
     pipeline = RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens,
                            evidence_gate="auto" if getattr(args, "evidence_gate", False) else None)
@@ -285,6 +286,9 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, metavar="URL",
                    help="answer through an OpenAI-compatible multi-LoRA server (vLLM) at URL "
                         "instead of in-process (default: $EXPERTRAG_SERVER_URL if set)")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weight dtype (default auto: bfloat16 on a CPU with native bf16 or a "
+                        "GPU, else float32)")
     p.add_argument("--max-new-tokens", type=int, default=192, help="answer length limit")
     p.add_argument("--evidence-gate", action="store_true",
                    help="refuse without generating when no passage clears the expert's "

@@ -91,13 +91,60 @@ def test_fast_paths_keep_greedy_tokens(llm: ExpertLLM) -> None:
                                  fastpath.install_fast_head(llm.base_model)))
 
 
-def test_speculative_decoding_keeps_greedy_tokens(llm: ExpertLLM) -> None:
+def test_default_dtype_greedy_answers_are_transformers_own(llm: ExpertLLM) -> None:
+    """In the dtype ExpertLLM picks by default (bf16 on a CPU with native bf16), its
+    single-stream greedy answers through the fast paths are token for token those of
+    transformers' ``generate`` with the stock forwards on the same weights."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from expertrag.models import fastpath
+    from expertrag.models.loading import resolve_dtype
+
+    assert llm.base_model.dtype == resolve_dtype(None, "cpu")
+    prompts = [[{"role": "user", "content": p}] for p in (
+        "Explain in three sentences why the sky is blue.",
+        "Give three tips for learning a new language.", "Describe how a bicycle works.")]
+    ours = [llm.generate(m, max_new_tokens=40) for m in prompts]
+
+    def stock() -> list[list[int]]:
+        fastpath.remove_fast_paths(llm._model)
+        try:
+            out = []
+            for m in prompts:
+                enc = llm.tokenizer(llm.render(m), return_tensors="pt",
+                                    add_special_tokens=False)
+                bare = llm._peft.disable_adapter() if llm._peft is not None else nullcontext()
+                with torch.inference_mode(), bare:
+                    ids = llm.base_model.generate(**enc, max_new_tokens=40, do_sample=False,
+                                                  pad_token_id=llm.tokenizer.pad_token_id)
+                out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+            return out
+        finally:
+            fastpath.install_lean_lora(llm._model)
+            fastpath.install_fast_head(llm.base_model)
+
+    for res, ids in zip(ours, llm._worker.run(stock), strict=True):
+        assert res.text == llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+@pytest.fixture(scope="module")
+def fp32() -> ExpertLLM:
+    """The speculative path drafts in bf16 for an fp32 model (the opt-in exact route)."""
+    model = ExpertLLM(dtype="float32").load()
+    yield model
+    model.close()
+
+
+def test_speculative_decoding_keeps_greedy_tokens(fp32: ExpertLLM) -> None:
     """The bf16-drafted speculative path gives the fp32 greedy answers of transformers' own
     loop: free text from the bare base and a grounded-qa answer with its refusal gate."""
     from expertrag.experts import attach_shipped
     from expertrag.rag import build_messages
     from expertrag.types import Document
 
+    llm = fp32
     attach_shipped(llm, ["grounded-qa"])
     passages = [Document(text="The lighthouse was built in 1862 and first lit in 1863.",
                          id="a"),

@@ -61,8 +61,9 @@ class FakeLLM:
 def fakes(monkeypatch):
     llms: list[FakeLLM] = []
 
-    def make_llm(model: str, server: str | None = None) -> FakeLLM:
+    def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> FakeLLM:
         llms.append(FakeLLM())
+        llms[-1].dtype = dtype
         return llms[-1]
 
     def make_store(db: str, collection: str) -> VectorStore:
@@ -205,6 +206,18 @@ def test_server_option_and_environment_pick_the_server_client(monkeypatch):
     assert cli.make_llm("any").base_url == "http://127.0.0.1:10"
     monkeypatch.delenv("EXPERTRAG_SERVER_URL")
     assert isinstance(cli.make_llm("smollm2-135m-instruct"), ExpertLLM)
+
+
+def test_dtype_option_reaches_the_model(monkeypatch):
+    from expertrag.models.llm import ExpertLLM
+
+    monkeypatch.delenv("EXPERTRAG_SERVER_URL", raising=False)
+    args = cli.build_parser().parse_args(["ask", "q?", "--dtype", "float32"])
+    llm = cli.make_llm(args.model, args.server, dtype=args.dtype)
+    assert isinstance(llm, ExpertLLM) and llm._load_kwargs["dtype"] == "float32"
+    assert cli.build_parser().parse_args(["ask", "q?"]).dtype is None
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["ask", "q?", "--dtype", "float64"])
 
 
 def test_ingest_reports_every_bad_file_and_skip_invalid_ingests_the_rest(tmp_path, capsys,

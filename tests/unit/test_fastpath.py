@@ -174,20 +174,37 @@ def test_fast_head_can_be_turned_off(monkeypatch) -> None:
     assert getattr(head.forward, "__func__", None) is not fastpath._fast_head_forward
 
 
-def test_a_bf16_base_serves_its_experts_in_bf16_through_the_lean_forward(
-        tmp_path: Path) -> None:
-    """peft would upcast a bf16 base's adapters to fp32 and cast every input; served in
-    the base's dtype, the lean forward applies and stays bitwise peft's."""
+def test_a_bf16_base_keeps_fp32_adapters_through_the_lean_forward(tmp_path: Path) -> None:
+    """On a bf16 base peft keeps the adapters in fp32 and casts their input (cheaper than
+    bf16's small products for decode rows on a CPU); the lean forward does the same and stays
+    bitwise peft's, for a routed expert (bf16 out) and in a mixed batch."""
     from peft.tuners.lora import Linear as LoraLinear
 
     model = tiny_llm(seed=5)
     model.base_model.to(torch.bfloat16)
     model.add_expert("two", _save_lora(model, tmp_path / "two", 1, alpha=8))
+    model.add_expert("odd", _save_lora(model, tmp_path / "odd", 2, alpha=6))
     layers = [m for m in model._peft.modules() if type(m) is LoraLinear]
-    assert layers and all(m.lora_A["two"].weight.dtype == torch.bfloat16 for m in layers)
-    lean = _logits(model, ["two"] * 3)
-    assert lean.dtype == torch.bfloat16
+    assert layers and all(m.lora_A["two"].weight.dtype == torch.float32 for m in layers)
+    assert all(m.forward.__func__ is fastpath._lean_lora_forward for m in layers)
+    calls = []
+    stock_forward = LoraLinear.forward
+
+    def counted(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return stock_forward(self, x, *args, **kwargs)
+
+    cases: list[list[str | None]] = [["two"] * 3, ["odd"] * 3, ["two", None, "odd"]]
+    try:
+        LoraLinear.forward = counted
+        lean = [_logits(model, c) for c in cases[:2]]
+        assert not calls  # a routed expert never falls back to peft's forward
+        lean.append(_logits(model, cases[2]))
+    finally:
+        LoraLinear.forward = stock_forward
+    assert all(t.dtype == torch.bfloat16 for t in lean)
     fastpath.remove_fast_paths(model._peft)
-    stock = _logits(model, ["two"] * 3)
-    assert torch.equal(lean, stock)
-    assert not torch.equal(stock, _logits(model, [None] * 3))
+    stock = [_logits(model, c) for c in cases]
+    for case, a, b in zip(cases, lean, stock, strict=True):
+        assert torch.equal(a, b), case
+    assert not torch.equal(stock[0], _logits(model, [None] * 3))

@@ -631,3 +631,22 @@ def test_an_expert_ships_its_gate(tmp_path: Path) -> None:
     (bad / EXPERT_METADATA).write_text(json.dumps({"refusal_gate": {"threshold": 2}}))
     with pytest.raises(ExpertError, match="refusal_gate"):
         model.add_expert("bad", bad)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_default_dtype_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, native: bool,
+                                                              expected: str) -> None:
+    """bf16 halves the bytes a CPU decode step streams, but where the CPU emulates it, it is
+    slower than fp32; an explicit dtype always wins."""
+    import torch
+
+    from expertrag.errors import InputError
+    from expertrag.models import loading
+
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native)
+    assert loading.resolve_dtype(None, "cpu") == getattr(torch, expected)
+    assert loading.resolve_dtype("auto", "cpu") == getattr(torch, expected)
+    assert loading.resolve_dtype("float32", "cpu") == torch.float32
+    assert loading.resolve_dtype(torch.float16, "cpu") == torch.float16
+    with pytest.raises(InputError, match="float64"):
+        loading.resolve_dtype("float64", "cpu")

@@ -160,13 +160,20 @@ class ExpertLLM:
     >>> llm.add_expert("grounded-qa", "path/to/adapter")
     >>> llm.generate([{"role": "user", "content": "Hi"}], expert="grounded-qa").text
 
-    ``speculative`` (opt-in): one greedy, unconstrained row is drafted by a bf16 copy of the
-    base and verified by the served fp32 model (``expertrag.models.speculative``): the same
-    tokens, fewer weight-bound fp32 steps. "auto" uses it only on CPUs with native bf16 and
-    fp32 weights. It costs a bf16 copy of the base weights (270 MB for SmolLM2-135M), built
-    on first use; on 2 Zen 5 cores it measured 0.81-1.15x eager, so it is off by default.
-    "ngram" drafts by prompt lookup instead (no draft model; 0.91-0.97x eager there, where a
-    5-token verifying pass costs 1.39x a 1-token step). ``EXPERTRAG_SPECULATIVE=0`` turns
+    ``dtype`` None / "auto" loads bf16 on a GPU and on a CPU that computes bf16 natively
+    (AVX512-BF16, AMX), fp32 on any other CPU (``loading.resolve_dtype``): a CPU decode step
+    streams every weight, so bf16 decodes ~2x faster, and the shipped experts score and
+    answer held-out questions as well as in fp32 (README, "Benchmarks"). ``dtype="float32"``
+    keeps fp32.
+
+    ``speculative`` (opt-in, for fp32 weights): one greedy, unconstrained row is drafted by a
+    bf16 copy of the base and verified by the served fp32 model
+    (``expertrag.models.speculative``): the same tokens, fewer weight-bound fp32 steps.
+    "auto" uses it only on CPUs with native bf16 and fp32 weights. It costs a bf16 copy of
+    the base weights (270 MB for SmolLM2-135M), built on first use; on 2 Zen 5 cores it
+    measured 0.81-1.15x eager, so it is off by default. "ngram" drafts by prompt lookup
+    instead (no draft model; 0.91-0.97x eager there, where a 5-token verifying pass costs
+    1.39x a 1-token step). ``EXPERTRAG_SPECULATIVE=0`` turns
     it off everywhere.
     """
 
@@ -392,9 +399,10 @@ class ExpertLLM:
         from peft import PeftModel
 
         self._unmerge()
-        # Served in the base's dtype: peft would upcast the adapter of a bf16/fp16 base to
-        # fp32 and cast every input to it, which costs more than the LoRA product itself.
-        serve = {"is_trainable": False, "autocast_adapter_dtype": False}
+        # On a bf16/fp16 base peft keeps the adapters in fp32 and casts their input: on a CPU,
+        # for the few rows of a decode step, bf16's small LoRA products cost ~2-3x fp32's
+        # with the casts (fastpath's docstring), and the lean forward keeps peft's numbers.
+        serve = {"is_trainable": False}
         if self._peft is None:
             with peft_deprecation_quiet():
                 self._peft = PeftModel.from_pretrained(
