@@ -138,6 +138,10 @@ def test_ingest_then_ask(tmp_path, capsys, corpus, fakes):
     assert data[0]["citations"][0]["source"] in {"fees.md", "steps.md"}
     assert data[0]["citations"][0]["cited"] is True
     assert fakes[-1].batches == [2]  # two questions -> one batched generate call
+    assert fakes[-1].dtype is None  # ExpertLLM picks the dtype
+
+    assert cli.main(["ask", "fee?", "--db", db, "--dtype", "float32"]) == 0
+    assert fakes[-1].dtype == "float32"  # --dtype reaches the model
 
 
 def test_unknown_expert_exits_2(tmp_path, capsys, corpus, fakes):
