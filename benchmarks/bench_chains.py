@@ -118,6 +118,24 @@ def figures(results: list[Any], items: list[Any], has_answer: list[bool],
             "rows_per_question": mean(rows), "seconds_per_question": seconds / len(results)}
 
 
+def per_question(results: list[Any], items: list[Any],
+                 has_answer: list[bool]) -> list[dict[str, Any]]:
+    """One record per question (for error analysis): the answer, whether it is right and,
+    where the system records them, CRAG's action and Self-RAG's retrieve decision."""
+    from expertrag.evaluation.datasets import answer_correct
+    from expertrag.rag import is_refusal
+
+    out = []
+    for r, item, has in zip(results, items, has_answer, strict=True):
+        text = getattr(r, "answer", None) or getattr(r, "text", "")
+        out.append({"question": item.question, "answers": list(item.answers),
+                    "has_answer": has, "answer": text, "refused": is_refusal(text),
+                    "correct": has and answer_correct(text, item),
+                    "action": getattr(r, "action", None),
+                    "retrieved": getattr(r, "retrieved", None)})
+    return out
+
+
 def recovered(results: list[Any], items: list[Any], has_answer: list[bool]) -> float:
     """The share of the questions without their gold paragraphs that were answered right."""
     from expertrag.evaluation.datasets import answer_correct
@@ -167,6 +185,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None,
                         help="the model's dtype (float32, bfloat16; default: ExpertLLM's own)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--dump", type=Path,
+                        help="also write every system's answer to every question here (JSON)")
     args = parser.parse_args()
     if not (args.data_dir / "hotpotqa" / "test.jsonl").is_file():
         sys.exit(f"error: {args.data_dir} holds no hotpotqa/test.jsonl: pass --data-dir")
@@ -194,6 +214,7 @@ def main() -> None:
         items, retriever = musique_setup(args.data_dir, args.musique, embedder, k)
         sets.append(("musique", items, retriever, [True] * len(items), None))
     report: dict[str, Any] = {}
+    answers: dict[str, list[dict[str, Any]]] = {}
     crag_cfg = CRAGConfig(k=k)
     if args.crag_strips:
         crag_cfg = CRAGConfig(k=k, strips=args.crag_strips)
@@ -216,6 +237,7 @@ def main() -> None:
         for label, system in systems.items():
             results, took = run_system(label, system, questions, args.batch)
             f = figures(results, items, has_answer, took)
+            answers[f"{name}/{label}"] = per_question(results, items, has_answer)
             if label.startswith("CRAG"):
                 truth = has_answer
                 acts = [r.action for r in results]
@@ -285,6 +307,8 @@ def main() -> None:
         report["retrieve_decision"] = {"accuracy": acc, "n": len(truth)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if args.dump:
+        args.dump.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

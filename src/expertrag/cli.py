@@ -39,9 +39,9 @@ def make_store(db: str, collection: str) -> VectorStore:
 
 
 def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> Any:
-    """Build the LLM: in-process (weights load lazily, on the first generation; ``dtype``
-    None picks bf16 on a CPU with native bf16, else fp32), or a client of the multi-LoRA
-    server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
+    """Build the LLM: in-process (loaded now, so a missing model fails before any work;
+    ``dtype`` None picks bf16 on a CPU with native bf16, else fp32), or a client of the
+    multi-LoRA server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
     import os
 
     from expertrag.models.server import ENV_URL

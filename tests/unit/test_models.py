@@ -550,10 +550,17 @@ def test_schema_is_shown_in_the_prompt(plain: ExpertLLM) -> None:
     assert '"enum": ["red", "green", "blue"]' in prompt
 
 
-def test_logprobs_are_the_greedy_tokens_log_probabilities(llm: ExpertLLM) -> None:
+def test_logprobs_are_the_greedy_tokens_log_probabilities(
+        llm: ExpertLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
+    from transformers.generation import utils as generation_utils
 
+    warned: list[str] = []
+    monkeypatch.setattr(generation_utils.logger, "warning_once",
+                        lambda msg, *a, **k: warned.append(str(msg)))
     res = llm.generate(HELLO, max_new_tokens=5, logprobs=True)
+    # the score outputs ride on the GenerationConfig: no deprecation warning for users
+    assert not [w for w in warned if "generation_config" in w], warned
     assert res.logprobs is not None and len(res.logprobs) == res.completion_tokens
     assert all(lp <= 0 for lp in res.logprobs)
     assert res.mean_logprob == pytest.approx(sum(res.logprobs) / len(res.logprobs))

@@ -923,6 +923,8 @@ class ExpertLLM:
         )
         if opts.num_beams > 1:
             config.num_beams, config.length_penalty = opts.num_beams, 1.0
+        if opts.logprobs:  # on the config: generate() deprecates them beside one
+            config.output_scores = config.return_dict_in_generate = True
         kwargs: dict[str, Any] = {"generation_config": config}
         if opts.stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -946,8 +948,6 @@ class ExpertLLM:
             if "adapter_names" in kwargs:  # a mixed batch: one name per hypothesis
                 kwargs["adapter_names"] = [n for n in kwargs["adapter_names"]
                                            for _ in range(opts.num_beams)]
-        if opts.logprobs:
-            kwargs.update(output_scores=True, return_dict_in_generate=True)
         with torch.inference_mode():
             output = self._model.generate(**enc, **kwargs)
         sequences = output.sequences if opts.logprobs else output
