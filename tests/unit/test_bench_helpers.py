@@ -64,3 +64,52 @@ def test_tune_crag_memoises_scores_and_answers():
     assert gen.generate([conv], expert="e") == ["hi:e"] and gen.inner.calls == 1
     assert gen.generate([conv], expert="f") == ["hi:f"] and gen.inner.calls == 2  # kwargs count
     assert gen.name == "gen"  # everything else is forwarded
+
+
+def _qa_item(question: str, answer: str, gold: str):
+    from expertrag.evaluation.datasets import QAItem
+    from expertrag.types import Document
+
+    return QAItem(id=question, question=question, answer=answer,
+                  gold=[Document(text=gold)], distractors=[Document(text="unrelated")])
+
+
+def test_oracle_context_answers_from_the_gold_paragraphs_and_bounds_recovery():
+    bench = _load("bench_chains")
+    items = [_qa_item("Where is A?", "Paris", "A is in Paris."),
+             _qa_item("Where is B?", "Rome", "B is in Rome.")]
+
+    class Reader:  # answers with the last word of the first passage it is shown
+        def generate(self, convs, **kwargs):
+            from types import SimpleNamespace
+
+            assert kwargs["expert"] == "grounded-qa"
+            outs = []
+            for conv in convs:
+                passage = conv[-1]["content"].split("[1]", 1)[1].split("\n")[0]
+                outs.append(SimpleNamespace(text=passage.strip(" .").split()[-1] + " [1]."))
+            return outs
+
+    oracle = bench.OracleContext(Reader(), items)
+    results = oracle.answer_many([it.question for it in items])
+    assert [r.text for r in results] == ["Paris [1].", "Rome [1]."]
+    has_answer = [True, False]  # B's gold was removed from its internal corpus: still shown
+    assert bench.recovered(results, items, has_answer) == 1.0
+    rows = bench.per_question(results, items, has_answer)
+    assert rows[0]["correct"] and not rows[0]["refused"] and rows[0]["action"] is None
+    assert rows[1]["correct"] is False  # "correct" counts answerable questions only
+
+
+def test_selfrag_candidates_pick_follows_the_weights():
+    pick = _load("selfrag_candidates").pick
+
+    def cand(text, isrel, issup, isuse):
+        return {"text": text, "isrel": isrel, "issup": issup, "isuse": isuse}
+
+    row = {"candidates": [cand("one", 0.9, 0.2, 0.0), cand("two", 0.4, 0.9, 0.0)],
+           "all_passages": cand("all", 0.3, 1.0, 1.0)}
+    assert pick(row, (1, 1, 0.5), False)["text"] == "two"  # 1.3 against 1.1
+    assert pick(row, (1, 0, 0), False)["text"] == "one"  # IsRel alone
+    assert pick(row, (1, 1, 0.5), True)["text"] == "all"  # 0.3 + 1.0 + 0.5 = 1.8
+    row["all_passages"]["isrel"] = None  # no IsRel counts as 0
+    assert pick(row, (1, 0, 0), True)["text"] == "one"
