@@ -113,12 +113,18 @@ def run_system(name: str, system: Any, questions: list[str], batch: int) -> tupl
     return out, took
 
 
+def answer_text(result: Any) -> str:
+    """The answer of any system's result: a chain's ``answer``, naive RAG's or a generation's
+    ``text``."""
+    return getattr(result, "answer", None) or getattr(result, "text", "")
+
+
 def figures(results: list[Any], items: list[Any], has_answer: list[bool],
             seconds: float) -> dict[str, float]:
     from expertrag.evaluation.datasets import answer_correct
     from expertrag.rag import is_refusal
 
-    texts = [getattr(r, "answer", None) or getattr(r, "text", "") for r in results]
+    texts = [answer_text(r) for r in results]
     pos = [i for i, h in enumerate(has_answer) if h]
     neg = [i for i, h in enumerate(has_answer) if not h]
     mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
@@ -144,7 +150,7 @@ def per_question(results: list[Any], items: list[Any],
 
     out = []
     for r, item, has in zip(results, items, has_answer, strict=True):
-        text = getattr(r, "answer", None) or getattr(r, "text", "")
+        text = answer_text(r)
         out.append({"question": item.question, "answers": list(item.answers),
                     "has_answer": has, "answer": text, "refused": is_refusal(text),
                     "correct": has and answer_correct(text, item),
@@ -158,7 +164,7 @@ def recovered(results: list[Any], items: list[Any], has_answer: list[bool]) -> f
     from expertrag.evaluation.datasets import answer_correct
 
     lost = [i for i, h in enumerate(has_answer) if not h]
-    texts = [getattr(r, "answer", None) or getattr(r, "text", "") for r in results]
+    texts = [answer_text(r) for r in results]
     return (sum(answer_correct(texts[i], items[i]) for i in lost) / len(lost)
             if lost else float("nan"))
 
