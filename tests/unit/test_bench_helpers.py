@@ -113,3 +113,30 @@ def test_selfrag_candidates_pick_follows_the_weights():
     assert pick(row, (1, 1, 0.5), True)["text"] == "all"  # 0.3 + 1.0 + 0.5 = 1.8
     row["all_passages"]["isrel"] = None  # no IsRel counts as 0
     assert pick(row, (1, 0, 0), True)["text"] == "one"
+
+
+def test_crag_context_rules_select_against_the_gold():
+    cc = _load("crag_contexts")
+    # passage 1 is the best; 3 is the bridge the question alone rates low, but high together
+    row = {"scores": [0.5, 0.99, 0.8, 0.02, 0.001],
+           "joint": [0.3, None, 0.4, 0.95, 0.01],
+           "gold": [False, True, False, True, False]}
+    assert cc.ranked(row["scores"]) == [1, 2, 0, 3, 4]
+    assert cc.top(3)(row) == [0, 1, 2]  # retrieval order, whatever the scores
+    assert cc.top(3, floor=0.6)(row) == [1, 2]  # 0.5 is below the floor
+    assert cc.top(2, floor=0.9)(row) == [1]  # the best passage is always kept
+    assert cc.gap(3, 2.0)(row) == [1]  # logit(0.8) is 3.2 below logit(0.99)
+    assert cc.gap(3, 4.0)(row) == [1, 2]
+    # pair-aware: passage 2 sums logit(0.8) + logit(0.4) = 0.98, passage 3
+    # logit(0.02) + logit(0.95) = -0.95
+    assert cc.pair(2)(row) == [1, 2]
+    row["joint"][3] = 0.9999  # read with the best passage the bridge helps: 5.32
+    assert cc.pair(2)(row) == [1, 3]
+    assert cc.gold(row) == [1, 3]
+    assert cc.gold({"scores": [0.2, 0.7], "gold": [False, False]}) == [1]  # none retrieved
+
+    rows = [row, {"scores": [0.9, 0.1], "joint": [None, 0.5], "gold": [True, False]}]
+    f = cc.selection(rows, cc.top(2))
+    assert f == {"kept": 2.0, "distractors": 1.0, "all_gold": 1, "exact": 0}
+    f = cc.selection(rows, cc.gold)
+    assert f == {"kept": 1.5, "distractors": 0.0, "all_gold": 2, "exact": 2}
