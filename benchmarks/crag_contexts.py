@@ -144,9 +144,9 @@ def main() -> None:
         joint = evaluator.score_pairs([(item.question, retrieved[best].text + "\n"
                                         + retrieved[i].text) for i in others])
         gold_ids = {d.id for d in item.gold}
+        with_best = dict(zip(others, joint, strict=True))
         rows.append({"question": item.question, "answer": item.answer, "scores": scores,
-                     "joint": [dict(zip(others, joint, strict=True)).get(i)
-                               for i in range(len(retrieved))],
+                     "joint": [with_best.get(i) for i in range(len(retrieved))],
                      "gold": [d.id in gold_ids for d in retrieved]})
         docs.append(retrieved)
 
