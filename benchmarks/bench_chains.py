@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,9 @@ def main() -> None:
                              "recovered column, for external recovery)")
     parser.add_argument("--crag-strips", choices=["sentences", "words", "passage"],
                         help="CRAG's knowledge-refinement strips (default: CRAGConfig's)")
+    parser.add_argument("--crag-config", type=Path,
+                        help="a CRAGConfig JSON (CRAGConfig.save) for both CRAG rows; --k "
+                             "and --crag-strips override its fields (default: CRAGConfig())")
     parser.add_argument("--dtype", default=None,
                         help="the model's dtype (float32, bfloat16; default: ExpertLLM's own)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -243,9 +247,9 @@ def main() -> None:
         sets.append(("musique", items, retriever, [True] * len(items), None))
     report: dict[str, Any] = {}
     answers: dict[str, list[dict[str, Any]]] = {}
-    crag_cfg = CRAGConfig(k=k)
-    if args.crag_strips:
-        crag_cfg = CRAGConfig(k=k, strips=args.crag_strips)
+    crag_cfg = CRAGConfig.load(args.crag_config) if args.crag_config else CRAGConfig()
+    crag_cfg = replace(crag_cfg, k=k, strips=args.crag_strips or crag_cfg.strips).validate()
+    print("CRAG config:", {k: v for k, v in crag_cfg.to_dict().items() if k != "calibration"})
     for name, items, retriever, has_answer, external in sets:
         questions = [it.question for it in items]
         print(f"\n{name}: {len(items)} questions ({sum(has_answer)} answerable), k={k}")

@@ -71,12 +71,14 @@ def gap(m: int, g: float) -> Rule:
 
 def pair(m: int) -> Rule:
     """The best passage, then the others by logit(own score) + logit(score read together
-    with the best passage): a bridge passage the question alone rates low can rise."""
+    with the best passage): a bridge passage the question alone rates low can rise. The
+    chain's own rule (``CRAGConfig(select="pair", max_strips=m)``) on whole passages."""
+    from expertrag.chains.corrective import Strip, ranked_strips
+
     def rule(row: Row) -> list[int]:
-        best = ranked(row["scores"])[0]
-        others = [i for i in range(len(row["scores"])) if i != best]
-        others.sort(key=lambda i: (-(logit(row["scores"][i]) + logit(row["joint"][i])), i))
-        return sorted([best, *others[:m - 1]])
+        strips = [Strip("", i, 0, s, joint=j)
+                  for i, (s, j) in enumerate(zip(row["scores"], row["joint"], strict=True))]
+        return sorted(s.source for s in ranked_strips(strips, -math.inf, "pair", m))
     return rule
 
 

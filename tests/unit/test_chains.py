@@ -532,3 +532,76 @@ def test_doc_floor_and_score_order_shape_the_recomposed_context():
         CRAGConfig(order="random").validate()
     with pytest.raises(InputError, match="doc_floor"):
         CRAGConfig(doc_floor=float("nan")).validate()
+
+
+BRIDGE_OWN = {"built": 0.9, "born": 0.5, "stands": 0.3}
+
+
+class BridgeEvaluator:
+    """Scores a passage alone by keyword, and a pair (best + newline + other) by whether the
+    other part holds the bridge fact: what pair-aware selection reads."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+
+    def score_pairs(self, pairs):
+        self.pairs.extend(pairs)
+        out = []
+        for _, text in pairs:
+            if "\n" in text:
+                out.append(0.95 if "Paris" in text.split("\n", 1)[1] else 0.1)
+            else:
+                out.append(next((v for k, v in BRIDGE_OWN.items() if k in text), 0.05))
+        return out
+
+
+def test_pair_aware_selection_keeps_the_partner_the_best_passage_needs():
+    from expertrag.chains.corrective import Strip, ranked_strips
+
+    docs = corpus("The tower was built by Gustave Eiffel.", "Gustave Eiffel was born in Dijon.",
+                  "The tower stands in Paris.", "Cats sleep.")
+    question = "In which city does the tower Gustave Eiffel built stand?"
+
+    def chain(**config):
+        ev = BridgeEvaluator()
+        cfg = CRAGConfig(upper=0.8, lower=0.3, strips="passage", strip_floor=0.0,
+                         doc_floor=0.0, k=4, **config)
+        return CorrectiveRAG(FakeLLM(), docs, evaluator=ev, config=cfg), ev
+
+    by_score, ev = chain(max_strips=2)
+    res = by_score.answer(question)
+    assert [p.id for p in res.context.passages] == ["d0", "d1"]  # "born" outscores "stands"
+    assert len(ev.pairs) == 4 and res.calls["evaluator"] == 4  # no pair rows
+    by_pair, ev = chain(max_strips=2, select="pair")
+    res = by_pair.answer(question)
+    # logit(0.3) + logit(0.95) = 2.10 beats logit(0.5) + logit(0.1) = -2.20
+    assert [p.id for p in res.context.passages] == ["d0", "d2"]
+    assert ev.pairs[4:] == [(question, docs(question, 4)[0].text + "\n" + docs(question, 4)[i].text)
+                            for i in (1, 2, 3)]  # the best with each other passage, one pass
+    assert res.calls["evaluator"] == 7 and res.forward_calls == 8
+    assert [s.joint for s in res.context.strips] == [None, 0.1, 0.95, 0.1]
+    assert res.action == CORRECT and res.citations[0].id == "d0"
+    # external knowledge is selected the same way (Incorrect: the external source alone)
+    ev = BridgeEvaluator()
+    cfg = CRAGConfig(upper=0.8, lower=0.3, strips="passage", strip_floor=0.0, doc_floor=0.0,
+                     k=1, external_k=4, max_strips=2, select="pair")
+    res = CorrectiveRAG(FakeLLM(), corpus("Cats sleep."), evaluator=ev, external=docs,
+                        config=cfg).answer(question)
+    assert res.action == INCORRECT
+    assert [p.id for p in res.context.passages] == ["d0", "d2"]
+    assert all(p.metadata["external"] for p in res.context.passages)
+    # every passing strip fits the budget: nothing to choose, so no pair rows
+    all_kept, ev = chain(max_strips=4, select="pair")
+    assert len(all_kept.answer(question).context.passages) == 4 and len(ev.pairs) == 4
+    # the rule itself, and its typed error when a candidate lacks its joint score
+    strips = [Strip("a", 0, 0, 0.9), Strip("b", 1, 0, 0.6, joint=0.2),
+              Strip("c", 2, 0, 0.4, joint=0.9), Strip("d", 3, 0, 0.01, joint=0.99)]
+    assert [s.text for s in ranked_strips(strips, 0.0, "pair", 2)] == ["a", "c"]
+    assert [s.text for s in ranked_strips(strips, 0.0, "score", 2)] == ["a", "b"]
+    assert [s.text for s in ranked_strips(strips, 0.05, "pair")] == ["a", "b", "c"]
+    strips[2].joint = None
+    with pytest.raises(InputError, match="strip 0 of source 2"):
+        ranked_strips(strips, 0.0, "pair", 2)
+    with pytest.raises(InputError, match="select"):
+        CRAGConfig(select="best").validate()
+    assert CRAGConfig.from_dict(CRAGConfig(select="pair").to_dict()).select == "pair"

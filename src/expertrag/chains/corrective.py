@@ -9,8 +9,11 @@
    (default ``lower``) are cut into strips (sentence groups, word windows or whole passages),
    all strips are scored by the same evaluator in one batched pass, the best ones at or above
    ``strip_floor`` are kept and joined back per source document, in retrieval order or by
-   score (``order``). Every recomposed passage keeps the id
-   and metadata of its source document, so the answer's citations resolve to it.
+   score (``order``). With ``select="pair"`` the strips after the best one are ranked by
+   what they add to it: each is scored again read together with the best strip, so the
+   second hop of a multi-hop question, which the question alone rates low, can rise.
+   Every recomposed passage keeps the id and metadata of its source document, so the
+   answer's citations resolve to it.
 4. External knowledge on Incorrect (instead of the internal documents) and Ambiguous (beside
    them): a pluggable second source queried with a rewritten query (at most three keywords,
    without the LLM by default), refined the same way. With no external source, Incorrect ends
@@ -53,6 +56,7 @@ CORRECT, INCORRECT, AMBIGUOUS = "correct", "incorrect", "ambiguous"
 ACTIONS = (CORRECT, INCORRECT, AMBIGUOUS)
 STRIP_MODES = ("sentences", "words", "passage")
 ORDERS = ("retrieval", "best-first", "best-last")
+SELECT_MODES = ("score", "pair")
 REWRITE_MODES = ("keywords", "llm", "none")
 
 _SENTENCE_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n|\n(?=\s*[#*-])")
@@ -97,6 +101,12 @@ class CRAGConfig:
     # documents refined on Correct / Ambiguous: those scoring >= doc_floor (None: ``lower``)
     doc_floor: float | None = 0.0
     max_strips: int = 3
+    # how the strips after the best one are chosen: "score" (the evaluator's score for each
+    # strip alone) or "pair" (logit of that score + logit of the strip's score read together
+    # with the best strip; one more evaluator row per candidate strip). Pair-aware selection
+    # is meant with ``max_strips=2``: the best strip and its best partner (see
+    # benchmarks/crag_contexts.py and the README's CRAG figures).
+    select: str = "score"
     # recomposed passages in retrieval order, or by evaluator score: "best-first" or
     # "best-last" (the best passage next to the question)
     order: str = "retrieval"
@@ -128,6 +138,8 @@ class CRAGConfig:
                              f"{self.external_strips!r}")
         if self.order not in ORDERS:
             raise InputError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.select not in SELECT_MODES:
+            raise InputError(f"select must be one of {SELECT_MODES}, got {self.select!r}")
         for name in ("strip_floor", "doc_floor"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float))
@@ -189,6 +201,7 @@ class Strip:
     index: int  # position within the source document
     score: float = float("nan")
     external: bool = False
+    joint: float | None = None  # score read together with the best strip (select="pair")
 
 
 @dataclass
@@ -241,6 +254,31 @@ def split_strips(text: str, mode: str = "sentences", sentences: int = 3,
         return [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
     parts = [p.strip() for p in _SENTENCE_RE.split(text) if p and p.strip()]
     return [" ".join(parts[i:i + sentences]) for i in range(0, len(parts), sentences)]
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def ranked_strips(strips: Sequence[Strip], floor: float, select: str = "score",
+                  limit: int | None = None) -> list[Strip]:
+    """The best ``limit`` strips scoring >= ``floor``, best first. ``select="score"`` ranks
+    them by their own score; ``"pair"`` keeps the best first and ranks the rest by
+    logit(own score) + logit(``joint``), their score read together with the best (ties:
+    the given order). Joint scores are only needed when more than ``limit`` pass."""
+    passing = sorted((s for s in strips if s.score >= floor), key=lambda s: -s.score)
+    if limit is None:
+        limit = len(passing)
+    if select == "pair" and len(passing) > limit:
+        rest = passing[1:]
+        if any(s.joint is None for s in rest):
+            missing = next(s for s in rest if s.joint is None)
+            raise InputError(f"pair-aware selection needs every candidate's joint score; "
+                             f"strip {missing.index} of source {missing.source} has none")
+        rest.sort(key=lambda s: -(_logit(s.score) + _logit(s.joint)))  # type: ignore[arg-type]
+        passing = [passing[0], *rest]
+    return passing[:limit]
 
 
 def decide(scores: Sequence[float], upper: float, lower: float) -> str:
@@ -369,9 +407,7 @@ class CorrectiveRAG:
         external ones are all there is on Incorrect). External documents beside internal
         context get no fallback: a document below the floor would only add noise there."""
         cfg = self.config
-        passing = [s for s in strips if s.score >= cfg.floor]
-        passing.sort(key=lambda s: -s.score)
-        kept = passing[: cfg.max_strips]
+        kept = ranked_strips(strips, cfg.floor, cfg.select, cfg.max_strips)
         if not kept and strips and fallback:
             def doc_score(s: Strip) -> float:
                 return scores_by_doc[s.source] if s.source < len(scores_by_doc) \
@@ -457,6 +493,9 @@ class CorrectiveRAG:
         order = sorted(ext_strips)
         self._score_strips([questions[i] for i in order], [ext_strips[i] for i in order],
                            [[float("nan")] * len(external[i]) for i in order], trace)
+        if cfg.select == "pair":
+            self._score_joint([*questions, *(questions[i] for i in order)],
+                              [*strips, *(ext_strips[i] for i in order)], trace)
         out = []
         for i, question in enumerate(questions):
             passages = self._recompose(docs_scored[i], strips[i], scores[i]) if strips[i] \
@@ -485,6 +524,22 @@ class CorrectiveRAG:
         for (_, s), value in zip(todo, self._score([(q, s.text) for q, s in todo], trace,
                                                    "refine"), strict=True):
             s.score = value
+
+    def _score_joint(self, questions: list[str], strips: list[list[Strip]],
+                     trace: Trace) -> None:
+        """Pair-aware selection: score every strip that could join the best one of its
+        question read together with it (best text, newline, strip text), in one batched
+        pass. Only needed where more than ``max_strips`` pass the floor: otherwise all are
+        kept whatever the order."""
+        todo = []
+        for q, mine in zip(questions, strips, strict=True):
+            passing = ranked_strips(mine, self.config.floor)
+            if len(passing) > self.config.max_strips:
+                best = passing[0]
+                todo += [(q, best, s) for s in passing[1:]]
+        pairs = [(q, best.text + "\n" + s.text) for q, best, s in todo]
+        for (_, _, s), value in zip(todo, self._score(pairs, trace, "pair"), strict=True):
+            s.joint = value
 
     def correct(self, question: str, listener: Listener | None = None) -> CorrectedContext:
         """Retrieval, evaluation, refinement and external knowledge, without generation."""
