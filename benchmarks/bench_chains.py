@@ -249,7 +249,8 @@ def main() -> None:
     answers: dict[str, list[dict[str, Any]]] = {}
     crag_cfg = CRAGConfig.load(args.crag_config) if args.crag_config else CRAGConfig()
     crag_cfg = replace(crag_cfg, k=k, strips=args.crag_strips or crag_cfg.strips).validate()
-    print("CRAG config:", {k: v for k, v in crag_cfg.to_dict().items() if k != "calibration"})
+    print("CRAG config:", {key: value for key, value in crag_cfg.to_dict().items()
+                          if key != "calibration"})
     for name, items, retriever, has_answer, external in sets:
         questions = [it.question for it in items]
         print(f"\n{name}: {len(items)} questions ({sum(has_answer)} answerable), k={k}")

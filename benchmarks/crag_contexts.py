@@ -36,13 +36,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from expertrag.chains.corrective import Strip, joint_text, logit, ranked_strips  # noqa: E402
+
 Row = dict[str, Any]  # scores (per passage), joint (per passage; None for the best), gold
 Rule = Callable[[Row], list[int]]
-
-
-def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
 
 
 def ranked(scores: list[float]) -> list[int]:
@@ -73,8 +70,6 @@ def pair(m: int) -> Rule:
     """The best passage, then the others by logit(own score) + logit(score read together
     with the best passage): a bridge passage the question alone rates low can rise. The
     chain's own rule (``CRAGConfig(select="pair", max_strips=m)``) on whole passages."""
-    from expertrag.chains.corrective import Strip, ranked_strips
-
     def rule(row: Row) -> list[int]:
         strips = [Strip("", i, 0, s, joint=j)
                   for i, (s, j) in enumerate(zip(row["scores"], row["joint"], strict=True))]
@@ -143,8 +138,9 @@ def main() -> None:
         scores = evaluator.score_pairs([(item.question, d.text) for d in retrieved])
         best = ranked(scores)[0]
         others = [i for i in range(len(retrieved)) if i != best]
-        joint = evaluator.score_pairs([(item.question, retrieved[best].text + "\n"
-                                        + retrieved[i].text) for i in others])
+        joint = evaluator.score_pairs([(item.question,
+                                        joint_text(retrieved[best].text, retrieved[i].text))
+                                       for i in others])
         gold_ids = {d.id for d in item.gold}
         with_best = dict(zip(others, joint, strict=True))
         rows.append({"question": item.question, "answer": item.answer, "scores": scores,

@@ -256,9 +256,15 @@ def split_strips(text: str, mode: str = "sentences", sentences: int = 3,
     return [" ".join(parts[i:i + sentences]) for i in range(0, len(parts), sentences)]
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
+    """log(p / (1 - p)), with p clipped to [1e-6, 1 - 1e-6] so 0 and 1 stay finite."""
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
+
+
+def joint_text(best: str, other: str) -> str:
+    """What pair-aware selection scores: a candidate strip read after the best one."""
+    return best + "\n" + other
 
 
 def ranked_strips(strips: Sequence[Strip], floor: float, select: str = "score",
@@ -272,11 +278,11 @@ def ranked_strips(strips: Sequence[Strip], floor: float, select: str = "score",
         limit = len(passing)
     if select == "pair" and len(passing) > limit:
         rest = passing[1:]
-        if any(s.joint is None for s in rest):
-            missing = next(s for s in rest if s.joint is None)
+        missing = next((s for s in rest if s.joint is None), None)
+        if missing is not None:
             raise InputError(f"pair-aware selection needs every candidate's joint score; "
                              f"strip {missing.index} of source {missing.source} has none")
-        rest.sort(key=lambda s: -(_logit(s.score) + _logit(s.joint)))  # type: ignore[arg-type]
+        rest.sort(key=lambda s: -(logit(s.score) + logit(s.joint)))  # type: ignore[arg-type]
         passing = [passing[0], *rest]
     return passing[:limit]
 
@@ -537,7 +543,7 @@ class CorrectiveRAG:
             if len(passing) > self.config.max_strips:
                 best = passing[0]
                 todo += [(q, best, s) for s in passing[1:]]
-        pairs = [(q, best.text + "\n" + s.text) for q, best, s in todo]
+        pairs = [(q, joint_text(best.text, s.text)) for q, best, s in todo]
         for (_, _, s), value in zip(todo, self._score(pairs, trace, "pair"), strict=True):
             s.joint = value
 
