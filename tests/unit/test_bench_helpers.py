@@ -25,6 +25,20 @@ def test_best_threshold_accuracy_is_the_ceiling_over_every_lower():
     assert best([0.9, 0.8], [False, False]) == 1.0
 
 
+def test_gold_retrieved_matches_supporting_paragraphs_by_text():
+    from expertrag.types import Document
+
+    bench = _load("bench_chains")
+    items = [_qa_item("Where is A?", "Paris", "A is in Paris."),
+             _qa_item("Where is B?", "Rome", "B is in Rome.")]
+    retrieved = [[Document(text="unrelated"), Document(text=" A is in Paris.\n")],
+                 [Document(text="A is in Paris."), Document(text="B is in Rome, Italy.")]]
+    # the first holds its gold (whitespace aside); the second only another item's gold and
+    # a near-copy of its own, which does not count
+    assert bench.gold_retrieved(retrieved, items) == [True, False]
+    assert bench.gold_retrieved([[], []], items) == [False, False]
+
+
 def test_graph_recall_counts_distinct_paragraphs():
     recall = _load("bench_graph").recall
     # two chunks of paragraph a are one paragraph: b is still within the first 2
