@@ -175,8 +175,9 @@ def recovered(results: list[Any], items: list[Any], has_answer: list[bool]) -> f
 def gold_retrieved(retrieved: list[list[Any]], items: list[Any]) -> list[bool]:
     """Per question, whether any of its gold paragraphs is among the retrieved documents
     (matched by text)."""
-    return [any(d.text.strip() in {g.text.strip() for g in item.gold} for d in docs)
-            for docs, item in zip(retrieved, items, strict=True)]
+    golds = [{g.text.strip() for g in item.gold} for item in items]
+    return [any(d.text.strip() in gold for d in docs)
+            for docs, gold in zip(retrieved, golds, strict=True)]
 
 
 def best_threshold_accuracy(best_scores: list[float], has_answer: list[bool]) -> float:
@@ -299,14 +300,13 @@ def main() -> None:
                     lost = [i for i, h in enumerate(has_answer) if not h]
                     f["recovered"] = recovered(results, items, has_answer)
                     # where recovery is lost: the source's documents, refinement, or answering
-                    gold = [{d.text.strip() for d in items[i].gold} for i in lost]
+                    lost_items = [items[i] for i in lost]
                     ctxs = [results[i].context for i in lost]
-                    f["gold_fetched"] = _share([
-                        any(d.text.strip() in g for d in c.external_documents)
-                        for c, g in zip(ctxs, gold, strict=True)])
-                    f["gold_in_context"] = _share([
-                        any(p.metadata.get("external") and p.text.strip() in g
-                            for p in c.passages) for c, g in zip(ctxs, gold, strict=True)])
+                    f["gold_fetched"] = _share(gold_retrieved(
+                        [c.external_documents for c in ctxs], lost_items))
+                    f["gold_in_context"] = _share(gold_retrieved(
+                        [[p for p in c.passages if p.metadata.get("external")] for c in ctxs],
+                        lost_items))
             if label.startswith("oracle"):  # every question had its gold: no refusal to get
                 f["refusal_accuracy"] = float("nan")
                 f["recovered"] = recovered(results, items, has_answer)  # recovery's ceiling
