@@ -60,3 +60,13 @@ class EmptyCollectionError(ExpertRAGError, LookupError):
 
 class StoreConnectionError(ExpertRAGError, ConnectionError):
     """A vector or graph store server (Chroma, Neo4j) cannot be reached; names where."""
+
+
+class StoreError(ExpertRAGError, RuntimeError):
+    """A vector store cannot be opened or used: the path is not a folder, the database is
+    corrupt or not a Chroma database, or a write was asked of a store opened read-only."""
+
+
+class MissingStoreError(StoreError, LookupError):
+    """A store opened read-only does not exist: no database at the path, or no collection
+    of that name in it (nothing is created by looking)."""

@@ -52,10 +52,13 @@ def test_load_folder_recursive_sorted_with_relative_ids(tmp_path):
     _write(tmp_path / "skip.rst", "not matched")
     _write(tmp_path / ".hidden" / "h.md", "hidden")
     docs = load_folder(tmp_path)
-    assert [d.id for d in docs] == ["b.md", "sub/a.txt"]
+    root = tmp_path.resolve().as_posix()
+    assert [d.id for d in docs] == [f"{root}/b.md", f"{root}/sub/a.txt"]
     assert docs[1].metadata["source"] == "sub/a.txt"
+    assert docs[1].metadata["root"] == root
     assert docs[1].metadata["path"].endswith("a.txt")
-    assert [d.id for d in load_folder(tmp_path, patterns=("*.txt",))] == ["sub/a.txt"]
+    assert [d.id for d in load_folder(tmp_path, patterns=("*.txt",), source="kb")] == [
+        "kb/sub/a.txt"]
 
 
 def test_bom_is_stripped(tmp_path):
@@ -86,7 +89,8 @@ def test_every_bad_file_is_reported_at_once(tmp_path):
         ("z/b.md", "is empty"),
     ]
     assert "2 of 3 files" in str(info.value) and "skip_invalid" in str(info.value)
-    assert [d.id for d in load_folder(tmp_path, skip_invalid=True)] == ["good.md"]
+    assert [d.metadata["source"] for d in load_folder(tmp_path, skip_invalid=True)] == [
+        "good.md"]
 
 
 def test_skip_invalid_ingests_the_rest_and_reports_the_skipped(tmp_path):
@@ -247,7 +251,8 @@ def test_ingest_folder_is_idempotent_and_drops_stale_chunks(tmp_path):
     shrunk = ingest_folder(corpus, store, chunk_size=100, chunk_overlap=20, progress=False)
     assert shrunk.chunks == 2
     assert shrunk.removed == report.chunks - 2
-    assert sorted(store.ids()) == ["long.md#0", "short.txt#0"]
+    root = corpus.resolve().as_posix()
+    assert sorted(store.ids()) == [f"{root}/long.md#0", f"{root}/short.txt#0"]
     hit = store.query("short file", k=1)[0]
     assert hit.metadata["source"] == "long.md"
     assert hit.metadata["chunk_index"] == 0

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from expertrag.retrieval.store import DocumentEmbedder, VectorStore, content_id
+from expertrag.retrieval.store import DocumentEmbedder, VectorStore, content_id, open_store
 
-__all__ = ["DocumentEmbedder", "VectorStore", "content_id"]
+__all__ = ["DocumentEmbedder", "VectorStore", "content_id", "open_store"]

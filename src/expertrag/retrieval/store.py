@@ -3,23 +3,39 @@
 Vectors are passed to Chroma explicitly (``embedding_function=None``) so Chroma never fetches
 its default ONNX model; the collection uses cosine space and scores are cosine similarities.
 The same code path serves an embedded persistent client and a remote ``HttpClient``.
+
+``read_only=True`` (what ``expertrag ask`` uses) opens an existing collection and creates
+nothing: a missing database or collection is a :class:`~expertrag.errors.MissingStoreError`,
+and writes are refused. Every Chroma failure (a corrupt database, a path that is a file)
+surfaces as a :class:`~expertrag.errors.StoreError` saying what to do. Files an ingest left
+half-written (see :mod:`expertrag.retrieval.manifest`) are never returned by a query.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from expertrag.errors import EmptyCollectionError, InputError, StoreConnectionError
+from expertrag.errors import (
+    EmptyCollectionError,
+    InputError,
+    MissingStoreError,
+    StoreConnectionError,
+    StoreError,
+)
+from expertrag.retrieval.manifest import Manifest, ManifestFile, ManifestMetadata
 from expertrag.types import Document
 
 DEFAULT_DB_PATH = "./.expertrag/chroma"
 DEFAULT_COLLECTION = "expertrag"
 _DEFAULT_BATCH = 256
+#: the file Chroma keeps its tables in; a folder without it holds no database
+CHROMA_FILE = "chroma.sqlite3"
 
 
 @runtime_checkable
@@ -58,6 +74,7 @@ class VectorStore:
     ``VectorStore()`` opens (or creates) a persistent collection under ``./.expertrag/chroma``;
     pass ``host``/``port`` to use a Chroma server instead. ``embedder`` defaults to the embedded
     all-MiniLM-L6-v2 :class:`~expertrag.embeddings.Embedder`, which loads lazily.
+    ``read_only=True`` opens an existing collection only and refuses writes.
     """
 
     def __init__(
@@ -68,6 +85,7 @@ class VectorStore:
         host: str | None = None,
         port: int | None = None,
         batch_size: int = _DEFAULT_BATCH,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(collection, str) or not collection.strip():
             raise InputError(f"collection name must be a non-empty string, got {collection!r}")
@@ -85,9 +103,34 @@ class VectorStore:
         self.path = None if host else (str(path) if path is not None else DEFAULT_DB_PATH)
         self.host = host
         self.port = port
-        self.batch_size = max(1, int(batch_size))
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.read_only = bool(read_only)
         self._client = self._make_client()
         self._collection = self._open_collection()
+        self._manifest: Manifest | None = None
+
+    @contextlib.contextmanager
+    def _chroma(self, doing: str) -> Iterator[None]:
+        """Turn Chroma's own errors into a :class:`StoreError` naming the store."""
+        from chromadb.errors import ChromaError
+
+        try:
+            yield
+        except ChromaError as exc:
+            where = f"{self.host}:{self.port or 8000}" if self.host else self.path
+            if "dimension" in str(exc):
+                used = self.manifest.embedding if self._manifest is not None else ""
+                hint = f" (it was ingested with {used!r})" if used else ""
+                raise StoreError(
+                    f"collection {self.collection_name!r} at {where} holds vectors of "
+                    f"another size than this embedder makes{hint}: {exc}; use the embedding "
+                    "model it was ingested with (--embedding-model)") from exc
+            raise StoreError(
+                f"Chroma failed {doing} (collection {self.collection_name!r} at {where}): "
+                f"{exc}; the database may be damaged: ingest your folders again into a new "
+                "--db folder") from exc
 
     # -- client and collection -------------------------------------------------------------
     def _make_client(self) -> Any:
@@ -104,20 +147,83 @@ class VectorStore:
                     f"cannot reach the Chroma server at {self.host}:{port}: {exc} (start "
                     f"one with `chroma run --path DIR --port {port}`)") from exc
         assert self.path is not None
-        Path(self.path).mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=self.path, settings=settings)
+        folder = Path(self.path)
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"database path {folder} is a file, not a folder: give a folder "
+                             "(a new one is created when ingesting)")
+        if self.read_only and not (folder / CHROMA_FILE).is_file():
+            raise MissingStoreError(
+                f"no database at {folder}: ingest documents first with "
+                f"`expertrag ingest FOLDER --db {folder}` (or pass the --db you ingested into)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the database folder {folder}: {exc}") from exc
+        with self._chroma("to open the database"):
+            return chromadb.PersistentClient(path=self.path, settings=settings)
 
     def _open_collection(self) -> Any:
-        from chromadb.errors import InvalidArgumentError
+        from chromadb.errors import InvalidArgumentError, NotFoundError
 
+        if self.read_only:
+            try:
+                with self._chroma("to open the collection"):
+                    return self._client.get_collection(name=self.collection_name,
+                                                       embedding_function=None)
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, NotFoundError | InvalidArgumentError):
+                    raise
+                with self._chroma("to list the collections"):
+                    names = sorted(c.name for c in self._client.list_collections())
+                where = f"{self.host}:{self.port or 8000}" if self.host else self.path
+                have = ", ".join(repr(n) for n in names) or "none: ingest documents first"
+                raise MissingStoreError(
+                    f"no collection {self.collection_name!r} at {where}; collections there: "
+                    f"{have}") from None
         try:
-            return self._client.get_or_create_collection(
-                name=self.collection_name,
-                configuration={"hnsw": {"space": "cosine"}},
-                embedding_function=None,
-            )
-        except InvalidArgumentError as exc:  # e.g. a name Chroma does not accept
-            raise InputError(f"collection {self.collection_name!r}: {exc}") from exc
+            with self._chroma("to open the collection"):
+                return self._client.get_or_create_collection(
+                    name=self.collection_name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    embedding_function=None,
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, InvalidArgumentError):  # a name Chroma refuses
+                raise InputError(f"collection {self.collection_name!r}: "
+                                 f"{exc.__cause__}") from exc.__cause__
+            raise
+
+    def _writable(self, doing: str) -> None:
+        if self.read_only:
+            raise StoreError(f"cannot {doing}: collection {self.collection_name!r} was opened "
+                             "read-only (open it with read_only=False to write)")
+
+    # -- the ingest manifest -----------------------------------------------------------------
+    def manifest_storage(self) -> ManifestFile | ManifestMetadata:
+        """Where this collection's ingest manifest lives (a file beside an embedded
+        database; the collection's metadata on a server)."""
+        if self.host:
+            return ManifestMetadata(self._collection)
+        assert self.path is not None
+        return ManifestFile(self.path, self.collection_name)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The ingest manifest, read once (:meth:`reload_manifest` reads it again)."""
+        if self._manifest is None:
+            self._manifest = self.manifest_storage().load()
+        return self._manifest
+
+    def reload_manifest(self) -> Manifest:
+        self._manifest = None
+        return self.manifest
+
+    def _served(self, docs: list[Document]) -> list[Document]:
+        """Drop chunks of files an interrupted ingest left half-written."""
+        hidden = self.manifest.hidden_keys()
+        if not hidden:
+            return docs
+        return [d for d in docs if (d.metadata or {}).get("file_key") not in hidden]
 
     @property
     def client(self) -> Any:
@@ -135,7 +241,9 @@ class VectorStore:
 
         A document without an ``id`` gets a stable hash of its text and metadata.
         """
-        if isinstance(documents, Document) or not isinstance(documents, Sequence):
+        self._writable("add documents")
+        if isinstance(documents, Document) or not isinstance(documents, Sequence) \
+                or isinstance(documents, str):
             raise InputError("add() takes a list of Document objects")
         for i, doc in enumerate(documents):
             if not isinstance(doc, Document):
@@ -162,45 +270,76 @@ class VectorStore:
             }
             if any(m is not None for m in metadatas):
                 kwargs["metadatas"] = metadatas
-            self._collection.upsert(**kwargs)
+            with self._chroma("to write documents"):
+                self._collection.upsert(**kwargs)
         return ids
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove documents by id (unknown ids are ignored)."""
+        self._writable("delete documents")
         ids = self._check_ids(ids)
-        if ids:
-            self._collection.delete(ids=ids)
+        for start in range(0, len(ids), self.batch_size * 16):
+            with self._chroma("to delete documents"):
+                self._collection.delete(ids=ids[start:start + self.batch_size * 16])
 
     def reset(self) -> None:
-        """Drop every document in this collection (the collection itself is recreated)."""
+        """Drop every document in this collection (the collection itself is recreated) and
+        its ingest manifest."""
+        from chromadb.errors import NotFoundError
+
+        self._writable("reset the collection")
         try:
             self._client.delete_collection(self.collection_name)
-        except Exception:  # an absent collection: nothing to drop
+        except NotFoundError:  # an absent collection: nothing to drop
             pass
+        self.manifest_storage().delete()
+        self._manifest = None
         self._collection = self._open_collection()
 
     # -- reading ---------------------------------------------------------------------------
     def count(self) -> int:
-        """Number of documents in the collection."""
-        return int(self._collection.count())
+        """Number of documents in the collection (stored chunks, served or not)."""
+        with self._chroma("to count documents"):
+            return int(self._collection.count())
+
+    def served_count(self) -> int:
+        """Documents a query can return: all of them, less the chunks of files an interrupted
+        ingest left half-written (:mod:`~expertrag.retrieval.manifest`)."""
+        total = self.count()
+        return total - self._hidden_count() if total else 0
+
+    def _hidden_count(self) -> int:
+        hidden = self.manifest.hidden_keys()
+        if not hidden:
+            return 0
+        return len(self.ids(where={"file_key": {"$in": sorted(hidden)}}))
 
     def ids(self, where: dict[str, Any] | None = None) -> list[str]:
         """All document ids, optionally only those whose metadata matches ``where``."""
-        return list(self._collection.get(where=where or None, include=[])["ids"])
+        with self._chroma("to list documents"):
+            return list(self._collection.get(where=where or None, include=[])["ids"])
+
+    def metadata(self, where: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, metadata)`` of every document matching ``where`` (no texts, no vectors)."""
+        with self._chroma("to list documents"):
+            res = self._collection.get(where=where or None, include=["metadatas"])
+        return [(i, dict(m or {})) for i, m in zip(res["ids"], res["metadatas"] or [],
+                                                    strict=False)]
 
     def get(self, ids: Sequence[str]) -> list[Document]:
         """Fetch documents by id, in the order asked; unknown ids are skipped."""
         ids = self._check_ids(ids)
         if not ids:
             return []
-        res = self._collection.get(ids=ids, include=["documents", "metadatas"])
+        with self._chroma("to read documents"):
+            res = self._collection.get(ids=ids, include=["documents", "metadatas"])
         found = {
             doc_id: Document(text=text or "", id=doc_id, metadata=dict(meta or {}))
             for doc_id, text, meta in zip(
                 res["ids"], res["documents"] or [], res["metadatas"] or [], strict=False
             )
         }
-        return [found[i] for i in ids if i in found]
+        return self._served([found[i] for i in ids if i in found])
 
     def query(self, text: str, k: int = 4, where: dict[str, Any] | None = None) -> list[Document]:
         """Return the ``k`` nearest documents, best first, with cosine similarity in ``score``.
@@ -211,24 +350,29 @@ class VectorStore:
             raise InputError("query text must be a non-empty string")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
+        if where is not None and not isinstance(where, dict):
+            raise InputError(f"where must be a dict of metadata filters, got {where!r}")
         total = self.count()
         if total == 0:
             raise EmptyCollectionError(
                 f"collection {self.collection_name!r} is empty: ingest documents first "
                 "(e.g. `expertrag ingest FOLDER`)"
             )
+        # ask for enough extra hits to fill k after the hidden (half-written) chunks go
+        extra = self._hidden_count()
         vector = self.embedder.embed_query(text)
-        res = self._collection.query(
-            query_embeddings=[vector],
-            n_results=min(k, total),
-            where=where or None,
-            include=["documents", "metadatas", "distances"],
-        )
+        with self._chroma("to search"):
+            res = self._collection.query(
+                query_embeddings=[vector],
+                n_results=min(k + extra, total),
+                where=where or None,
+                include=["documents", "metadatas", "distances"],
+            )
         ids = res["ids"][0]
         texts = (res.get("documents") or [[]])[0] or []
         metas = (res.get("metadatas") or [[]])[0] or []
         dists = (res.get("distances") or [[]])[0] or []
-        return [
+        return self._served([
             Document(
                 text=texts[i] or "",
                 id=ids[i],
@@ -236,12 +380,14 @@ class VectorStore:
                 score=1.0 - float(dists[i]) if i < len(dists) else None,
             )
             for i in range(len(ids))
-        ]
+        ])[:k]
 
     @staticmethod
     def _check_ids(ids: Sequence[str]) -> list[str]:
         if isinstance(ids, str):
             return [ids]
+        if not isinstance(ids, Sequence | set | frozenset):
+            raise InputError(f"ids must be a list of strings, got {type(ids).__name__}")
         out = list(ids)
         for i, doc_id in enumerate(out):
             if not isinstance(doc_id, str):
@@ -254,3 +400,26 @@ class VectorStore:
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port or 8000}" if self.host else self.path
         return f"VectorStore(collection={self.collection_name!r}, at={where!r})"
+
+
+def open_store(path: str | os.PathLike[str] = DEFAULT_DB_PATH,
+               collection: str = DEFAULT_COLLECTION, *, read_only: bool = False,
+               embedding_model: str | None = None) -> VectorStore:
+    """A persistent store with the right embedder: ``embedding_model`` when given (an alias,
+    a local sentence-transformers folder or a hub id), else the model the collection was
+    ingested with (recorded in its manifest), else the embedded all-MiniLM-L6-v2. What the
+    CLI's ``ingest``, ``ask`` and ``eval --db`` open."""
+    from expertrag.embeddings import Embedder
+
+    if embedding_model is not None and (not isinstance(embedding_model, str)
+                                        or not embedding_model.strip()):
+        raise InputError(f"embedding_model must be a model name or folder, got "
+                         f"{embedding_model!r}")
+    store = VectorStore(path=path, collection=collection,
+                        embedder=Embedder(embedding_model) if embedding_model else None,
+                        read_only=read_only)
+    used = store.manifest.embedding
+    if used and not embedding_model and isinstance(store.embedder, Embedder) \
+            and store.embedder.model_name != used:
+        store.embedder = Embedder(used)  # lazy: nothing loaded yet
+    return store
