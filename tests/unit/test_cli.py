@@ -66,8 +66,10 @@ def fakes(monkeypatch):
         llms[-1].dtype = dtype
         return llms[-1]
 
-    def make_store(db: str, collection: str) -> VectorStore:
-        return VectorStore(path=db, collection=collection, embedder=HashEmbedder())
+    def make_store(db: str, collection: str, *, read_only: bool = False,
+                   embedding_model: str | None = None) -> VectorStore:
+        return VectorStore(path=db, collection=collection, embedder=HashEmbedder(),
+                           read_only=read_only)
 
     monkeypatch.setattr(cli, "make_store", make_store)
     monkeypatch.setattr(cli, "make_llm", make_llm)
@@ -129,7 +131,7 @@ def test_ingest_then_ask(tmp_path, capsys, corpus, fakes):
     out = capsys.readouterr().out
     assert "Q: What is the annual fee?" in out
     assert "A: Answer [1]." in out
-    assert '[1] fees.md, chunk 0: "# Fees The annual fee is 45 euros."' in out
+    assert '[1] corpus/fees.md, chunk 0: "# Fees The annual fee is 45 euros."' in out
     assert "base model" in out
 
     assert cli.main(["ask", "fee?", "steps?", "--db", db, "--json"]) == 0
@@ -240,7 +242,7 @@ def test_ingest_reports_every_bad_file_and_skip_invalid_ingests_the_rest(tmp_pat
     assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--skip-invalid"]) == 0
     out = capsys.readouterr().out
     assert "ingested 2 files" in out
-    assert "skipped 2 files that cannot be ingested:" in out
+    assert "2 refused" in out and "refused (not ingested):" in out
     assert "  latin1.txt is not valid UTF-8 text (byte 3)" in out
     assert "  sub/blank.md is empty" in out
 
