@@ -122,11 +122,19 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         source = resolve_model(self._model_arg)
+        if Path(source).exists() and not Path(source).is_dir():
+            raise ModelNotFoundError(
+                f"embedding model {self._model_arg!r} is a file: pass a sentence-transformers "
+                "folder, a hub id or the alias all-minilm-l6-v2")
         try:
             model = SentenceTransformer(source, device=self.device)
-        except OSError as exc:
+        except ImportError:
+            raise
+        except Exception as exc:  # OSError, ValueError, a damaged weights file...
             raise ModelNotFoundError(
-                f"cannot load embedding model {self._model_arg!r} ({source}): {exc}"
+                f"cannot load embedding model {self._model_arg!r} ({source}; "
+                f"{type(exc).__name__}: {exc}): pass a sentence-transformers folder, a hub id "
+                "or the alias all-minilm-l6-v2"
             ) from exc
         return self._configure(model)
 

@@ -223,7 +223,10 @@ class GraphRAG:
         self._communities: list[Community] | None = None
 
     def close(self) -> None:
+        """Close the graph store; any later use raises a typed ``GraphStoreError``."""
         self.store.close()
+        self._cache = None
+        self._communities = None
 
     @property
     def name_embedder(self) -> Any:

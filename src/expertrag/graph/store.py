@@ -213,6 +213,24 @@ class _Neo4j:
         self.driver.close()
 
 
+class _Closed:
+    """Stands in for a backend after :meth:`GraphStore.close`: every use says so."""
+
+    vectors_as_lists = False
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise GraphStoreError(f"the graph store {self.where} is closed: open it again "
+                              "(GraphRAG(path) or GraphStore(path)) to use it")
+
+    run = transaction = bulk = _refuse
+
+    def close(self) -> None:  # closing twice is harmless
+        return None
+
+
 class GraphStore:
     """The knowledge graph's storage. ``GraphStore(path)`` opens (or creates) the embedded
     database in the folder ``path``; ``GraphStore.neo4j(uri, auth)`` reaches a server."""
@@ -232,7 +250,14 @@ class GraphStore:
         return cls(backend=_Neo4j(uri, auth, database))
 
     def close(self) -> None:
-        self.backend.close()
+        """Close the database; any later use raises :class:`GraphStoreError`."""
+        backend = self.backend
+        self.backend = _Closed(str(self.path) if self.path is not None else "(server)")
+        backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return isinstance(self.backend, _Closed)
 
     def __enter__(self) -> GraphStore:
         return self

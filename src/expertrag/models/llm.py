@@ -26,6 +26,7 @@ from typing import Any
 from expertrag.errors import (
     ContextWindowExceededError,
     ExpertError,
+    ExpertRAGError,
     InputError,
     StructuredOutputError,
     UnknownExpertError,
@@ -319,8 +320,17 @@ class ExpertLLM:
             raise ExpertError(f"invalid expert name {name!r}: use letters, digits, '-', '_', '.'")
         if name in self._experts:
             raise ExpertError(f"an expert named {name!r} is already attached; remove it first")
+        if not isinstance(path, str | Path):
+            raise ExpertError(f"expert {name!r}: path must be a folder path, got "
+                              f"{type(path).__name__}")
         info = self._inspect_adapter(name, Path(path), check_base)
-        self._worker.run(lambda: self._attach(name, info))
+        try:
+            self._worker.run(lambda: self._attach(name, info))
+        except ExpertRAGError:
+            raise
+        except Exception as exc:  # peft refused the adapter's files
+            raise ExpertError(f"expert {name!r}: peft cannot load the adapter in {path} "
+                              f"({type(exc).__name__}: {exc})") from exc
         self._experts[name] = info
 
     def _inspect_adapter(self, name: str, folder: Path, check_base: bool = True) -> dict[str, Any]:
@@ -340,13 +350,21 @@ class ExpertLLM:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ExpertError(f"expert {name!r}: unreadable adapter_config.json: {exc}") from exc
+        if not isinstance(config, dict):
+            raise ExpertError(f"expert {name!r}: adapter_config.json is not a JSON object")
         if config.get("peft_type") != "LORA":
             raise ExpertError(
                 f"expert {name!r}: peft_type {config.get('peft_type')!r} is not supported (LORA)"
             )
         meta: dict[str, Any] = {}
         if (folder / EXPERT_METADATA).is_file():
-            meta = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8"))
+            try:
+                meta = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8"))
+                if not isinstance(meta, dict) or not isinstance(meta.get("base", {}), dict):
+                    raise ValueError("not an expert card (a JSON object with a 'base' object)")
+            except (OSError, ValueError) as exc:
+                raise ExpertError(f"expert {name!r}: unreadable {EXPERT_METADATA} in "
+                                  f"{folder}: {exc}") from exc
             recorded = meta.get("base", {}).get("fingerprint")
             if check_base and recorded and recorded != self.fingerprint:
                 raise ExpertError(
@@ -355,26 +373,34 @@ class ExpertLLM:
                     f"(fingerprint {self.fingerprint})"
                 )
         modules = dict(self.base_model.named_modules())
-        with safe_open(str(weights), framework="pt") as handle:
-            for key in handle.keys():
-                if ".lora_A" not in key and ".lora_B" not in key:
-                    continue
-                module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
-                module = modules.get(module_name)
-                if module is None:
-                    raise ExpertError(
-                        f"expert {name!r} targets module {module_name!r}, which base "
-                        f"{self.model_name!r} does not have: it was trained for another base"
-                    )
-                shape = handle.get_slice(key).get_shape()
-                in_f = getattr(module, "in_features", None)
-                out_f = getattr(module, "out_features", None)
-                ok = (shape[-1] == in_f) if ".lora_A" in key else (shape[0] == out_f)
-                if in_f is not None and out_f is not None and not ok:
-                    raise ExpertError(
-                        f"expert {name!r}: weight {key} has shape {list(shape)} but module "
-                        f"{module_name} is {in_f}->{out_f}: it was trained for another base"
-                    )
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                for key in handle.keys():
+                    if ".lora_A" not in key and ".lora_B" not in key:
+                        continue
+                    module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+                    module = modules.get(module_name)
+                    if module is None:
+                        raise ExpertError(
+                            f"expert {name!r} targets module {module_name!r}, which base "
+                            f"{self.model_name!r} does not have: it was trained for another base"
+                        )
+                    shape = handle.get_slice(key).get_shape()
+                    in_f = getattr(module, "in_features", None)
+                    out_f = getattr(module, "out_features", None)
+                    ok = (shape[-1] == in_f) if ".lora_A" in key else (shape[0] == out_f)
+                    if in_f is not None and out_f is not None and not ok:
+                        raise ExpertError(
+                            f"expert {name!r}: weight {key} has shape {list(shape)} but module "
+                            f"{module_name} is {in_f}->{out_f}: it was trained for another base"
+                        )
+        except ExpertError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError, OSError: a damaged file
+            raise ExpertError(
+                f"expert {name!r}: {weights} cannot be read ({type(exc).__name__}: {exc}): "
+                "the file is damaged or truncated; copy it again or retrain the expert"
+            ) from exc
         gate = meta.get("refusal_gate")
         if gate is not None:
             ok = (isinstance(gate, dict) and isinstance(gate.get("text"), str)
@@ -746,8 +772,9 @@ class ExpertLLM:
         window = self.context_window
         for i, n in enumerate(lengths):
             if n >= window:
+                which = "the prompt" if len(lengths) == 1 else f"prompts[{i}]"
                 raise ContextWindowExceededError(
-                    f"prompt {i} has {n} tokens; model {self.model_name!r} has a context "
+                    f"{which} has {n} tokens; model {self.model_name!r} has a context "
                     f"window of {window} tokens (leave room for the answer)"
                 )
 

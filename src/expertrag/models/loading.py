@@ -247,7 +247,15 @@ def load_base_model(
         from_cache = (cache / _CACHE_MARKER).is_file()
         if not from_cache:
             logger.info("de-quantizing %s into %s (once)", source.path, cache)
-            _dequantize_gguf_to_cache(source.path, cache)
+            try:
+                _dequantize_gguf_to_cache(source.path, cache)
+            except ImportError:
+                raise
+            except Exception as exc:  # not a GGUF file, an architecture transformers lacks
+                raise ModelNotFoundError(
+                    f"could not read GGUF file {source.path} ({type(exc).__name__}: {exc}): "
+                    "pass a GGUF of an architecture transformers loads (llama, qwen2, "
+                    "gemma3...), a model folder or an embedded alias") from exc
         weights_dir = str(cache)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
                               "use_safetensors": True}
@@ -258,9 +266,13 @@ def load_base_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, trust_remote_code=trust_remote_code)
         hf_model = AutoModelForCausalLM.from_pretrained(weights_dir, **kwargs)
-    except OSError as exc:
+    except ImportError:  # a missing optional package: its own message says what to install
+        raise
+    except Exception as exc:  # OSError, ValueError, safetensors' SafetensorError...
         raise ModelNotFoundError(
-            f"could not load model {model!r} from {weights_dir}: {exc}"
+            f"could not load model {model!r} from {weights_dir} ({type(exc).__name__}: "
+            f"{exc}): pass a folder holding a transformers causal LM (config.json, weights, "
+            "tokenizer), a .gguf file or an embedded alias"
         ) from exc
     if qconfig is None:
         hf_model.to(device)
