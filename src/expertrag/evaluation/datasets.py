@@ -22,6 +22,7 @@ from typing import Any
 from expertrag.rag import build_messages
 from expertrag.training.data import (
     DataError,
+    DataNotFoundError,
     DataRowError,
     _documents,
     _need_file,
@@ -203,15 +204,28 @@ def _passages(value: Any, line: int, key: str, item_id: str) -> list[Document]:
     return out
 
 
-def load_eval_items(path: str | os.PathLike[str], fmt: str = "auto") -> list[QAItem]:
+def load_eval_items(path: str | os.PathLike[str], fmt: str = "auto",
+                    require_passages: bool = False) -> list[QAItem]:
     """Evaluation items from a file: expertrag's JSON lines (``{"question", "answer",
     "aliases"?, "gold": [passages], "distractors": [passages]}``, a passage being a string or
-    ``{"text", "id"?}``), HotpotQA JSON lines, a MuSiQue question list or a SQuAD 2.0 file.
-    ``fmt="auto"`` tells them apart from the content. Errors name the line."""
-    path = _need_file(Path(path))
+    ``{"text", "id"?}``; docs/evaluation.md), HotpotQA JSON lines, a MuSiQue question list or
+    a SQuAD 2.0 file. ``fmt="auto"`` tells them apart from the content. Errors name the line.
+    ``require_passages``: a JSON-lines row with neither gold nor distractor passages is an
+    error (a pipeline given no passages would answer from nothing)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise DataNotFoundError(f"evaluation data file {path} {what}: pass a JSON-lines file "
+                                "(see `expertrag eval --help` or docs/evaluation.md)")
     if fmt not in ("auto", "jsonl", "hotpotqa", "musique", "squad"):
         raise DataError(f"unknown format {fmt!r}: auto, jsonl, hotpotqa, musique or squad")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}): an evaluation file "
+                        "is JSON lines") from exc
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read {path}: {exc}") from exc
     stripped = text.lstrip()
     if fmt in ("auto", "musique", "squad") and stripped[:1] in ("[", "{") and \
             (fmt != "auto" or not _looks_like_jsonl(stripped)):
@@ -247,12 +261,19 @@ def load_eval_items(path: str | os.PathLike[str], fmt: str = "auto") -> list[QAI
         if not isinstance(answer, str) or not answer.strip():
             raise DataRowError(line, "missing or empty 'answer'", str(path))
         key = str(row.get("id", line))
+        aliases = row.get("aliases") or []
+        if not isinstance(aliases, list):
+            raise DataRowError(line, "'aliases' must be a list of strings", str(path))
         gold = _passages(row.get("gold", row.get("contexts")), line, "gold", key)
+        distractors = _passages(row.get("distractors"), line, "distractors", key)
+        if require_passages and not gold and not distractors:
+            raise DataRowError(line, "no passages ('gold' or 'distractors'): add the "
+                               "passages, or retrieve from your own collection (--db, "
+                               "--collection), or score answers you have (--answers)",
+                               str(path))
         items.append(QAItem(id=key, question=question.strip(), answer=answer.strip(),
-                            aliases=[str(a) for a in row.get("aliases") or []], gold=gold,
-                            distractors=_passages(row.get("distractors"), line,
-                                                  "distractors", key),
-                            source=path.name))
+                            aliases=[str(a) for a in aliases], gold=gold,
+                            distractors=distractors, source=path.name))
     return items
 
 

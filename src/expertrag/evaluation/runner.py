@@ -10,6 +10,10 @@ The per-item cache (:class:`ResultCache`) writes one JSON file per (pipeline, ca
 temporary file and a rename, so a killed run loses nothing already scored and resumes where
 it stopped. A pipeline that raises on one item has the error recorded for that item; the
 run goes on.
+
+Two more sources of answers: ``run_cases(..., retriever=store)`` lets every pipeline
+retrieve from a real store (the user's own collection) instead of the case's fixed passages,
+and :func:`score_answers` scores answers produced elsewhere (no pipeline runs).
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class ResultCache:
             json.dump(asdict(result), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report folder is for reading
         os.replace(tmp, path)
 
 
@@ -192,14 +197,25 @@ def _score(case: Case, pipeline: str, result: Any, seconds: float) -> CaseResult
 
 def run_cases(cases: Sequence[Case], pipelines: dict[str, Factory], llm: Any,
               cache: ResultCache | None = None, judges: Sequence[Any] = (), batch: int = 8,
-              progress: bool = True) -> list[CaseResult]:
+              progress: bool = True, retriever: Any = None) -> list[CaseResult]:
     """Every pipeline on every case (batched ``batch`` questions at a time), judged by
     ``judges`` (expertrag judges: ``judge(items) -> [JudgeResult]``); cached items are not
-    run again."""
+    run again. ``retriever`` (a store with ``query(text, k)``): every pipeline retrieves
+    from it instead of the case's fixed passages. Without one, a case with no passages is
+    refused: a pipeline would answer from nothing."""
     from tqdm.auto import tqdm
 
     if not cases:
         raise InputError("no evaluation cases")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    if retriever is None:
+        empty = [c.key for c in cases if not c.passages]
+        if empty:
+            raise InputError(
+                f"{len(empty)} cases have no passages (first: {', '.join(empty[:3])}): give "
+                "each item gold or distractor passages, or retrieve from a store "
+                "(retriever=..., `expertrag eval --db`)")
     results: dict[tuple[str, str], CaseResult] = {}
     todo = []
     for name in pipelines:
@@ -213,7 +229,8 @@ def run_cases(cases: Sequence[Case], pipelines: dict[str, Factory], llm: Any,
     for name, factory in pipelines.items():
         mine = [c for n, c in todo if n == name]
         for round_cases in _rounds(mine):
-            system = factory(llm, CaseRetriever(round_cases))
+            system = factory(llm, retriever if retriever is not None
+                             else CaseRetriever(round_cases))
             for s in range(0, len(round_cases), batch):
                 chunk = round_cases[s:s + batch]
                 scored = _run_chunk(system, name, chunk)
@@ -246,6 +263,27 @@ def _run_chunk(system: Any, name: str, chunk: list[Case]) -> list[CaseResult]:
                                       error=f"{type(exc).__name__}: {exc}",
                                       meta={"answerable": case.answerable}))
         return out
+
+
+@dataclass
+class GivenAnswer:
+    """An answer produced elsewhere, with the passages it was given (may be none)."""
+
+    answer: str
+    passages: list[Document] = field(default_factory=list)
+
+
+def score_answers(cases: Sequence[Case], answers: Sequence[GivenAnswer],
+                  name: str = "answers", judges: Sequence[Any] = ()) -> list[CaseResult]:
+    """Score answers produced outside expertrag, one per case (same order): correctness
+    against the case's gold answer, and ``judges`` on the answer and its passages."""
+    if len(cases) != len(answers):
+        raise InputError(f"{len(answers)} answers for {len(cases)} cases: give one per case")
+    if not cases:
+        raise InputError("no answers to score")
+    results = [_score(c, name, a, 0.0) for c, a in zip(cases, answers, strict=True)]
+    _judge(results, judges)
+    return results
 
 
 def _judge(results: list[CaseResult], judges: Sequence[Any]) -> None:
