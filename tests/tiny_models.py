@@ -165,3 +165,34 @@ def store_docs() -> list[Any]:
         Document("Membership costs 45 euros per year for adults.", id="b", metadata={"src": "y"}),
         Document("Lantern Night is held on the third Saturday of August.", id="c"),
     ]
+
+
+def save_tiny_model(path: str, seed: int = 0, max_positions: int = 1024) -> str:
+    """Save the tiny random Llama and its tokenizer as a transformers folder at ``path``
+    (what ``--model DIR`` / ``ExpertLLM(DIR)`` loads)."""
+    tokenizer = tiny_tokenizer()
+    tiny_causal_lm(tokenizer, seed=seed, max_positions=max_positions).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_embedder(path: str, seed: int = 0) -> str:
+    """Save a tiny random sentence-transformers model (a 1-layer BERT over the tiny
+    tokenizer, mean pooling, 16 dimensions) at ``path``: a local ``--embedding-model``."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    body = models.Transformer(path, max_seq_length=128)
+    dim = (body.get_embedding_dimension() if hasattr(body, "get_embedding_dimension")
+           else body.get_word_embedding_dimension())
+    pooling = models.Pooling(dim, pooling_mode="mean")
+    SentenceTransformer(modules=[body, pooling], device="cpu").save(path)
+    return path

@@ -309,3 +309,163 @@ def test_evidence_gate_flag_asks_the_pipeline_for_the_experts_gate(tmp_path, cap
     assert cli.main(["ask", "fee?", "--db", db]) == 0
     assert seen == ["auto", None]
     assert "A: Answer [1]." in capsys.readouterr().out  # the fake expert-less LLM: no gate
+
+
+# -- everyday use: read-only ask, per-question results, typed errors (issue 41) ---------------
+def _ingest(corpus, db, capsys) -> None:
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet"]) == 0
+    capsys.readouterr()
+
+
+def test_ask_with_a_mistyped_collection_creates_nothing(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    _ingest(corpus, db, capsys)
+    assert cli.main(["ask", "fee?", "--db", db, "--collection", "expertrgg"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no collection 'expertrgg'")
+    assert "'expertrag'" in err  # names the collections that are there
+    store = VectorStore(path=db, embedder=HashEmbedder())
+    assert [c.name for c in store.client.list_collections()] == ["expertrag"]
+    assert fakes == []  # refused before any model was built
+
+
+def test_ask_on_an_empty_folder_or_a_file_creates_nothing(tmp_path, capsys, fakes):
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    assert cli.main(["ask", "fee?", "--db", str(empty)]) == 2
+    _assert_one_line_error(capsys, "no database at", "ingest")
+    assert list(empty.iterdir()) == []
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv in (["ask", "fee?", "--db", str(afile)],
+                 ["ingest", str(tmp_path), "--db", str(afile)]):
+        assert cli.main(argv) == 2
+        _assert_one_line_error(capsys, "is a file, not a folder")
+    assert afile.read_text() == "x"
+
+
+def test_ask_on_a_damaged_database_is_one_error_line(tmp_path, capsys, corpus, fakes):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "chroma.sqlite3").write_bytes(b"not sqlite" * 500)
+    assert cli.main(["ask", "fee?", "--db", str(folder)]) == 2
+    _assert_one_line_error(capsys, "damaged", "new --db")
+
+
+class WindowLLM(FakeLLM):
+    """Refuses any conversation that holds the word LONG, as a too-long prompt would be."""
+
+    def generate(self, messages_or_batch, *, expert=None, **kwargs):
+        from expertrag.errors import ContextWindowExceededError
+
+        batch = messages_or_batch if isinstance(messages_or_batch[0], list) \
+            else [messages_or_batch]
+        for i, conv in enumerate(batch):
+            if "LONG" in conv[-1]["content"]:
+                which = "the prompt" if len(batch) == 1 else f"prompts[{i}]"
+                raise ContextWindowExceededError(f"{which} has 20330 tokens; the context "
+                                                 "window is 8192")
+        return super().generate(messages_or_batch, expert=expert, **kwargs)
+
+
+def test_one_bad_question_fails_alone_and_json_stays_valid(tmp_path, capsys, corpus, fakes,
+                                                           monkeypatch):
+    db = str(tmp_path / "db")
+    _ingest(corpus, db, capsys)
+    monkeypatch.setattr(cli, "make_llm", lambda *a, **k: WindowLLM())
+    argv = ["ask", "fee?", "  ", "LONG steps?", "steps?", "--db", db, "--json", "--quiet"]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert [d["number"] for d in data] == [1, 2, 3, 4]
+    assert [d["error"] is None for d in data] == [True, False, False, True]
+    assert data[0]["answer"] == "Answer [1]." and data[3]["citations"]
+    assert data[1]["error"] == {"type": "InputError", "message": "question 2 is empty"}
+    window = data[2]["error"]
+    assert window["type"] == "ContextWindowExceededError"
+    assert window["message"].startswith("question 3: the prompt has 20330 tokens")
+    assert "--k" in window["message"]  # what to do
+    err = captured.err.splitlines()
+    assert err[:2] == ["error: question 2 is empty", "error: " + window["message"]]
+    assert err[2] == "answered 2 of 4 questions"
+    # the same without --json: the good answers are printed, each error on its own line
+    assert cli.main([*argv[:-2], "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("Q: ") == 2 and "error: question 3:" in captured.err
+
+
+def test_json_is_valid_even_when_the_store_is_missing(tmp_path, capsys, fakes):
+    assert cli.main(["ask", "a?", "b?", "--db", str(tmp_path / "none"), "--json"]) == 2
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert [d["question"] for d in data] == ["a?", "b?"]
+    assert all(d["error"]["type"] == "MissingStoreError" for d in data)
+    assert captured.err.count("error: ") == 2
+
+
+def test_several_questions_show_progress(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    _ingest(corpus, db, capsys)
+    assert cli.main(["ask", "fee?", "steps?", "--db", db]) == 0
+    assert "answering" in capsys.readouterr().err
+    assert cli.main(["ask", "fee?", "steps?", "--db", db, "--quiet"]) == 0
+    assert "answering" not in capsys.readouterr().err
+
+
+def test_expert_takes_an_adapter_folder(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    _ingest(corpus, db, capsys)
+    adapter = tmp_path / "experts" / "my-qa"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (adapter / "expertrag_expert.json").write_text('{"name": "my-grounded-qa"}')
+    assert cli.main(["ask", "fee?", "--db", db, "--expert", str(adapter)]) == 0
+    assert fakes[-1].attached == [("my-grounded-qa", adapter)]
+    assert "expert my-grounded-qa" in capsys.readouterr().out
+    (adapter / "expertrag_expert.json").unlink()  # no card: the folder's name
+    assert cli.main(["ask", "fee?", "--db", db, "--expert", str(adapter)]) == 0
+    assert fakes[-1].attached == [("my-qa", adapter)]
+    capsys.readouterr()
+    for bad, needle in ((tmp_path / "experts" / "nope", "no such adapter folder"),
+                        (tmp_path / "experts", "not an adapter folder")):
+        assert cli.main(["ask", "fee?", "--db", db, "--expert", str(bad)]) == 2
+        _assert_one_line_error(capsys, needle)
+
+
+def test_a_bug_is_still_one_error_line(tmp_path, capsys, corpus, fakes, monkeypatch):
+    class Broken(FakeLLM):
+        def generate(self, *args, **kwargs):
+            raise RuntimeError("kaput")
+
+    db = str(tmp_path / "db")
+    _ingest(corpus, db, capsys)
+    monkeypatch.setattr(cli, "make_llm", lambda *a, **k: Broken())
+    monkeypatch.delenv("EXPERTRAG_DEBUG", raising=False)
+    assert cli.main(["ask", "fee?", "--db", db]) == 2
+    _assert_one_line_error(capsys, "unexpected RuntimeError: kaput", "EXPERTRAG_DEBUG")
+
+
+def test_ingest_reports_each_outcome_and_why(tmp_path, capsys, corpus, fakes):
+    db = str(tmp_path / "db")
+    (corpus / "zeros.txt").write_bytes(b"\x00" * 32)
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "2 added, 0 updated, 0 skipped (unchanged), 0 pruned, 1 refused" in out
+    assert "added:\n  fees.md\n  steps.md\n" in out
+    assert "refused (not ingested):\n  zeros.txt holds NUL bytes" in out
+    (corpus / "steps.md").write_text("There are 118 steps now.", encoding="utf-8")
+    (corpus / "fees.md").unlink()
+    (corpus / "zeros.txt").unlink()
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "0 added, 1 updated, 0 skipped (unchanged), 0 pruned, 0 refused" in out
+    assert "gone from the folder but still indexed (--prune removes them):\n  fees.md" in out
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert "0 added, 0 updated, 1 skipped (unchanged), 1 pruned" in out
+    assert "pruned (gone from the folder):\n  fees.md" in out
+    assert cli.main(["ingest", str(corpus), "--db", db, "--quiet", "--source", "kb"]) == 0
+    assert "1 added" in capsys.readouterr().out
+    ids = VectorStore(path=db, embedder=HashEmbedder()).ids()
+    assert sorted(ids) == sorted([f"{corpus.resolve().as_posix()}/steps.md#0",
+                                  "kb/steps.md#0"])  # two sources, no collision

@@ -102,7 +102,7 @@ def resolve_source(model: str) -> ModelSource:
         return ModelSource(name=path.name, kind="dir", path=str(path.resolve()))
     if path.exists() or key.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model path not found or not a model: {path}")
-    if key.count("/") == 1:
+    if key.count("/") == 1 and all(key.split("/")):
         return ModelSource(name=key, kind="hub", path=key)
     raise ModelNotFoundError(
         f"unknown model {model!r}: not an alias ({', '.join(sorted(ALIASES))}), "

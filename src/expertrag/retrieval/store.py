@@ -160,7 +160,11 @@ class VectorStore:
         except OSError as exc:
             raise StoreError(f"cannot create the database folder {folder}: {exc}") from exc
         with self._chroma("to open the database"):
-            return chromadb.PersistentClient(path=self.path, settings=settings)
+            try:
+                return chromadb.PersistentClient(path=self.path, settings=settings)
+            except ValueError as exc:  # this process opened the folder with other settings
+                raise StoreError(f"cannot open the Chroma database at {folder}: {exc}; "
+                                 "open it through expertrag.VectorStore only") from exc
 
     def _open_collection(self) -> Any:
         from chromadb.errors import InvalidArgumentError, NotFoundError
