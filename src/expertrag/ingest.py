@@ -369,11 +369,17 @@ def ingest_folder(
     _check_sizes(chunk_size, chunk_overlap)
     if not callable(getattr(store, "manifest_storage", None)):
         raise InputError(f"store must be an expertrag VectorStore, got {type(store).__name__}")
+    if getattr(store, "read_only", False):
+        from expertrag.errors import StoreError
+
+        raise StoreError(f"cannot ingest into collection {store.collection_name!r}: it was "
+                         "opened read-only (open it with read_only=False)")
     loaded, refused, scan = _load_folder(folder, patterns, skip_invalid, source,
                                          allow_empty=prune)
     root = source_root(scan.root, source)
     report = IngestReport(files=0, chunks=0, refused=refused, root=root,
                           not_followed=list(scan.linked_dirs))
+    store.check()  # never write into a damaged database
     storage = store.manifest_storage()
     with storage.lock():
         manifest = store.reload_manifest()

@@ -123,7 +123,11 @@ class _Ladybug:
             raise GraphStoreError("the embedded graph database needs ladybug: pip install "
                                   "'expertrag[graph]'") from exc
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GraphStoreError(f"cannot use {folder} for the graph database: {exc} (give "
+                                  "a folder path; it is created if missing)") from exc
         try:
             self.db = ladybug.Database(str(folder / "graph.lbdb"))
             self.conn = ladybug.Connection(self.db)

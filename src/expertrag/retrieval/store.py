@@ -159,12 +159,16 @@ class VectorStore:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the database folder {folder}: {exc}") from exc
-        with self._chroma("to open the database"):
-            try:
-                return chromadb.PersistentClient(path=self.path, settings=settings)
-            except ValueError as exc:  # this process opened the folder with other settings
-                raise StoreError(f"cannot open the Chroma database at {folder}: {exc}; "
-                                 "open it through expertrag.VectorStore only") from exc
+        try:
+            with self._chroma("to open the database"):
+                try:
+                    return chromadb.PersistentClient(path=self.path, settings=settings)
+                except ValueError as exc:  # this process opened it with other settings
+                    raise StoreError(f"cannot open the Chroma database at {folder}: {exc}; "
+                                     "open it through expertrag.VectorStore only") from exc
+        except StoreError:
+            _forget_failed_client(self.path)
+            raise
 
     def _open_collection(self) -> Any:
         from chromadb.errors import InvalidArgumentError, NotFoundError
@@ -312,6 +316,30 @@ class VectorStore:
         total = self.count()
         return total - self._hidden_count() if total else 0
 
+    def check(self) -> None:
+        """Check the embedded database file page by page (SQLite's ``quick_check``, opened
+        read-only) and raise :class:`StoreError` if it is damaged: a damaged page that no
+        query has touched yet would otherwise go unnoticed until one does. Takes about a
+        second per GB; a server store is not checked."""
+        import sqlite3
+
+        if self.host or self.path is None:
+            return
+        db_file = Path(self.path) / CHROMA_FILE
+        if not db_file.is_file():
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(f"{db_file.resolve().as_uri()}?mode=ro",
+                                                    uri=True)) as conn:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        problems = [str(r[0]) for r in rows if str(r[0]).lower() != "ok"]
+        if problems:
+            raise StoreError(f"the Chroma database {db_file} is damaged ({problems[0]}"
+                             f"{f' and {len(problems) - 1} more problems' if problems[1:] else ''}"
+                             "): ingest your folders again into a new --db folder")
+
     def _hidden_count(self) -> int:
         hidden = self.manifest.hidden_keys()
         if not hidden:
@@ -404,6 +432,19 @@ class VectorStore:
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port or 8000}" if self.host else self.path
         return f"VectorStore(collection={self.collection_name!r}, at={where!r})"
+
+
+def _forget_failed_client(path: str) -> None:
+    """Chroma caches a client's system per folder before starting it, and keeps it when
+    starting fails: every later open of that folder in this process would then meet a
+    half-built client (``AttributeError: ... no attribute 'bindings'``). Drop it, so the next
+    open tries afresh (and reports the real problem again)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    systems = getattr(SharedSystemClient, "_identifier_to_system", None)
+    counts = getattr(SharedSystemClient, "_identifier_to_refcount", {})
+    if isinstance(systems, dict) and path in systems and not counts.get(path):
+        systems.pop(path, None)
 
 
 def open_store(path: str | os.PathLike[str] = DEFAULT_DB_PATH,
