@@ -154,3 +154,29 @@ def test_llama_index_retriever_on_a_server(chroma: ChromaServer) -> None:
     store.add(DOCS)
     nodes = ExpertRetriever(store=store, k=1).retrieve("Lantern Night August Saturday")
     assert nodes[0].node.node_id == "c" or nodes[0].node.metadata.get("id") == "c"
+
+
+def test_ingest_syncs_a_folder_into_a_server(chroma: ChromaServer, tmp_path: Path) -> None:
+    """The manifest lives in the collection's metadata on a server: skip, prune and the
+    read-only open work there as in the embedded store."""
+    from expertrag.errors import MissingStoreError
+    from expertrag.ingest import ingest_folder
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("The lighthouse was built in 1862.", encoding="utf-8")
+    (folder / "b.md").write_text("Membership costs 45 euros.", encoding="utf-8")
+    first = ingest_folder(folder, _store(chroma, "synced"), progress=False)
+    assert first.added == ["a.md", "b.md"]
+    again = ingest_folder(folder, _store(chroma, "synced"), progress=False)
+    assert again.unchanged == ["a.md", "b.md"] and again.written == 0
+    (folder / "b.md").unlink()
+    pruned = ingest_folder(folder, _store(chroma, "synced"), progress=False, prune=True)
+    assert pruned.pruned == ["b.md"] and _store(chroma, "synced").count() == 1
+    reader = VectorStore(collection="synced", embedder=HashEmbedder(), host="127.0.0.1",
+                         port=chroma.port, read_only=True)
+    assert reader.manifest.exists and len(reader.manifest.files) == 1
+    assert reader.query("lighthouse", k=1)[0].metadata["source"] == "a.md"
+    with pytest.raises(MissingStoreError, match="'synced'"):
+        VectorStore(collection="synched", embedder=HashEmbedder(), host="127.0.0.1",
+                    port=chroma.port, read_only=True)
