@@ -134,3 +134,17 @@ def test_batch_size_is_checked(tmp_path):
     with pytest.raises(InputError, match="batch_size"):
         VectorStore(path=tmp_path / "db", embedder=HashEmbedder(), batch_size=0)
     assert not os.path.exists(tmp_path / "db")
+
+
+def test_a_database_copied_without_its_index_is_an_error_not_an_empty_answer(tmp_path):
+    pruned = _filled(tmp_path / "db", n=3000)
+    pruned.delete([f"d{i}" for i in range(2900)])  # Chroma compacts its log into the index
+    # deletions alone never trip the check: a heavily pruned index still fills k
+    assert all(len(pruned.query(f"topic {t}", k=20)) == 20 for t in range(7))
+    shutil.copytree(tmp_path / "db", tmp_path / "copy",
+                    ignore=lambda folder, names: [n for n in names
+                                                  if (tmp_path / "db" / n).is_dir()])
+    store = VectorStore(path=tmp_path / "copy", embedder=HashEmbedder(), read_only=True)
+    assert store.count() == 100
+    with pytest.raises(StoreError, match="index files are missing or damaged"):
+        store.query("topic 3", k=10)

@@ -401,6 +401,16 @@ class VectorStore:
                 include=["documents", "metadatas", "distances"],
             )
         ids = res["ids"][0]
+        asked = min(k + extra, total)
+        if where is None and len(ids) * 2 < asked:
+            # the collection holds the documents, its vector index does not: index files
+            # missing or damaged (e.g. a database folder copied without its subfolders)
+            where_at = f"{self.host}:{self.port or 8000}" if self.host else self.path
+            raise StoreError(
+                f"the vector index of collection {self.collection_name!r} at {where_at} "
+                f"returned {len(ids)} of {asked} passages although it holds {total}: its "
+                "index files are missing or damaged; ingest your folders again into a new "
+                "--db folder")
         texts = (res.get("documents") or [[]])[0] or []
         metas = (res.get("metadatas") or [[]])[0] or []
         dists = (res.get("distances") or [[]])[0] or []
