@@ -221,6 +221,18 @@ def test_a_crash_mid_update_then_the_file_deleted_removes_it(tmp_path):
     assert not _store(tmp_path).ids(where={"file_key": key})
 
 
+def test_a_reader_opened_before_the_crash_stops_serving_the_file(tmp_path):
+    folder = tmp_path / "docs"
+    _corpus(folder)
+    ingest_folder(folder, _store(tmp_path), chunk_size=30, chunk_overlap=0, progress=False)
+    reader = _store(tmp_path, read_only=True)  # a long-lived reader, e.g. an app's store
+    assert any(d.metadata["source"] == "f1.md" for d in reader.query("File1 sentence", k=5))
+    _write(folder / "f1.md", " ".join(f"Changed sentence {j}." for j in range(12)))
+    _crash_once(tmp_path, folder, fail_after=2)  # f1.md now half old, half new
+    assert not [d for d in reader.query("File1 sentence", k=100)
+                if d.metadata["source"] == "f1.md"]
+
+
 def test_kill_9_mid_ingest_loses_nothing(tmp_path):
     """A real SIGKILL in the middle of a file: every file is whole or invisible, and the next
     run completes the folder."""

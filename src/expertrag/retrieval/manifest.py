@@ -99,6 +99,14 @@ class ManifestFile:
             raise StoreError(f"cannot read the ingest manifest {self.path}: {exc}") from exc
         return Manifest.from_json(text, str(self.path))
 
+    def stamp(self) -> tuple[int, int] | None:
+        """The file's (mtime, size), to tell cheaply whether another process committed."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
     def save(self, manifest: Manifest) -> None:
         """Write atomically: a crash leaves the previous manifest or this one, never half."""
         try:
@@ -164,6 +172,9 @@ class ManifestMetadata:
         meta[METADATA_KEY] = manifest.to_json()
         self.collection.modify(metadata=meta)
         manifest.exists = True
+
+    def stamp(self) -> None:  # asking the server each time would cost a request per query
+        return None
 
     def delete(self) -> None:  # the collection's metadata goes with the collection
         return None

@@ -110,6 +110,7 @@ class VectorStore:
         self._client = self._make_client()
         self._collection = self._open_collection()
         self._manifest: Manifest | None = None
+        self._manifest_stamp: tuple[int, int] | None = None
 
     @contextlib.contextmanager
     def _chroma(self, doing: str) -> Iterator[None]:
@@ -121,7 +122,8 @@ class VectorStore:
         except ChromaError as exc:
             where = f"{self.host}:{self.port or 8000}" if self.host else self.path
             if "dimension" in str(exc):
-                used = self.manifest.embedding if self._manifest is not None else ""
+                known = getattr(self, "_manifest", None)
+                used = known.embedding if known is not None else ""
                 hint = f" (it was ingested with {used!r})" if used else ""
                 raise StoreError(
                     f"collection {self.collection_name!r} at {where} holds vectors of "
@@ -217,9 +219,15 @@ class VectorStore:
 
     @property
     def manifest(self) -> Manifest:
-        """The ingest manifest, read once (:meth:`reload_manifest` reads it again)."""
-        if self._manifest is None:
-            self._manifest = self.manifest_storage().load()
+        """The ingest manifest; an embedded store reads it again whenever the file changed
+        (an ingest in another process marked a file pending or committed one), so a
+        long-lived reader never serves a file that is being rewritten. On a server it is
+        read once (:meth:`reload_manifest` reads it again)."""
+        storage = self.manifest_storage()
+        stamp = storage.stamp()
+        if self._manifest is None or stamp != self._manifest_stamp:
+            self._manifest = storage.load()
+            self._manifest_stamp = stamp
         return self._manifest
 
     def reload_manifest(self) -> Manifest:
