@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def quiet_loaders(quiet: bool) -> Iterator[None]:
     """With ``quiet``, silence the progress bars of transformers and huggingface_hub
-    ("Loading weights", downloads) for the command's duration, then restore them."""
+    ("Loading weights", downloads) for the command's duration."""
     if not quiet:
         yield
         return
@@ -568,8 +568,10 @@ def quiet_loaders(quiet: bool) -> Iterator[None]:
     if "transformers" in sys.modules:  # already loaded: switch its bars off directly
         from transformers.utils import logging as hf_logging
 
-        was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
+        if not hf_logging.is_progress_bar_enabled():
+            hf_logging = None  # already off: nothing to restore
+        else:
+            hf_logging.disable_progress_bar()
     try:
         yield
     finally:
@@ -577,11 +579,10 @@ def quiet_loaders(quiet: bool) -> Iterator[None]:
             os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
         else:
             os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
-        if hf_logging is None and "transformers" in sys.modules:
-            from transformers.utils import logging as hf_logging
-
-            was_enabled = previous is None or previous.lower() not in ("1", "true", "yes")
-        if hf_logging is not None and was_enabled:
+        # bars we switched off are switched on again; a library first loaded during the
+        # command read the variable at import and keeps its bars off (turning them on
+        # would only warn that the variable has priority)
+        if hf_logging is not None:
             hf_logging.enable_progress_bar()
 
 

@@ -78,6 +78,7 @@ def test_ask_is_read_only_and_answers_each_question(kb) -> None:
     assert data[1]["error"]["message"] == "question 2 is empty"
     assert "August" in data[2]["answer"]
     assert "Loading weights" not in proc.stderr  # --quiet silences the loaders
+    assert "Warning" not in proc.stderr  # ...without a warning about switching them back
     roots = {c["root"] for d in (data[0], data[2]) for c in d["citations"]}
     assert roots <= {kb["handbook"].resolve().as_posix(), kb["club"].resolve().as_posix()}
     typo = run("ask", "fee?", "--db", db, "--collection", "expertrgg")
