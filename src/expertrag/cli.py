@@ -372,6 +372,7 @@ def _open_for_answers(args: argparse.Namespace) -> Any:
             f"collection {args.collection!r} in {args.db} is empty: "
             "ingest documents first with `expertrag ingest FOLDER`"
         )
+    store.embedder.embed_query("probe")  # an embedder that cannot load fails once, up front
     return store
 
 

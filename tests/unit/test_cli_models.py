@@ -84,4 +84,5 @@ def test_a_model_that_cannot_load_is_one_typed_error(kb, models, capsys, tmp_pat
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1] and "unexpected" not in err[-1]
+    assert "question 1" not in err[-1]  # not a question's fault: one error, up front
     assert all(line.startswith("warning: ") for line in err[:-1])
