@@ -131,8 +131,8 @@ class VectorStore:
                     "model it was ingested with (--embedding-model)") from exc
             raise StoreError(
                 f"Chroma failed {doing} (collection {self.collection_name!r} at {where}): "
-                f"{exc}; the database may be damaged: ingest your folders again into a new "
-                "--db folder") from exc
+                f"{exc}; if the disk is not full, the database may be damaged: ingest your "
+                "folders again into a new --db folder") from exc
 
     # -- client and collection -------------------------------------------------------------
     def _make_client(self) -> Any:
