@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -94,19 +92,6 @@ def _user_parts(conv: list[dict[str, str]]) -> tuple[str, str]:
 
 #: The first shipped grounded-qa adapter (v1), read from git history for comparison.
 V1_GROUNDED = "fa93df6:src/expertrag/data/experts/grounded-qa"
-
-
-def expert_from_git(spec: str, dest: Path) -> Path:
-    """Write the adapter folder ``REV:PATH`` of this repository's history into ``dest``."""
-    rev, _, path = spec.partition(":")
-    dest.mkdir(parents=True, exist_ok=True)
-    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:{path}"],
-                           check=True, capture_output=True, text=True).stdout.split()
-    for name in names:
-        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}/{name}"],
-                              check=True, capture_output=True).stdout
-        (dest / name).write_bytes(blob)
-    return dest
 
 
 def _generate_all(llm: Any, rows: list[dict[str, Any]], expert: str | None, batch_size: int,
@@ -387,10 +372,11 @@ def main() -> None:
         _attach(llm, name, folder)
     wanted = set(args.models.split(","))
     models: list[tuple[str, str | None]] = [("base, prompted", None)] if "base" in wanted else []
-    tmp = tempfile.TemporaryDirectory(prefix="bench-experts-")
     if args.v1 and "v1" in wanted and parts & {"grounded", "demo"}:
+        from expertrag.training.recipes import adapter_from_git
+
         folder = Path(args.v1) if Path(args.v1).is_dir() else \
-            expert_from_git(args.v1, Path(tmp.name) / "grounded-qa-v1")
+            adapter_from_git(*args.v1.split(":", 1))
         _attach(llm, "grounded-qa-v1", folder)
         models.append(("grounded-qa v1", "grounded-qa-v1"))
     if "shipped" in wanted:
@@ -408,7 +394,6 @@ def main() -> None:
         out["critic"] = critic_part(llm, items, musique, halu, args.batch_size, caps)
     if "speed" in parts:
         out["speed"] = speed_part(llm, names, args.speed_tokens)
-    tmp.cleanup()
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

@@ -539,3 +539,33 @@ def test_halueval_loader_keeps_the_judge_rows_out(tmp_path):
     with pytest.raises(DataRowError, match="right_answer"):
         load_halueval(broken)
     assert HALUEVAL_QA.endswith(path.name)
+
+
+def test_init_adapter_from_git_history_is_extracted_once_and_whole(tmp_path):
+    import subprocess
+
+    from expertrag.errors import InputError
+    from expertrag.training.recipes import adapter_from_git, resolve_init_adapter
+
+    repo = tmp_path / "repo"
+    (repo / "experts" / "qa").mkdir(parents=True)
+    (repo / "experts" / "qa" / "adapter_config.json").write_text('{"r": 8}')
+    (repo / "experts" / "qa" / "adapter_model.safetensors").write_bytes(b"v1 weights")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v1")
+    (repo / "experts" / "qa" / "adapter_model.safetensors").write_bytes(b"v2 weights")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v2")
+    cache = tmp_path / "cache"
+    old = adapter_from_git("HEAD~1", "experts/qa", repo, cache)
+    assert (old / "adapter_model.safetensors").read_bytes() == b"v1 weights"
+    assert adapter_from_git("HEAD~1", "experts/qa", repo, cache) == old  # reused
+    assert [p.name for p in cache.iterdir()] == [old.name]  # no temp folder left behind
+    with pytest.raises(InputError, match="cannot read"):
+        adapter_from_git("HEAD", "experts/missing", repo, cache)
+    with pytest.raises(InputError, match="git:REV:PATH"):
+        resolve_init_adapter("git:HEAD")

@@ -7,6 +7,7 @@ Any local directory or Hugging Face id is accepted too.
 
 from __future__ import annotations
 
+from expertrag.embeddings.memo import MemoEmbedder
 from expertrag.embeddings.sentence import DEFAULT_EMBEDDING_MODEL, Embedder, resolve_model
 
-__all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "resolve_model"]
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "Embedder", "MemoEmbedder", "resolve_model"]

@@ -57,6 +57,19 @@ def contains(prediction: str, gold: str | Iterable[str]) -> float:
                      for g in _golds(gold)))
 
 
+def holds_answer(text: str, gold: str | Iterable[str]) -> bool:
+    """Whether a normalised gold answer occurs in ``text`` as whole words (``Paris`` is in
+    "It is in Paris, France." but not in "Parisian cafés"): does a passage hold the answer."""
+    flat = f" {normalize_answer(text)} "
+    return any(normalize_answer(g) and f" {normalize_answer(g)} " in flat for g in _golds(gold))
+
+
+def is_yes_no(gold: str | Iterable[str]) -> bool:
+    """Whether every gold answer is yes or no (no passage spells those out)."""
+    golds = _golds(gold)
+    return bool(golds) and {normalize_answer(g) for g in golds} <= {"yes", "no"}
+
+
 def _relevance(relevant: Iterable[str] | Mapping[str, float]) -> dict[str, float]:
     if isinstance(relevant, Mapping):
         return {str(k): float(v) for k, v in relevant.items() if float(v) > 0}

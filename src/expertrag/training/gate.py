@@ -36,35 +36,51 @@ def refusal_probabilities(llm: Any, rows: Sequence[dict[str, Any]], expert: str 
 
 
 def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool],
-                   max_false_refusals: float | None = None) -> dict[str, Any]:
+                   max_false_refusals: float | None = None,
+                   groups: Sequence[str] | None = None) -> dict[str, Any]:
     """The threshold of best balanced accuracy (ties: the highest, so that the expert
     answers rather than refuses) and the figures it gives, with 0.5 for comparison.
 
     ``max_false_refusals`` caps the share of answerable rows refused: the pick is then the
     best balanced accuracy among the thresholds that keep within the cap (a wrong refusal
-    costs a user more than a wrong answer that cites its passage)."""
+    costs a user more than a wrong answer that cites its passage). With ``groups`` (one
+    label per row, e.g. its data set) the cap holds in every group, not only pooled, and the
+    figures are also given per group."""
     from expertrag.training.trainer import roc_auc
 
-    pairs = sorted(zip((float(p) for p in probabilities), (bool(r) for r in refuse),
-                       strict=True))
+    probs = [float(p) for p in probabilities]
+    flags = [bool(r) for r in refuse]
+    labels = [str(g) for g in groups] if groups is not None else ["all"] * len(probs)
+    if not len(probs) == len(flags) == len(labels):
+        raise InputError("probabilities, refuse and groups must have one entry per row")
+    pairs = sorted(zip(probs, flags, strict=True))
     pos = sum(r for _, r in pairs)
     neg = len(pairs) - pos
     if not pos or not neg:
         raise InputError("calibrating a refusal gate needs rows of both kinds")
 
-    def figures(t: float) -> dict[str, float]:
-        refused_ok = sum(p >= t for p, r in pairs if r) / pos
-        false_ref = sum(p >= t for p, r in pairs if not r) / neg
+    def figures(t: float, rows: Sequence[tuple[float, bool]] = pairs) -> dict[str, float]:
+        n_pos = sum(r for _, r in rows)
+        n_neg = len(rows) - n_pos
+        refused_ok = sum(p >= t for p, r in rows if r) / n_pos if n_pos else float("nan")
+        false_ref = sum(p >= t for p, r in rows if not r) / n_neg if n_neg else 0.0
         return {"refusal_accuracy": refused_ok, "false_refusal_rate": false_ref,
                 "balanced_accuracy": 0.5 * (refused_ok + 1 - false_ref)}
+
+    by_group: dict[str, list[tuple[float, bool]]] = {}
+    for p, r, g in zip(probs, flags, labels, strict=True):
+        by_group.setdefault(g, []).append((p, r))
+
+    def within_cap(t: float) -> bool:
+        return max_false_refusals is None or all(
+            figures(t, rows)["false_refusal_rate"] <= max_false_refusals
+            for rows in by_group.values())
 
     values = sorted({p for p, _ in pairs})
     cuts = [0.0, *[(a + b) / 2 for a, b in itertools.pairwise(values)], 1.0]
     if max_false_refusals is not None and not 0 <= max_false_refusals <= 1:
         raise InputError(f"max_false_refusals must lie in [0, 1], got {max_false_refusals!r}")
-    scored = [(figures(t)["balanced_accuracy"], t) for t in cuts
-              if max_false_refusals is None
-              or figures(t)["false_refusal_rate"] <= max_false_refusals]
+    scored = [(figures(t)["balanced_accuracy"], t) for t in cuts if within_cap(t)]
     best = max(b for b, _ in scored)  # never empty: 1.0 refuses nothing
     threshold = max(t for b, t in scored if b == best)
     out = {"threshold": round(threshold, 4), "at_threshold": figures(threshold),
@@ -73,6 +89,9 @@ def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool],
            "rows": len(pairs), "refusal_rows": pos}
     if max_false_refusals is not None:
         out["max_false_refusals"] = max_false_refusals
+    if groups is not None:
+        out["groups"] = {g: {**figures(threshold, rows), "rows": len(rows)}
+                         for g, rows in by_group.items()}
     return out
 
 

@@ -231,13 +231,33 @@ def build_recipe_rows(recipe: dict[str, Any], data: str | os.PathLike[str] | Non
     folder = data_dir(data)
     seed = recipe.get("config", {}).get("seed", 42) if seed is None else seed
     rows: list[dict[str, Any]] = []
+    embedder: Any = None
     for spec in recipe["builders"]:
         params = dict(spec.get("params", {}))
         kind = spec["builder"]
-        for key in ("distractors_k",):  # JSON keeps ranges as lists
+        for key in ("distractors_k", "k"):  # JSON keeps ranges as lists
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
-        if kind == "raft":
+        if kind.endswith("_retrieved") and embedder is None:
+            from expertrag.embeddings import Embedder, MemoEmbedder
+
+            embedder = MemoEmbedder(Embedder())  # the retriever's own embedder, shared
+        if kind == "squad_retrieved":
+            from expertrag.training.retrieved import build_squad_retrieved
+
+            built = build_squad_retrieved(load_squad(folder / SQUAD_ARTICLES), embedder,
+                                          seed=seed, **params)
+        elif kind == "hotpot_retrieved":
+            from expertrag.training.retrieved import build_hotpot_retrieved
+
+            built = build_hotpot_retrieved(load_hotpot(folder / HOTPOT_TRAIN), embedder,
+                                           seed=seed, **params)
+        elif kind == "halueval_retrieved":
+            from expertrag.training.retrieved import build_halueval_retrieved
+
+            built = build_halueval_retrieved(load_halueval(folder / HALUEVAL_QA), embedder,
+                                             seed=seed, **params)
+        elif kind == "raft":
             built = build_raft(load_hotpot(folder / HOTPOT_TRAIN), seed=seed, **params)
         elif kind == "squad_raft":
             squad = SQUAD_ARTICLES if spec["source"] == "squad2-15" else SQUAD_SAMPLE
@@ -291,10 +311,19 @@ def build_critic(folder: Path, seed: int, caps: dict[str, int], squad_questions:
     return cap_rows(rows, caps, seed=seed)
 
 
-def resolve_init_adapter(value: str | None) -> str | None:
-    """``shipped:NAME`` names a shipped expert's folder; anything else is a path."""
-    if not value or not value.startswith("shipped:"):
+def resolve_init_adapter(value: str | None, repo: str | os.PathLike[str] | None = None
+                         ) -> str | None:
+    """``shipped:NAME`` names a shipped expert's folder; ``git:REV:PATH`` an adapter folder in
+    this repository's history (e.g. an earlier version of a shipped expert, so that a recipe
+    that continues it stays reproducible after the new version replaces it); anything else
+    is a path."""
+    if not value or not value.startswith(("shipped:", "git:")):
         return value
+    if value.startswith("git:"):
+        rev, _, path = value[4:].partition(":")
+        if not rev or not path:
+            raise InputError(f"init_adapter {value!r}: expected git:REV:PATH")
+        return str(adapter_from_git(rev, path, repo))
     from expertrag.experts import shipped_experts
 
     name = value.split(":", 1)[1]
@@ -302,6 +331,50 @@ def resolve_init_adapter(value: str | None) -> str | None:
     if name not in found:
         raise InputError(f"init_adapter {value!r}: no shipped expert named {name!r}")
     return str(found[name])
+
+
+#: the repository this module was installed from (an editable install of a git clone)
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def adapter_from_git(rev: str, path: str, repo: str | os.PathLike[str] | None = None,
+                     cache: str | os.PathLike[str] | None = None) -> Path:
+    """The adapter folder ``path`` at ``rev`` of the git repository ``repo`` (default: the
+    clone expertrag runs from), written once under the cache (``EXPERTRAG_CACHE``) and
+    reused; the folder appears whole or not at all."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from expertrag.models.loading import cache_root
+
+    root = Path(repo) if repo is not None else REPO_ROOT
+    base = Path(cache) if cache is not None else Path(cache_root()) / "git-adapters"
+
+    def git(*args: str) -> bytes:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], check=True,
+                                  capture_output=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            raise InputError(f"cannot read {rev}:{path} from the git repository at {root} "
+                             f"(a clone of expertrag with its history is needed): "
+                             f"{detail.decode(errors='replace').strip() or exc}") from exc
+
+    commit = git("rev-parse", f"{rev}^{{commit}}").decode().strip()
+    dest = base / f"{commit[:12]}-{path.strip('/').replace('/', '_')}"
+    if dest.is_dir():
+        return dest
+    names = git("ls-tree", "--name-only", f"{commit}:{path}").decode().split()
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".git-adapter-", dir=base))
+    try:
+        for name in names:
+            (tmp / name).write_bytes(git("show", f"{commit}:{path}/{name}"))
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def run_recipe(
