@@ -278,11 +278,14 @@ def generate_grounded(llm: Any, questions: Sequence[str],
                       ) -> list[tuple[Any, list[float] | None]]:
     """Grounded answers for questions with their passages, greedy: with a gate, one batched
     evidence pass first, and the questions it stops get the refusal without generating; the
-    rest go through one batched ``generate``. Each item is (generation result, the passages'
+    rest go through one batched ``generate``. A question with no passages at all (a filter
+    that matched nothing, an empty store) gets the refusal without generating: there is
+    nothing to ground an answer on. Each item is (generation result, the passages'
     P(relevant) or None without a gate)."""
     evidence: list[list[float] | None] = (
         list(gate.scores(questions, passages)) if gate is not None else [None] * len(questions))
-    todo = [i for i, ev in enumerate(evidence) if gate is None or gate.supported(ev or [])]
+    todo = [i for i, ev in enumerate(evidence)
+            if passages[i] and (gate is None or gate.supported(ev or []))]
     kwargs: dict[str, Any] = {}
     if gate is not None and gate.refusal_threshold is not None:
         kwargs["refusal_threshold"] = gate.refusal_threshold
@@ -300,7 +303,8 @@ def generate_grounded(llm: Any, questions: Sequence[str],
 
 @dataclass
 class _Refused:
-    """What the evidence gate answers in place of a generation: the refusal, no tokens."""
+    """What the pipeline answers without generating (the evidence gate stopped the question,
+    or there were no passages): the refusal, no tokens."""
 
     text: str = REFUSAL
     finish_reason: str = "stop"

@@ -297,3 +297,22 @@ def test_no_passages_is_not_supported():
     gate = EvidenceGate(FakeScorer({}), 0.0)
     assert gate.supported([]) is False and gate.supported([0.0]) is True
     assert gate.scores(["q"], [[]]) == [[]]
+
+
+def test_no_passages_refuses_without_generating():
+    class EmptyStore:
+        def query(self, text, k=4):
+            return []
+
+    llm = FakeLLM(["B [1]."])
+    empty = RAGPipeline(llm, EmptyStore()).answer("q")
+    assert empty.text == "I don't know." and empty.completion_tokens == 0 and not llm.calls
+
+    class Some(FakeStore):
+        def query(self, text, k=4):  # the second question finds nothing
+            return [] if text == "q2" else super().query(text, k)
+
+    answers = RAGPipeline(llm, Some()).answer_many(["q1", "q2"])
+    assert [a.text for a in answers] == ["B [1].", "I don't know."]
+    # only q1 was generated, as a single conversation
+    assert len(llm.calls) == 1 and "Question: q1" in llm.calls[0][0][-1]["content"]
