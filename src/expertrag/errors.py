@@ -11,6 +11,15 @@ class InputError(ExpertRAGError, ValueError):
     """An argument or input document is invalid (empty, unreadable, wrong type)."""
 
 
+class ConfigKeyError(InputError):
+    """A config dict or file names a setting its config dataclass does not have; ``keys``
+    lists every such name."""
+
+    def __init__(self, message: str, keys: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.keys = list(keys or [])
+
+
 class InvalidFilesError(InputError):
     """Some files of a folder cannot be ingested; ``problems`` lists every one of them as
     ``(relative_path, reason)``, not just the first."""
