@@ -28,14 +28,10 @@ Every decision is a probability read from a forward pass, so nothing can fail to
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from expertrag.chains.base import (
@@ -48,6 +44,7 @@ from expertrag.chains.base import (
     check_question,
     keywords,
 )
+from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
 from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
 from expertrag.types import Document
@@ -75,8 +72,9 @@ SHIPPED_CALIBRATION: dict[str, Any] = {
 
 
 @dataclass
-class CRAGConfig:
-    """Settings of a :class:`CorrectiveRAG` chain; saved and loaded as JSON.
+class CRAGConfig(ConfigMixin):
+    """Settings of a :class:`CorrectiveRAG` chain; saved and loaded as JSON
+    (:class:`~expertrag.config.ConfigMixin`).
 
     The default ``upper`` / ``lower`` are calibrated for the shipped ``relevance`` expert by
     ``benchmarks/calibrate_crag.py`` on HotpotQA test items 400-499 (never used by the
@@ -159,37 +157,6 @@ class CRAGConfig:
     @property
     def refine_floor(self) -> float:
         return self.lower if self.doc_floor is None else self.doc_floor
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CRAGConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"unknown CRAGConfig fields: {sorted(unknown)}")
-        return cls(**data).validate()
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the config as JSON, atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".crag-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CRAGConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read CRAG config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InputError(f"CRAG config {path} is not a JSON object")
-        return cls.from_dict(data)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from expertrag.chains.base import (
     call_source,
     check_question,
 )
+from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
 from expertrag.models.chat import check_num_beams
 from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
@@ -57,9 +58,9 @@ _CITE_ONE_RE = re.compile(r"\[\s*1\s*\]")
 
 
 @dataclass
-class SelfRAGConfig:
+class SelfRAGConfig(ConfigMixin):
     """Settings of a :class:`SelfRAG` chain (defaults as in the Self-RAG paper where it sets
-    them)."""
+    them); saved and loaded as JSON (:class:`~expertrag.config.ConfigMixin`)."""
 
     k: int = 5
     retrieve_threshold: float = 0.2
