@@ -15,8 +15,10 @@ from expertrag.errors import ConfigKeyError, InputError
 def configs() -> list[ConfigMixin]:
     from expertrag.chains.corrective import CRAGConfig
     from expertrag.chains.self_reflective import SelfRAGConfig
+    from expertrag.training.config import TrainConfig
 
-    return [CRAGConfig(upper=0.7, lower=0.1), SelfRAGConfig(k=3, mode="long")]
+    return [CRAGConfig(upper=0.7, lower=0.1), SelfRAGConfig(k=3, mode="long"),
+            TrainConfig(method="dora", target_modules="all-linear", max_steps=5)]
 
 
 @pytest.mark.parametrize("cfg", configs(), ids=lambda c: type(c).__name__)

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertrag.errors import InputError
+from expertrag.config import ConfigMixin
+from expertrag.errors import ConfigKeyError, InputError
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                           "down_proj"]
@@ -15,8 +16,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of one expert training run.
+class TrainConfig(ConfigMixin):
+    """Hyper-parameters of one expert training run; saved and loaded as JSON
+    (:class:`~expertrag.config.ConfigMixin`).
 
     ``method``: "lora", "dora" (weight-decomposed LoRA) or "qlora" (LoRA on a 4-bit nf4 base
     through bitsandbytes; needs CUDA). ``target_modules``: module names or "all-linear".
@@ -101,9 +103,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         data = asdict(self)
-        unknown = set(changes) - set(data)
+        unknown = sorted(set(changes) - set(data))
         if unknown:
-            raise InputError(f"unknown TrainConfig fields: {sorted(unknown)}")
+            raise ConfigKeyError(f"unknown TrainConfig fields: {unknown}", unknown)
         data.update(changes)
         return TrainConfig(**data).validate()
 
