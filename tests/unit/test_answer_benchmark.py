@@ -130,8 +130,9 @@ def _tiny_data(folder: Path) -> Path:
 
 @pytest.fixture
 def data(tmp_path, monkeypatch):
-    """The tiny data folder and a manifest path of the test's own (never the shipped one)."""
+    """The tiny data folder and a manifest of the test's own (never the shipped one)."""
     monkeypatch.setattr(sets_mod, "HOTPOT_CALIBRATION", range(4, 6))
+    monkeypatch.setattr(sets_mod, "MANIFEST", tmp_path / "answer_sets.json")
     return _tiny_data(tmp_path / "data"), tmp_path / "answer_sets.json"
 
 
@@ -258,3 +259,29 @@ def test_score_applies_the_gate_afterwards_and_counts_refusals_where_they_belong
     open_ = bench.score(records, aset, None)["figures"]  # no gate: the forced answers
     assert open_["contained"] == 1.0 and open_["em"] == 0.5 and open_["refusal_accuracy"] == 0.0
     assert 0.5 < open_["f1"] < 1.0
+
+
+def test_gate_calibrated_on_the_answer_sets_caps_false_refusals_per_set(data, tmp_path):
+    from tiny_models import save_tiny_lora, tiny_llm
+
+    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.training.gate import calibrate_on_answer_sets
+
+    folder, _ = data
+    write_manifest(folder)  # the default path: the fixture's own manifest
+    llm = tiny_llm()
+    expert = tmp_path / "qa"
+    save_tiny_lora(llm, str(expert))
+    (expert / EXPERT_METADATA).write_text("{}")
+    llm.add_expert("qa", expert)
+    result = calibrate_on_answer_sets(llm, "qa", folder, max_false_refusals=0.0, k=2,
+                                      embedder=MemoEmbedder(HashEmbedder()), folder=expert)
+    assert set(result["groups"]) == set(sets_mod.SETS)
+    assert all(g["false_refusal_rate"] == 0.0 for g in result["groups"].values())
+    assert result["rows"] == sum(g["rows"] for g in result["groups"].values())
+    meta = json.loads((expert / EXPERT_METADATA).read_text())
+    assert meta["refusal_gate"]["threshold"] == result["threshold"]
+    # a manifest that does not match the data stops the calibration
+    (folder / sets_mod.MUSIQUE_CORPUS).write_text("[]")
+    with pytest.raises(ManifestError):
+        calibrate_on_answer_sets(llm, "qa", folder, embedder=MemoEmbedder(HashEmbedder()))

@@ -200,22 +200,23 @@ def build_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {"format": 1, "sources": _sources(folder), "sets": split_ids(folder)}
 
 
-def write_manifest(data_dir: str | os.PathLike[str], path: str | os.PathLike[str] = MANIFEST
-                   ) -> dict[str, Any]:
-    """Fix the splits: write :func:`build_manifest` to ``path`` atomically."""
+def write_manifest(data_dir: str | os.PathLike[str],
+                   path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Fix the splits: write :func:`build_manifest` to ``path`` (default :data:`MANIFEST`)
+    atomically."""
     manifest = build_manifest(data_dir)
-    path = Path(path)
+    path = Path(path if path is not None else MANIFEST)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return manifest
 
 
-def check_manifest(data_dir: str | os.PathLike[str], path: str | os.PathLike[str] = MANIFEST
-                   ) -> None:
-    """Raise :class:`ManifestError` unless ``data_dir`` holds the files the manifest was
-    built on and the split rules give its ids."""
-    path = Path(path)
+def check_manifest(data_dir: str | os.PathLike[str],
+                   path: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`ManifestError` unless ``data_dir`` holds the files the manifest (default
+    :data:`MANIFEST`) was built on and the split rules give its ids."""
+    path = Path(path if path is not None else MANIFEST)
     if not path.is_file():
         raise ManifestError(f"no answer-set manifest at {path}")
     expected = json.loads(path.read_text(encoding="utf-8"))

@@ -22,7 +22,7 @@ from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.models.chat import check_num_beams
-from expertrag.rag import REFUSAL
+from expertrag.rag import REFUSAL, build_messages
 
 
 def refusal_probabilities(llm: Any, rows: Sequence[dict[str, Any]], expert: str | None,
@@ -149,6 +149,37 @@ def calibrate_gate(llm: Any, expert: str, rows: Sequence[dict[str, Any]],
     probs = refusal_probabilities(llm, rows, expert)
     result = pick_threshold(probs, [r["answer"] == REFUSAL for r in rows], max_false_refusals)
     result["source"] = source
+    if folder is not None:
+        record_gate(folder, result["threshold"], result)
+    return result
+
+
+def calibrate_on_answer_sets(llm: Any, expert: str, data_dir: str | os.PathLike[str],
+                             max_false_refusals: float = 0.05, k: int = 5,
+                             split: str = "calibration", embedder: Any = None,
+                             folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Pick ``expert``'s refusal threshold on the answer benchmark's calibration split
+    (:mod:`expertrag.evaluation.answer_sets`: single- and multi-hop questions over their
+    top-``k`` retrieved passages, "refuse" where the passages do not hold the answer), with
+    false refusals within ``max_false_refusals`` on every set; with ``folder``, record it."""
+    from expertrag.embeddings import Embedder, MemoEmbedder
+    from expertrag.evaluation.answer_sets import SETS, load_answer_set
+
+    embedder = embedder or MemoEmbedder(Embedder())
+    probs: list[float] = []
+    refuse: list[bool] = []
+    groups: list[str] = []
+    for name in SETS:
+        aset = load_answer_set(name, split, data_dir, embedder=embedder, k=k)
+        rows = [{"messages": build_messages(c.question, p)}
+                for c, p in zip(aset.cases, aset.passages(), strict=True)]
+        probs += refusal_probabilities(llm, rows, expert)
+        refuse += [not here for here in aset.present()]
+        groups += [name] * len(rows)
+    result = pick_threshold(probs, refuse, max_false_refusals, groups=groups)
+    result["source"] = (f"the answer benchmark's {split} split ({', '.join(SETS)}), top-{k} "
+                        "hybrid-retrieved passages, refusal where they do not hold the answer; "
+                        f"false refusals at most {max_false_refusals:.0%} on every set")
     if folder is not None:
         record_gate(folder, result["threshold"], result)
     return result

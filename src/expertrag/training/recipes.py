@@ -443,13 +443,23 @@ def calibrate_recipe_gate(recipe: dict[str, Any], rows: list[dict[str, Any]],
     from expertrag.models.loading import LoadedModel
     from expertrag.training.gate import calibrate_gate
 
-    calibration = gate_calibration_rows(recipe, rows, config, data)
+    spec = recipe["refusal_gate"]
     if isinstance(base_model, LoadedModel):
         llm = ExpertLLM.from_model(base_model.model, base_model.tokenizer, name=base_model.name)
     else:
         llm = ExpertLLM.from_pretrained(base_model or recipe.get("base", DEFAULT_BASE))
     name = recipe.get("name", "expert")
     llm.add_expert(name, folder)
+    if spec.get("answer_sets"):
+        from expertrag.training.gate import calibrate_on_answer_sets
+
+        try:
+            return calibrate_on_answer_sets(
+                llm, name, data_dir(data), split=spec["answer_sets"], folder=folder,
+                max_false_refusals=float(spec.get("max_false_refusals", 0.05)))
+        finally:
+            llm.close()
+    calibration = gate_calibration_rows(recipe, rows, config, data)
     try:
         return calibrate_gate(llm, name, calibration, folder, source=(
             "the recipe's held-out eval split and SQuAD 2.0 questions no training row used, "
