@@ -34,6 +34,7 @@ from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ingest_f
 from expertrag.retrieval.store import DEFAULT_COLLECTION, DEFAULT_DB_PATH
 
 if TYPE_CHECKING:  # pragma: no cover
+    from expertrag.models.interface import ExpertModel
     from expertrag.rag import Answer
     from expertrag.retrieval import VectorStore
 
@@ -56,7 +57,7 @@ def make_store(db: str, collection: str, *, read_only: bool = False,
     return open_store(db, collection, read_only=read_only, embedding_model=embedding_model)
 
 
-def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> Any:
+def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> ExpertModel:
     """Build the LLM: in-process (loaded now, so a missing model fails before any work;
     ``dtype`` None picks bf16 on a CPU with native bf16, else fp32), or a client of the
     multi-LoRA server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
@@ -92,13 +93,10 @@ def shipped_experts() -> dict[str, Any]:
     return out
 
 
-def _attach(llm: Any, name: str, source: Any) -> None:
-    for method in ("attach_expert", "load_expert", "add_expert", "attach"):
-        fn = getattr(llm, method, None)
-        if callable(fn):
-            fn(name, source)
-            return
-    raise ExpertError(f"this LLM cannot attach experts (expert {name!r})")
+def _attached(llm: ExpertModel) -> list[str] | None:
+    """The experts ``llm`` serves, or None for a stand-in that cannot list them."""
+    experts = getattr(llm, "experts", None)
+    return None if experts is None else list(experts)
 
 
 def expert_folder(requested: str) -> tuple[str, Path] | None:
@@ -130,7 +128,7 @@ def expert_folder(requested: str) -> tuple[str, Path] | None:
     return name, path
 
 
-def choose_expert(llm: Any, requested: str | None) -> str | None:
+def choose_expert(llm: ExpertModel, requested: str | None) -> str | None:
     """The expert to answer with: ``requested`` (a name, or an adapter folder, attached
     under its card's name) if given, else ``grounded-qa`` when it is attached or shipped (and
     attaches), else None (the base model)."""
@@ -138,23 +136,23 @@ def choose_expert(llm: Any, requested: str | None) -> str | None:
         folder = expert_folder(requested)
         if folder is not None:
             name, path = folder
-            if name not in list(getattr(llm, "experts", None) or []):
-                _attach(llm, name, path)
+            if name not in (_attached(llm) or []):
+                llm.add_expert(name, path)
             return name
     name = requested or GROUNDED_EXPERT
-    if name in list(getattr(llm, "experts", None) or []):
+    if name in (_attached(llm) or []):
         return name
     shipped = shipped_experts()
     if name in shipped:
         try:
-            _attach(llm, name, shipped[name])
+            llm.add_expert(name, shipped[name])
         except ExpertRAGError as exc:
             if requested:
                 raise
             print(f"warning: not using expert {name!r}: {exc}", file=sys.stderr)
             return None
         return name
-    attached = getattr(llm, "experts", None)
+    attached = _attached(llm)
     if requested and attached is not None:
         choices = sorted({*list(attached), *shipped})
         have = ", ".join(choices) if choices else "none (attach one with add_expert)"

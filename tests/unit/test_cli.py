@@ -44,7 +44,7 @@ class FakeLLM:
         self.attached: list[tuple[str, object]] = []
         self.batches: list[int] = []
 
-    def attach_expert(self, name: str, source: object) -> None:
+    def add_expert(self, name: str, source: object) -> None:
         self.attached.append((name, source))
         self.experts.append(name)
 

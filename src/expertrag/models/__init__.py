@@ -1,6 +1,13 @@
-"""The model layer: loading, named LoRA experts, batched/streamed/constrained generation."""
+"""The model layer: one interface (:class:`ExpertModel`) and its backends, loading, named
+LoRA experts, batched / streamed / constrained generation.
 
-from expertrag.models.llm import ExpertLLM, GenerationResult, StreamChunk
+``interface.py`` (the protocol and result types), ``request.py`` (request checks shared by
+every backend), ``adapters.py`` (attached experts), ``decoding.py`` (refusal gate, stops,
+streaming); backends: ``llm.py`` (in-process), ``server.py`` (vLLM server client).
+"""
+
+from expertrag.models.interface import ExpertModel, GenerationResult, StreamChunk
+from expertrag.models.llm import ExpertLLM
 from expertrag.models.loading import ALIASES, DEFAULT_MODEL, LoadedModel, load_base_model
 from expertrag.models.structured import ToolCall
 
@@ -8,6 +15,7 @@ __all__ = [
     "ALIASES",
     "DEFAULT_MODEL",
     "ExpertLLM",
+    "ExpertModel",
     "GenerationResult",
     "LoadedModel",
     "StreamChunk",

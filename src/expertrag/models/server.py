@@ -31,19 +31,24 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError, UnknownExpertError
-from expertrag.models.chat import check_num_beams, render_prompt, validate_messages
-from expertrag.models.llm import GenerationResult, StreamChunk, _first_stop
-from expertrag.models.structured import (
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    call_key,
-    normalize_tool,
-    parse_json,
-    parse_tool_calls,
+from expertrag.models.adapters import EXPERT_METADATA, card_gate
+from expertrag.models.chat import render_prompt, validate_messages
+from expertrag.models.decoding import first_stop
+from expertrag.models.interface import GenerationResult, Messages, StreamChunk
+from expertrag.models.request import (
+    Options,
+    answer_with_tools,
+    build_request,
+    gate_for,
+    grammar_for,
+    label_prompts,
+    label_token_ids,
 )
+from expertrag.models.structured import parse_json, parse_tool_calls
 
 ENV_URL = "EXPERTRAG_SERVER_URL"
 ENV_KEY = "EXPERTRAG_SERVER_API_KEY"
@@ -232,15 +237,15 @@ class ServerLLM:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
 
-    def _body(self, prompt: str, model: str, max_new_tokens: int, temperature: float,
-              top_p: float, seed: int | None, stop: list[str]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_new_tokens,
-                                "temperature": temperature, "top_p": top_p,
+    def _body(self, prompt: str, model: str, opts: Options) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "prompt": prompt,
+                                "max_tokens": opts.max_new_tokens,
+                                "temperature": opts.temperature, "top_p": opts.top_p,
                                 "add_special_tokens": False, "skip_special_tokens": True}
-        if seed is not None:
-            body["seed"] = seed
-        if stop:
-            body["stop"] = list(stop)
+        if opts.seed is not None:
+            body["seed"] = opts.seed
+        if opts.stop:
+            body["stop"] = list(opts.stop)
         return body
 
     def _first_probability(self, prompt: str, model: str, token_ids: list[int]
@@ -268,20 +273,9 @@ class ServerLLM:
                             normalize: bool = True) -> list[dict[str, float]]:
         """P(label) for the first generated token of each conversation, from one-token
         requests with the labels' log-probabilities (same semantics as in-process)."""
-        if not labels or len(set(labels)) != len(labels):
-            raise InputError(f"labels must be distinct non-empty strings, got {labels!r}")
-        ids = []
-        for label in labels:
-            toks = self.tokenizer(label, add_special_tokens=False)["input_ids"]
-            if not toks:
-                raise InputError(f"label {label!r} encodes to no tokens")
-            ids.append(toks[0])
-        if len(set(ids)) != len(ids):
-            raise InputError(f"labels {labels!r} share their first token; pick distinct words")
-        prompts = list(batch) if raw else [self.render(m) for m in batch]
-        experts = list(expert) if isinstance(expert, list | tuple) else [expert] * len(prompts)
-        if len(experts) != len(prompts):
-            raise InputError(f"got {len(experts)} experts for a batch of {len(prompts)}")
+        prompts, experts = label_prompts(batch, labels, expert, raw, self.render,
+                                         self._model_for)
+        ids = label_token_ids(self.tokenizer, labels)
         models = [self._model_for(e) for e in experts]
 
         def one(i: int) -> dict[str, float]:
@@ -295,72 +289,42 @@ class ServerLLM:
 
     # ------------------------------------------------------------------ generation
     def generate(self, messages: Any, *, expert: str | list[str | None] | None = None,
-                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, stop: str | list[str] | None = None,
-                 json_schema: dict[str, Any] | None = None, json_mode: bool = False,
-                 tools: list[dict[str, Any]] | None = None, tool_choice: str | None = None,
-                 parallel_tool_calls: bool = True, logprobs: bool = False,
-                 continue_final_message: bool = False, refusal_gate: bool = True,
-                 refusal_threshold: float | None = None, num_beams: int | None = None) -> Any:
-        """``ExpertLLM.generate`` against the server: one request per conversation, the batch
-        sent concurrently (``concurrency`` at a time). Decoding is greedy or sampled: an
-        expert's shipped beam width (``decoding`` in its metadata) applies in-process only,
-        and asking for ``num_beams > 1`` here is a :class:`ServerCapabilityError` (vLLM's
-        beam search ignores the logit bias the refusal gate needs)."""
-        if (check_num_beams(num_beams) or 1) > 1:
+                 **options: Any) -> Any:
+        """``ExpertLLM.generate`` against the server (the same options, checked the same
+        way): one request per conversation, the batch sent concurrently (``concurrency`` at
+        a time). Decoding is greedy or sampled: an expert's shipped beam width
+        (``decoding`` in its card) applies in-process only, and asking for
+        ``num_beams > 1`` here is a :class:`ServerCapabilityError` (vLLM's beam search
+        ignores the logit bias the refusal gate needs)."""
+        req = build_request(messages, expert, options, self._model_for)
+        opts = req.options
+        if (opts.num_beams or 1) > 1:
             raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
                                         "(ExpertLLM); the server client decodes greedily")
-        is_batch = isinstance(messages, list) and messages and all(
-            isinstance(m, list | str) for m in messages)
-        convs = [validate_messages(m) for m in (messages if is_batch else [messages])]
-        experts = list(expert) if isinstance(expert, list | tuple) else [expert] * len(convs)
-        if len(experts) != len(convs):
-            raise InputError(f"got {len(experts)} experts for a batch of {len(convs)}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        norm_tools = [normalize_tool(t) for t in tools or []]
-        choice = "any" if tool_choice == "required" else (tool_choice or "auto")
-        if choice == "none":
-            norm_tools = []
-        elif norm_tools and choice not in ("auto", "any"):
-            norm_tools = [t for t in norm_tools if t["name"] == choice]
-            if not norm_tools:
-                raise InputError(f"tool_choice {tool_choice!r} names no bound tool")
-        if norm_tools and (json_schema is not None or json_mode):
-            raise InputError("tools and json_schema/json_mode cannot be combined in one call")
-        models = [self._model_for(e) for e in experts]
-        gates = [self._gate(e, refusal_gate, refusal_threshold) for e in experts]
+        models = [self._model_for(e) for e in req.experts]
 
         def one(i: int) -> GenerationResult:
-            return self._generate_one(convs[i], models[i], experts[i], max_new_tokens,
-                                      temperature, top_p, seed, stops, json_schema, json_mode,
-                                      norm_tools, choice, parallel_tool_calls, logprobs,
-                                      continue_final_message, gates[i])
+            def run(convs: list[Messages], experts: list[str | None], o: Options
+                    ) -> list[GenerationResult]:
+                return [self._generate_one(convs[0], models[i], experts[0], o)]
 
-        results = self._map(one, list(range(len(convs))))
-        return results if is_batch else results[0]
+            if opts.tools:
+                return answer_with_tools([req.convs[i]], [req.experts[i]], opts, run)[0]
+            return run([req.convs[i]], [req.experts[i]], opts)[0]
 
-    def _gate(self, expert: str | None, enabled: bool, threshold: float | None
-              ) -> tuple[str, float] | None:
-        from expertrag.rag import REFUSAL
+        results = self._map(one, list(range(len(req.convs))))
+        return results if req.is_batch else results[0]
 
-        if not enabled:
+    def _card_gate(self, expert: str | None) -> tuple[str, float] | None:
+        """The refusal gate a served expert's card ships (shipped experts only)."""
+        if expert is None:
             return None
-        own = None
-        if expert is not None:
-            meta = (self._expert_meta().get(expert) or {}).get("refusal_gate")
-            if meta:
-                own = (meta["text"], float(meta["threshold"]))
-        if threshold is not None:
-            own = (own[0] if own else REFUSAL, threshold)
-        return own
+        return card_gate(expert, self._expert_meta().get(expert) or {})
 
     def _expert_meta(self) -> dict[str, dict[str, Any]]:
         """Shipped experts' metadata (their refusal gates), by name."""
         if not hasattr(self, "_meta_cache"):
             from expertrag.experts import shipped_experts
-            from expertrag.models.llm import EXPERT_METADATA
 
             cache = {}
             for name, folder in shipped_experts().items():
@@ -370,21 +334,18 @@ class ServerLLM:
             self._meta_cache = cache
         return self._meta_cache
 
-    def _generate_one(self, conv: list[dict[str, Any]], model: str, expert: str | None,
-                      max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                      stops: list[str], json_schema: dict[str, Any] | None, json_mode: bool,
-                      tools: list[dict[str, Any]], choice: str, parallel: bool,
-                      logprobs: bool, continue_final: bool,
-                      gate: tuple[str, float] | None) -> GenerationResult:
+    def _generate_one(self, conv: Messages, model: str, expert: str | None,
+                      opts: Options) -> GenerationResult:
+        """One conversation's request: a tool-call list, JSON, or text behind the expert's
+        refusal gate (its probability read from a one-token request first)."""
+        if opts.tools:
+            return self._tool_calls(conv, model, expert, opts)
         tok = self.tokenizer
-        if tools:
-            return self._tool_call(conv, model, expert, max_new_tokens, temperature, top_p,
-                                   seed, stops, tools, choice, parallel)
-        schema = json_schema if json_schema is not None else (
-            {"type": "object"} if json_mode else None)
+        schema = opts.schema
         prompt = render_prompt(tok, conv, json_schema=schema,
-                               continue_final_message=continue_final)
-        body = self._body(prompt, model, max_new_tokens, temperature, top_p, seed, stops)
+                               continue_final_message=opts.continue_final_message)
+        body = self._body(prompt, model, opts)
+        gate = None if schema is not None else gate_for(self._card_gate(expert), opts)
         refusal_p = None
         if schema is not None:
             body["structured_outputs"] = {"grammar": self.grammars.schema_ebnf(schema)}
@@ -397,80 +358,52 @@ class ServerLLM:
                                         model_name=self.model_name, expert=expert,
                                         refusal_probability=refusal_p)
             body["logit_bias"] = {str(first): -100}
-        if logprobs:
+        if opts.logprobs:
             body["logprobs"] = 1
         out = self._complete(body)
         choice_ = out["choice"]
         text = str(choice_.get("text") or "")
-        cut = _first_stop(text, stops)
+        cut = first_stop(text, opts.stop)
         if cut is not None:
             text = text[:cut]
         finish = "length" if choice_.get("finish_reason") == "length" else "stop"
         if schema is not None and finish == "length":
             # out of tokens inside a constrained value: close it by grammar, as in-process
-            grammar = (self.grammars.json_schema(json_schema) if json_schema is not None
-                       else self.grammars.json_object())
-            text += tok.decode(self.grammars.complete(grammar, text))
+            text += tok.decode(self.grammars.complete(grammar_for(self.grammars, opts), text))
         usage = out["usage"]
         result = GenerationResult(
             text=text, prompt_tokens=int(usage.get("prompt_tokens") or self.count_tokens(
                 prompt)), completion_tokens=int(usage.get("completion_tokens") or 0),
             finish_reason=finish, model_name=self.model_name, expert=expert,
             refusal_probability=refusal_p)
-        if logprobs:
+        if opts.logprobs:
             lps = (choice_.get("logprobs") or {}).get("token_logprobs") or []
             result.logprobs = [float(v) for v in lps if v is not None]
         if schema is not None:
-            result.parsed = parse_json(text, json_schema if json_schema is not None else
-                                       {"type": "object"})
+            result.parsed = parse_json(text, schema)
         return result
 
-    def _tool_call(self, conv: list[dict[str, Any]], model: str, expert: str | None,
-                   max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                   stops: list[str], tools: list[dict[str, Any]], choice: str,
-                   parallel: bool) -> GenerationResult:
-        """The same two passes as in-process: the grammar-constrained call list, then (for
-        ``auto`` with no fresh call) a plain text answer."""
+    def _tool_calls(self, conv: Messages, model: str, expert: str | None,
+                    opts: Options) -> GenerationResult:
+        """The grammar-constrained list of calls (the first pass of
+        :func:`~expertrag.models.request.answer_with_tools`)."""
         tok = self.tokenizer
-        prompt = render_prompt(tok, conv, tools)
-        grammar = self.grammars.tool_calls_grammar(tools, required=choice != "auto",
-                                                   parallel=parallel)
-        body = self._body(prompt, model, max_new_tokens, temperature, top_p, seed, [])
+        prompt = render_prompt(tok, conv, opts.tools)
+        grammar = self.grammars.tool_calls_grammar(opts.tools,
+                                                   required=opts.tool_choice != "auto",
+                                                   parallel=opts.parallel_tool_calls)
+        body = self._body(prompt, model, replace(opts, stop=[]))
         body["structured_outputs"] = {"grammar": str(grammar)}
         out = self._complete(body)
         text = str(out["choice"].get("text") or "")
         if out["choice"].get("finish_reason") == "length":
-            text += tok.decode(self.grammars.complete(self.grammars.tool_calls(
-                tools, required=choice != "auto", parallel=parallel), text))
+            text += tok.decode(self.grammars.complete(grammar_for(self.grammars, opts), text))
         calls = parse_tool_calls(text)
-        seen = {call_key(c["name"], c.get("arguments") or {}) for m in conv
-                if m["role"] == "assistant" for c in m.get("tool_calls") or []}
-        fresh = []
-        for call in calls:
-            key = call_key(call.name, call.arguments)
-            if key not in seen:
-                seen.add(key)
-                fresh.append(call)
         usage = out["usage"]
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        if fresh or choice != "auto":
-            return GenerationResult(text="", prompt_tokens=prompt_tokens,
-                                    completion_tokens=completion, finish_reason="tool_calls"
-                                    if fresh else "stop", model_name=self.model_name,
-                                    expert=expert, tool_calls=fresh)
-        plain = render_prompt(tok, conv)
-        body = self._body(plain, model, max_new_tokens, temperature, top_p, seed,
-                          [*stops, TOOL_CALL_OPEN])
-        answer = self._complete(body)
-        text = str(answer["choice"].get("text") or "")
-        cut = _first_stop(text, [*stops, TOOL_CALL_OPEN, TOOL_CALL_CLOSE])
-        usage = answer["usage"]
-        return GenerationResult(
-            text=text if cut is None else text[:cut],
-            prompt_tokens=prompt_tokens + int(usage.get("prompt_tokens") or 0),
-            completion_tokens=completion + int(usage.get("completion_tokens") or 0),
-            finish_reason="stop", model_name=self.model_name, expert=expert)
+        return GenerationResult(text="", prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage.get("completion_tokens") or 0),
+                                finish_reason="tool_calls" if calls else "stop",
+                                model_name=self.model_name, expert=expert, tool_calls=calls)
 
     async def agenerate(self, messages: Any, **kwargs: Any) -> Any:
         """Async :meth:`generate` (the requests run on worker threads)."""
@@ -479,29 +412,26 @@ class ServerLLM:
     def stream(self, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         """Text pieces as the server streams them; the last chunk carries the result.
         Constrained calls (JSON, tools) and gated refusals arrive in one piece."""
-        expert = kwargs.get("expert")
-        plain = not (kwargs.get("json_schema") is not None or kwargs.get("json_mode")
-                     or kwargs.get("tools") or kwargs.get("logprobs")
-                     or kwargs.get("num_beams") not in (None, 1))  # generate() says no
-        gate = self._gate(expert, kwargs.get("refusal_gate", True),
-                          kwargs.get("refusal_threshold"))
-        if not plain or gate is not None or isinstance(expert, list):
-            result = self.generate(messages, **kwargs)
+        expert = kwargs.pop("expert", None)
+        req = build_request(messages, expert, kwargs, self._model_for)
+        opts = req.options
+        if req.is_batch:
+            raise InputError("stream takes one conversation, not a batch")
+        plain = not (opts.constrained or opts.logprobs or (opts.num_beams or 1) > 1)
+        if not plain or isinstance(expert, list | tuple) or \
+                gate_for(self._card_gate(req.experts[0]), opts) is not None:
+            result = self.generate(messages, expert=expert, **kwargs)
             yield StreamChunk(result.text)
             yield StreamChunk("", final=result)
             return
-        yield from self._stream_plain(messages, **kwargs)
+        yield from self._stream_plain(req.convs[0], req.experts[0], opts)
 
-    def _stream_plain(self, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
-        conv = validate_messages(messages)
-        model = self._model_for(kwargs.get("expert"))
-        stops = kwargs.get("stop")
-        stops = [stops] if isinstance(stops, str) else list(stops or [])
-        prompt = render_prompt(self.tokenizer, conv, continue_final_message=kwargs.get(
-            "continue_final_message", False))
-        body = self._body(prompt, model, int(kwargs.get("max_new_tokens", 256)),
-                          float(kwargs.get("temperature", 0.0)), float(kwargs.get("top_p", 1.0)),
-                          kwargs.get("seed"), stops)
+    def _stream_plain(self, conv: Messages, expert: str | None, opts: Options
+                      ) -> Iterator[StreamChunk]:
+        model = self._model_for(expert)
+        prompt = render_prompt(self.tokenizer, conv,
+                               continue_final_message=opts.continue_final_message)
+        body = self._body(prompt, model, opts)
         body.update(stream=True, stream_options={"include_usage": True})
         text, usage, finish = "", {}, "stop"
         try:
@@ -534,7 +464,7 @@ class ServerLLM:
         result = GenerationResult(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                   completion_tokens=int(usage.get("completion_tokens") or 0),
                                   finish_reason=finish, model_name=self.model_name,
-                                  expert=kwargs.get("expert"))
+                                  expert=expert)
         yield StreamChunk("", final=result)
 
     async def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:

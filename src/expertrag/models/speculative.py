@@ -31,6 +31,33 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 MIN_DRAFT, START_DRAFT, MAX_DRAFT = 1, 3, 4  # drafted tokens per round (adaptive)
+ENV_SPECULATIVE = "EXPERTRAG_SPECULATIVE"  # "0" turns the speculative path off
+# True / "bf16": the base's bf16 copy drafts; "ngram": prompt lookup (no draft model);
+# "auto": bf16 where the CPU computes it natively; False: off
+SPECULATIVE_MODES = (False, True, "auto", "bf16", "ngram")
+
+
+def should_speculate(mode: bool | str, rows: int, opts: Any, model: Any,
+                     quantized: bool = False) -> bool:
+    """Whether a request takes the speculative path: one row, greedy, unconstrained, more
+    than one new token, no log-probabilities, no beams, and speculation on: True / "bf16" /
+    "ngram", or "auto" on a CPU that computes bf16 natively serving unquantized fp32
+    weights (where a bf16 draft step is cheap enough against an fp32 one).
+    ``EXPERTRAG_SPECULATIVE=0`` turns it off."""
+    import os
+
+    if (rows != 1 or opts.max_new_tokens < 2 or opts.temperature > 0 or opts.constrained
+            or opts.logprobs or opts.num_beams > 1
+            or mode is False or os.environ.get(ENV_SPECULATIVE) == "0"):
+        return False
+    if mode in (True, "bf16", "ngram"):
+        return True
+    import torch
+
+    from expertrag.models.loading import cpu_has_native_bf16
+
+    return (model.device.type == "cpu" and model.dtype == torch.float32 and not quantized
+            and cpu_has_native_bf16())
 
 
 def bf16_draft(model: Any) -> Any:
