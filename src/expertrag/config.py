@@ -72,13 +72,19 @@ class ConfigMixin:
     @classmethod
     def load(cls: type[C], path: str | os.PathLike[str]) -> C:
         """A config written by :meth:`save` (or any JSON object of its fields)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read {cls.__name__} file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InputError(f"{cls.__name__} file {path} is not a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path, cls.__name__))
+
+
+def read_config_file(path: str | os.PathLike[str], what: str = "config") -> dict[str, Any]:
+    """The JSON object in a saved config file; an unreadable file or another JSON value is
+    an InputError naming ``what`` and the path."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {what} file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{what} file {path} is not a JSON object")
+    return data
 
 
 def _nested(cls: type, key: str, value: Any) -> Any:

@@ -15,10 +15,13 @@ from expertrag.errors import ConfigKeyError, InputError
 def configs() -> list[ConfigMixin]:
     from expertrag.chains.corrective import CRAGConfig
     from expertrag.chains.self_reflective import SelfRAGConfig
+    from expertrag.graph.config import GraphConfig, GraphIndexConfig, GraphQueryConfig
     from expertrag.training.config import TrainConfig
 
     return [CRAGConfig(upper=0.7, lower=0.1), SelfRAGConfig(k=3, mode="long"),
-            TrainConfig(method="dora", target_modules="all-linear", max_steps=5)]
+            TrainConfig(method="dora", target_modules="all-linear", max_steps=5),
+            GraphIndexConfig(chunk_size=300), GraphQueryConfig(hops=2),
+            GraphConfig(extraction="llm", damping=0.6)]
 
 
 @pytest.mark.parametrize("cfg", configs(), ids=lambda c: type(c).__name__)

@@ -4,8 +4,16 @@
 >>> graph = GraphRAG(".expertrag/graph")           # embedded Ladybug database in that folder
 >>> graph.insert(documents)                        # spaCy entities + co-occurrence, no LLM
 >>> graph.retrieve("Who founded the cooperative?", k=5, mode="ppr")
+
+Modules by job: ``config`` (index and query settings), ``extract``, ``store``, ``build``
+(insert), ``view`` (the graph in memory), ``search`` (ppr, local, hybrid), ``communities``
+(and global search), ``export`` (GraphML, pictures), ``index`` (:class:`GraphRAG`, tying them
+together), ``pipeline`` (graph search as a retriever).
 """
 
+from expertrag.graph.build import InsertReport
+from expertrag.graph.communities import Community
+from expertrag.graph.config import MODES, GraphConfig, GraphIndexConfig, GraphQueryConfig
 from expertrag.graph.extract import (
     Entity,
     Extraction,
@@ -15,7 +23,7 @@ from expertrag.graph.extract import (
     SpacyExtractor,
     normalize,
 )
-from expertrag.graph.index import MODES, Community, GraphConfig, GraphRAG, InsertReport
+from expertrag.graph.index import GraphRAG
 from expertrag.graph.store import GraphStore, GraphStoreError
 
 __all__ = [
@@ -25,6 +33,8 @@ __all__ = [
     "Extraction",
     "ExtractionError",
     "GraphConfig",
+    "GraphIndexConfig",
+    "GraphQueryConfig",
     "GraphRAG",
     "GraphStore",
     "GraphStoreError",

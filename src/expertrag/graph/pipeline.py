@@ -1,28 +1,66 @@
 """Answering from the knowledge graph: :class:`GraphRetrieverAdapter` makes a
 :class:`~expertrag.graph.GraphRAG` search look like any other retriever, so the grounded
-pipeline and the chains (CRAG, Self-RAG) answer from graph-ranked passages, with citations."""
+pipeline and the chains (CRAG, Self-RAG) answer from graph-ranked passages, with citations.
+:func:`open_graph` is what both framework skins' graph retrievers build on."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.types import Document
 
 
-class GraphRetrieverAdapter:
-    """``retrieve(query, k)`` / ``query(text, k)`` over one graph search ``mode``."""
+def open_graph(graph: Any = None, documents: Sequence[Document | str] | None = None,
+               path: str | None = None, embedder: Any = None, config: Any = None
+               ) -> tuple[Any, Any]:
+    """The graph a retriever searches, and the search settings it passes to each search.
 
-    def __init__(self, graph: Any, mode: str = "ppr") -> None:
-        from expertrag.graph.index import MODES
+    A given ``graph`` is used as it is; ``config`` then gives its retriever's own search
+    settings (a :class:`~expertrag.graph.config.GraphQueryConfig`, a dict of settings, or a
+    :class:`~expertrag.graph.config.GraphConfig` or saved config's path whose index part is
+    the graph's). Without one, a :class:`~expertrag.graph.GraphRAG` is built at ``path`` (a
+    new temporary folder when None) with ``config`` (object, dict or path) and the
+    ``documents`` are inserted; its own settings apply (the second value is None)."""
+    from expertrag.graph.config import query_settings
+
+    if graph is not None:
+        return graph, None if config is None else query_settings(config, graph.config)
+    from expertrag.graph.index import GraphRAG
+
+    graph = GraphRAG(path or tempfile.mkdtemp(prefix="expertrag-graph-"), embedder=embedder,
+                     config=config)
+    docs = list(documents or [])
+    if docs:
+        graph.insert(docs, progress=False)
+    return graph, None
+
+
+def graph_search(graph: Any, query: str, k: int, mode: str, settings: Any = None
+                 ) -> list[Document]:
+    """``graph.retrieve`` with the retriever's own search settings when it has some (a
+    graph-like object without settings is called as before)."""
+    if settings is None:
+        return graph.retrieve(query, k=k, mode=mode)
+    return graph.retrieve(query, k=k, mode=mode, settings=settings)
+
+
+class GraphRetrieverAdapter:
+    """``retrieve(query, k)`` / ``query(text, k)`` over one graph search ``mode``, with the
+    graph's search settings or ``config``'s (see :func:`open_graph`)."""
+
+    def __init__(self, graph: Any, mode: str = "ppr", config: Any = None) -> None:
+        from expertrag.graph.config import MODES
 
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        self.graph, self.mode = graph, mode
+        self.graph, self.settings = open_graph(graph, config=config)
+        self.mode = mode
 
     def retrieve(self, query: str, k: int = 5) -> list[Document]:
-        return self.graph.retrieve(query, k=k, mode=self.mode)
+        return graph_search(self.graph, query, k, self.mode, self.settings)
 
     def query(self, text: str, k: int = 5) -> list[Document]:
         return self.retrieve(text, k)

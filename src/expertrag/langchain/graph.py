@@ -13,6 +13,7 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
+from expertrag.graph.pipeline import graph_search, open_graph
 from expertrag.langchain.rerankers import from_lc_document, to_lc_document
 
 __all__ = ["ExpertGraphRetriever"]
@@ -22,8 +23,11 @@ class ExpertGraphRetriever(BaseRetriever):
     """Passages ranked by expertrag's knowledge graph (``mode``: ppr, local, global,
     hybrid); ``k`` results (overridable per call). Pass a built ``graph``
     (:class:`~expertrag.graph.GraphRAG`), or ``documents`` (strings or LangChain Documents)
-    and a ``path`` for the embedded graph database to build one. ``metadata`` names the
-    entities and paths behind each passage.
+    and a ``path`` for the embedded graph database to build one. ``config``: a
+    :class:`~expertrag.graph.GraphConfig`, a dict of its settings or a saved one's path; it
+    builds the graph, or, over a given ``graph``, sets this retriever's search settings
+    (:func:`expertrag.graph.pipeline.open_graph`). ``metadata`` names the entities and paths
+    behind each passage.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -34,34 +38,30 @@ class ExpertGraphRetriever(BaseRetriever):
     embedder: Any = None
     k: int = 4
     mode: str = "ppr"
+    config: Any = None
     _graph: Any = PrivateAttr(default=None)
+    _settings: Any = PrivateAttr(default=None)
 
     @property
     def core(self) -> Any:
         if self._graph is None:
-            graph = self.graph
-            if graph is None:
-                import tempfile
-
-                from expertrag.graph import GraphRAG
-
-                path = self.path or tempfile.mkdtemp(prefix="expertrag-graph-")
-                graph = GraphRAG(path, embedder=self.embedder)
-                docs = [from_lc_document(d) if isinstance(d, LCDocument) else d
-                        for d in self.documents or []]
-                if docs:
-                    graph.insert(docs, progress=False)
-            self._graph = graph
+            docs = [from_lc_document(d) if isinstance(d, LCDocument) else d
+                    for d in self.documents or []]
+            self._graph, self._settings = open_graph(self.graph, docs, self.path,
+                                                     self.embedder, self.config)
         return self._graph
+
+    def _search(self, query: str, k: int | None) -> list[LCDocument]:
+        graph = self.core
+        return [to_lc_document(d) for d in graph_search(graph, query, k or self.k, self.mode,
+                                                        self._settings)]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[LCDocument]:
-        return [to_lc_document(d) for d in self.core.retrieve(query, k=k or self.k,
-                                                              mode=self.mode)]
+        return self._search(query, k)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
         k: int | None = None,
     ) -> list[LCDocument]:
-        docs = await asyncio.to_thread(self.core.retrieve, query, k or self.k, self.mode)
-        return [to_lc_document(d) for d in docs]
+        return await asyncio.to_thread(self._search, query, k)
