@@ -76,3 +76,35 @@ def test_nested_configs_come_back_from_nested_dicts():
     assert back == cfg and isinstance(back.inner, Inner) and back.extra == {"a": 1}
     with pytest.raises(ConfigKeyError, match="unknown Inner fields"):
         Outer.from_dict({"inner": {"sise": 2}})
+
+
+def test_chain_skins_take_the_config_as_object_dict_or_path(tmp_path):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from test_chains import FakeCritic, FakeLLM, KeywordEvaluator
+
+    from expertrag.chains.corrective import CRAGConfig
+    from expertrag.chains.self_reflective import SelfRAGConfig
+    from expertrag.langchain import chains as lc
+    from expertrag.llama_index import chains as li
+
+    crag = CRAGConfig(upper=0.8, lower=0.3, max_strips=2)
+    self_rag = SelfRAGConfig(k=2, candidates=1)
+    docs = lambda q, k: []  # noqa: E731
+    for given in (crag, crag.to_dict(), str(crag.save(tmp_path / "crag.json"))):
+        made = [lc.CorrectiveRAGChain(FakeLLM(), docs, evaluator=KeywordEvaluator(),
+                                      config=given).core,
+                lc.CorrectedContextRetriever(retriever=docs, llm=FakeLLM(),
+                                             evaluator=KeywordEvaluator(), config=given).core,
+                li.CorrectedContextRetriever(docs, FakeLLM(), evaluator=KeywordEvaluator(),
+                                             config=given).core,
+                li.CorrectiveRAGQueryEngine(FakeLLM(), docs, evaluator=KeywordEvaluator(),
+                                            config=given).core]
+        assert all(core.config == crag for core in made)
+    for given in (self_rag, self_rag.to_dict(), self_rag.save(tmp_path / "self_rag.json")):
+        made = [lc.SelfRAGChain(FakeLLM(), docs, critic=FakeCritic(), config=given).core,
+                li.SelfRAGQueryEngine(FakeLLM(), docs, critic=FakeCritic(), config=given).core]
+        assert all(core.config == self_rag for core in made)
+    with pytest.raises(ConfigKeyError):
+        lc.CorrectiveRAGChain(FakeLLM(), docs, evaluator=KeywordEvaluator(),
+                              config={"uper": 0.9})

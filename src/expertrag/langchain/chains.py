@@ -34,6 +34,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from expertrag.chains.corrective import CorrectedContext, CorrectiveRAG, CRAGConfig, CRAGResult
 from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResult
+from expertrag.config import as_config
 from expertrag.errors import InputError
 from expertrag.langchain.rerankers import from_lc_document, to_lc_document
 from expertrag.types import Document
@@ -245,17 +246,19 @@ class _ChainRunnable(Runnable[Any, dict[str, Any]]):
 class CorrectiveRAGChain(_ChainRunnable):
     """CRAG as an LCEL ``Runnable``. ``stream`` yields the corrected context first, then the
     answer text as it is generated, then the citations (chunks add up to the ``invoke``
-    output).
+    output). ``config``: a :class:`CRAGConfig`, a dict of its settings or a saved one's path.
 
     >>> chain = CorrectiveRAGChain(llm, retriever, external=web_search_tool)
     >>> chain.invoke("When was the lighthouse built?")["answer"]
     """
 
     def __init__(self, llm: Any, retriever: Any, evaluator: Any = None, external: Any = None,
-                 config: CRAGConfig | None = None, core: CorrectiveRAG | None = None) -> None:
+                 config: CRAGConfig | dict[str, Any] | str | None = None,
+                 core: CorrectiveRAG | None = None) -> None:
         self.core = core or CorrectiveRAG(llm, lc_source(retriever), evaluator=evaluator,
                                           external=None if external is None
-                                          else lc_source(external), config=config)
+                                          else lc_source(external),
+                                          config=as_config(CRAGConfig, config))
 
     def _convert(self, result: Any) -> dict[str, Any]:
         return _crag_output(result)
@@ -277,11 +280,14 @@ class CorrectiveRAGChain(_ChainRunnable):
 
 class SelfRAGChain(_ChainRunnable):
     """Self-RAG as an LCEL ``Runnable``; the answer is chosen among candidates after all are
-    scored, so ``stream`` yields the final answer once."""
+    scored, so ``stream`` yields the final answer once. ``config``: a :class:`SelfRAGConfig`,
+    a dict of its settings or a saved one's path."""
 
     def __init__(self, llm: Any, retriever: Any, critic: Any = None,
-                 config: SelfRAGConfig | None = None, core: SelfRAG | None = None) -> None:
-        self.core = core or SelfRAG(llm, lc_source(retriever), critic=critic, config=config)
+                 config: SelfRAGConfig | dict[str, Any] | str | None = None,
+                 core: SelfRAG | None = None) -> None:
+        self.core = core or SelfRAG(llm, lc_source(retriever), critic=critic,
+                                    config=as_config(SelfRAGConfig, config))
 
     def _convert(self, result: Any) -> dict[str, Any]:
         return _selfrag_output(result)
@@ -292,6 +298,7 @@ class CorrectedContextRetriever(BaseRetriever):
     graded, refined into their relevant strips, and completed from ``external`` when they
     fall short. Returns at most ``k`` passages (documents judged irrelevant are dropped);
     ``metadata`` holds ``crag_action``, ``crag_score`` and the source document's fields.
+    ``config``: a :class:`CRAGConfig`, a dict of its settings or a saved one's path.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -310,7 +317,7 @@ class CorrectedContextRetriever(BaseRetriever):
             self._core = CorrectiveRAG(
                 self.llm, lc_source(self.retriever), evaluator=self.evaluator,
                 external=None if self.external is None else lc_source(self.external),
-                config=self.config if isinstance(self.config, CRAGConfig) else None)
+                config=as_config(CRAGConfig, self.config))
         return self._core
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,

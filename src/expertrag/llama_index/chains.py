@@ -28,6 +28,7 @@ from llama_index.core.tools.types import BaseTool
 
 from expertrag.chains.corrective import CorrectiveRAG, CRAGConfig, CRAGResult
 from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResult
+from expertrag.config import as_config
 from expertrag.llama_index.retrievers import _to_document, _to_node
 from expertrag.types import Document
 
@@ -124,14 +125,15 @@ def _node(doc: Document) -> NodeWithScore:
 
 class CorrectedContextRetriever(BaseRetriever):
     """CRAG's corrected context as a LlamaIndex retriever: graded, refined and completed
-    nodes (at most ``k``; documents judged irrelevant are dropped)."""
+    nodes (at most ``k``; documents judged irrelevant are dropped). ``config``: a
+    :class:`CRAGConfig`, a dict of its settings or a saved one's path."""
 
     def __init__(self, retriever: Any, llm: Any, evaluator: Any = None, external: Any = None,
-                 k: int = 4, config: CRAGConfig | None = None,
+                 k: int = 4, config: CRAGConfig | dict[str, Any] | str | None = None,
                  callback_manager: CallbackManager | None = None, **kwargs: Any) -> None:
         self.core = CorrectiveRAG(llm, llama_source(retriever), evaluator=evaluator,
                                   external=None if external is None else llama_source(external),
-                                  config=config)
+                                  config=as_config(CRAGConfig, config))
         self.k = k
         super().__init__(callback_manager=callback_manager, **kwargs)
 
@@ -177,7 +179,8 @@ class _ChainQueryEngine(BaseQueryEngine):
 
 
 class CorrectiveRAGQueryEngine(_ChainQueryEngine):
-    """CRAG as a LlamaIndex query engine.
+    """CRAG as a LlamaIndex query engine (``config``: a :class:`CRAGConfig`, a dict of its
+    settings or a saved one's path).
 
     >>> engine = CorrectiveRAGQueryEngine(llm, index.as_retriever(similarity_top_k=4))
     >>> engine.query("When was the lighthouse built?").response
@@ -186,11 +189,11 @@ class CorrectiveRAGQueryEngine(_ChainQueryEngine):
     chain_name = "crag"
 
     def __init__(self, llm: Any, retriever: Any, evaluator: Any = None, external: Any = None,
-                 config: CRAGConfig | None = None,
+                 config: CRAGConfig | dict[str, Any] | str | None = None,
                  callback_manager: CallbackManager | None = None) -> None:
         core = CorrectiveRAG(llm, llama_source(retriever), evaluator=evaluator,
                              external=None if external is None else llama_source(external),
-                             config=config)
+                             config=as_config(CRAGConfig, config))
         super().__init__(core, callback_manager)
 
     def _response(self, result: CRAGResult) -> Response:
@@ -206,15 +209,16 @@ class CorrectiveRAGQueryEngine(_ChainQueryEngine):
 
 
 class SelfRAGQueryEngine(_ChainQueryEngine):
-    """Self-RAG as a LlamaIndex query engine."""
+    """Self-RAG as a LlamaIndex query engine (``config``: a :class:`SelfRAGConfig`, a dict
+    of its settings or a saved one's path)."""
 
     chain_name = "self_rag"
 
     def __init__(self, llm: Any, retriever: Any, critic: Any = None,
-                 config: SelfRAGConfig | None = None,
+                 config: SelfRAGConfig | dict[str, Any] | str | None = None,
                  callback_manager: CallbackManager | None = None) -> None:
-        super().__init__(SelfRAG(llm, llama_source(retriever), critic=critic, config=config),
-                         callback_manager)
+        super().__init__(SelfRAG(llm, llama_source(retriever), critic=critic,
+                                 config=as_config(SelfRAGConfig, config)), callback_manager)
 
     def _response(self, result: SelfRAGResult) -> Response:
         return Response(response=result.answer,
