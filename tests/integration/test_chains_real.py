@@ -3,11 +3,7 @@ critic), the standard LangChain retriever suite for the corrected context, and c
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +18,6 @@ CORPUS = [
     "Dogs were domesticated from wolves thousands of years ago.",
     "The Amazon is the largest rainforest on Earth.",
 ]
-COOKBOOK = Path(__file__).resolve().parents[2] / "cookbooks" / "04_corrective_and_self_rag.py"
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +116,9 @@ class TestCorrectedContextRetriever(RetrieversIntegrationTests):
         return "What is the capital of France?"
 
 
-def test_chains_cookbook_runs() -> None:
+def test_chains_cookbook_runs(run_cookbook) -> None:
     pytest.importorskip("llama_index.core")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(COOKBOOK)], capture_output=True, text=True,
-                          timeout=1200, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_cookbook("04_corrective_and_self_rag.py")
     assert re.search(r"CRAG \[(correct|ambiguous)\] When was the Saltmere Head lighthouse "
                      r"built\? -> 1862", out), out
     assert "CRAG [incorrect] When does the Corran Bay ferry leave the harbour? -> I don't know" \

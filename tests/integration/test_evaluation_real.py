@@ -15,8 +15,6 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-COOKBOOK = Path(__file__).resolve().parents[2] / "cookbooks" / "06_evaluation.py"
-
 
 @pytest.fixture(scope="module")
 def llm() -> Any:
@@ -79,12 +77,8 @@ def test_eval_command_end_to_end(tmp_path: Path) -> None:
         proc.stdout.split("report:")[0]
 
 
-def test_evaluation_cookbook_runs() -> None:
+def test_evaluation_cookbook_runs(run_cookbook) -> None:
     pytest.importorskip("llama_index.core")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(COOKBOOK)], capture_output=True, text=True,
-                          timeout=1200, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_cookbook("06_evaluation.py")
     assert out.count("LangChain: ") == 3 and "LlamaIndex faithfulness:" in out
     assert "| naive | noise 0.0 |" in out and "report:" in out

@@ -4,8 +4,6 @@ LangChain retriever suite, and cookbook 05."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("spacy")
 pytest.importorskip("ladybug")
 
-COOKBOOK = Path(__file__).resolve().parents[2] / "cookbooks" / "05_graph_rag.py"
 TEXTS = [
     "Paris is the capital and largest city of France. The Seine flows through Paris.",
     "Berlin is the capital of Germany. The Spree flows through Berlin.",
@@ -104,13 +101,9 @@ class TestExpertGraphRetriever(RetrieversIntegrationTests):
         return "What is the capital of France?"
 
 
-def test_graph_cookbook_runs() -> None:
+def test_graph_cookbook_runs(run_cookbook) -> None:
     pytest.importorskip("llama_index.core")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(COOKBOOK)], capture_output=True, text=True,
-                          timeout=1200, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_cookbook("05_graph_rag.py")
     assert "graph: 7 documents" in out and "ppr: [" in out
     assert "LangChain answer:" in out and "LlamaIndex answer:" in out
     # the graph hands the chain the passage that holds the answer; whether the 135M expert
