@@ -37,6 +37,7 @@ from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResu
 from expertrag.config import as_config
 from expertrag.errors import InputError
 from expertrag.langchain.rerankers import from_lc_document, to_lc_document
+from expertrag.models.worker import iterate_in_thread
 from expertrag.types import Document
 
 __all__ = ["CorrectedContextRetriever", "CorrectiveRAGChain", "SelfRAGChain", "lc_source"]
@@ -212,26 +213,11 @@ class _ChainRunnable(Runnable[Any, dict[str, Any]]):
                           config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         async for input in inputs:
-            queue: asyncio.Queue[Any] = asyncio.Queue()
-            done = object()
             listener = _alistener(config, loop)
             question = _question(input)
-
-            def produce(question: str = question, listener: Any = listener,
-                        queue: asyncio.Queue[Any] = queue, done: object = done) -> None:
-                try:
-                    for chunk in self._chunks(question, listener):
-                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                except Exception as exc:
-                    loop.call_soon_threadsafe(queue.put_nowait, exc)
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-            task = loop.run_in_executor(None, produce)
-            while (item := await queue.get()) is not done:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-            await task
+            chunks = iterate_in_thread(lambda q=question, lis=listener: self._chunks(q, lis))
+            async for chunk in chunks:
+                yield chunk
 
     async def astream(self, input: Any, config: RunnableConfig | None = None,
                       **kwargs: Any) -> AsyncIterator[dict[str, Any]]:

@@ -49,6 +49,7 @@ from expertrag.models.request import (
     label_token_ids,
 )
 from expertrag.models.structured import parse_json, parse_tool_calls
+from expertrag.models.worker import iterate_in_thread
 
 ENV_URL = "EXPERTRAG_SERVER_URL"
 ENV_KEY = "EXPERTRAG_SERVER_API_KEY"
@@ -469,22 +470,5 @@ class ServerLLM:
 
     async def astream(self, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
         """Async :meth:`stream` (a worker thread reads the server's stream)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
-
-        def produce() -> None:
-            try:
-                for chunk in self.stream(messages, **kwargs):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except Exception as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        task = loop.run_in_executor(None, produce)
-        while (item := await queue.get()) is not done:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-        await task
-
+        async for chunk in iterate_in_thread(lambda: self.stream(messages, **kwargs)):
+            yield chunk

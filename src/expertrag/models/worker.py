@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -67,3 +67,32 @@ class ModelWorker:
 
     def close(self) -> None:
         self._queue.put(None)
+
+
+class _Failure:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+async def iterate_in_thread(make: Callable[[], Iterable[T]]) -> AsyncIterator[T]:
+    """The items of a blocking iterable, produced on an executor thread and handed to the
+    event loop as they come (a streaming call made async); an exception raised while
+    producing is raised here, after the items before it."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(items.put_nowait, item)
+        except Exception as exc:
+            loop.call_soon_threadsafe(items.put_nowait, _Failure(exc))
+        loop.call_soon_threadsafe(items.put_nowait, done)
+
+    task = loop.run_in_executor(None, produce)
+    while (item := await items.get()) is not done:
+        if isinstance(item, _Failure):
+            raise item.exc
+        yield item
+    await task
