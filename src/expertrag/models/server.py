@@ -35,19 +35,12 @@ from dataclasses import replace
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError, UnknownExpertError
+from expertrag.models import request
 from expertrag.models.adapters import EXPERT_METADATA, card_gate
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.decoding import first_stop
 from expertrag.models.interface import GenerationResult, Messages, StreamChunk
-from expertrag.models.request import (
-    Options,
-    answer_with_tools,
-    build_request,
-    gate_for,
-    grammar_for,
-    label_prompts,
-    label_token_ids,
-)
+from expertrag.models.request import Options
 from expertrag.models.structured import parse_json, parse_tool_calls
 from expertrag.models.worker import iterate_in_thread
 
@@ -274,9 +267,9 @@ class ServerLLM:
                             normalize: bool = True) -> list[dict[str, float]]:
         """P(label) for the first generated token of each conversation, from one-token
         requests with the labels' log-probabilities (same semantics as in-process)."""
-        prompts, experts = label_prompts(batch, labels, expert, raw, self.render,
+        prompts, experts = request.label_prompts(batch, labels, expert, raw, self.render,
                                          self._model_for)
-        ids = label_token_ids(self.tokenizer, labels)
+        ids = request.label_token_ids(self.tokenizer, labels)
         models = [self._model_for(e) for e in experts]
 
         def one(i: int) -> dict[str, float]:
@@ -297,7 +290,7 @@ class ServerLLM:
         (``decoding`` in its card) applies in-process only, and asking for
         ``num_beams > 1`` here is a :class:`ServerCapabilityError` (vLLM's beam search
         ignores the logit bias the refusal gate needs)."""
-        req = build_request(messages, expert, options, self._model_for)
+        req = request.build_request(messages, expert, options, self._model_for)
         opts = req.options
         if (opts.num_beams or 1) > 1:
             raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
@@ -310,7 +303,7 @@ class ServerLLM:
                 return [self._generate_one(convs[0], models[i], experts[0], o)]
 
             if opts.tools:
-                return answer_with_tools([req.convs[i]], [req.experts[i]], opts, run)[0]
+                return request.answer_with_tools([req.convs[i]], [req.experts[i]], opts, run)[0]
             return run([req.convs[i]], [req.experts[i]], opts)[0]
 
         results = self._map(one, list(range(len(req.convs))))
@@ -346,7 +339,7 @@ class ServerLLM:
         prompt = render_prompt(tok, conv, json_schema=schema,
                                continue_final_message=opts.continue_final_message)
         body = self._body(prompt, model, opts)
-        gate = None if schema is not None else gate_for(self._card_gate(expert), opts)
+        gate = None if schema is not None else request.gate_for(self._card_gate(expert), opts)
         refusal_p = None
         if schema is not None:
             body["structured_outputs"] = {"grammar": self.grammars.schema_ebnf(schema)}
@@ -369,8 +362,7 @@ class ServerLLM:
             text = text[:cut]
         finish = "length" if choice_.get("finish_reason") == "length" else "stop"
         if schema is not None and finish == "length":
-            # out of tokens inside a constrained value: close it by grammar, as in-process
-            text += tok.decode(self.grammars.complete(grammar_for(self.grammars, opts), text))
+            text = self._closed(text, opts)
         usage = out["usage"]
         result = GenerationResult(
             text=text, prompt_tokens=int(usage.get("prompt_tokens") or self.count_tokens(
@@ -383,6 +375,12 @@ class ServerLLM:
         if schema is not None:
             result.parsed = parse_json(text, schema)
         return result
+
+    def _closed(self, text: str, opts: Options) -> str:
+        """A constrained reply cut off by the token budget, closed by its grammar (as
+        in-process), so it still parses."""
+        grammar = request.grammar_for(self.grammars, opts)
+        return text + self.tokenizer.decode(self.grammars.complete(grammar, text))
 
     def _tool_calls(self, conv: Messages, model: str, expert: str | None,
                     opts: Options) -> GenerationResult:
@@ -398,7 +396,7 @@ class ServerLLM:
         out = self._complete(body)
         text = str(out["choice"].get("text") or "")
         if out["choice"].get("finish_reason") == "length":
-            text += tok.decode(self.grammars.complete(grammar_for(self.grammars, opts), text))
+            text = self._closed(text, opts)
         calls = parse_tool_calls(text)
         usage = out["usage"]
         return GenerationResult(text="", prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -414,13 +412,13 @@ class ServerLLM:
         """Text pieces as the server streams them; the last chunk carries the result.
         Constrained calls (JSON, tools) and gated refusals arrive in one piece."""
         expert = kwargs.pop("expert", None)
-        req = build_request(messages, expert, kwargs, self._model_for)
+        req = request.build_request(messages, expert, kwargs, self._model_for)
         opts = req.options
         if req.is_batch:
             raise InputError("stream takes one conversation, not a batch")
         plain = not (opts.constrained or opts.logprobs or (opts.num_beams or 1) > 1)
         if not plain or isinstance(expert, list | tuple) or \
-                gate_for(self._card_gate(req.experts[0]), opts) is not None:
+                request.gate_for(self._card_gate(req.experts[0]), opts) is not None:
             result = self.generate(messages, expert=expert, **kwargs)
             yield StreamChunk(result.text)
             yield StreamChunk("", final=result)
