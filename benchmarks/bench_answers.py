@@ -10,8 +10,8 @@ chains (CRAG, Self-RAG) retrieve for themselves from the same retriever with the
   write it (the issue's "Answer the question using the documents"); the better one on the
   calibration split is the reference every system is compared with.
 - ``base-project``: the bare base with expertrag's grounded prompt (``rag.build_messages``).
-- ``grounded-qa`` (shipped; the same answers as naive RAG with it) and ``expert:NAME=PATH``
-  candidates: answers are generated with the refusal barred and P(refusal) recorded, and the
+- ``grounded-qa`` (shipped; the same answers as naive RAG with it) and candidates attached with
+  ``--expert NAME=PATH`` (a shipped name replaces the shipped expert, in the chains too): answers are generated with the refusal barred and P(refusal) recorded, and the
   gate (the expert's own threshold, or ``--gate NAME=T``) is applied afterwards, which gives
   the same answers as gating while generating (the gate only bars the refusal's first token).
 - ``crag``, ``self-rag``: the chains with their shipped defaults (k as above).
@@ -102,7 +102,7 @@ def build_systems(names: list[str], llm: Any, candidates: dict[str, Path],
                   gates: dict[str, float]) -> list[System]:
     from expertrag.experts import shipped_experts
 
-    shipped = shipped_experts()
+    folders = {**shipped_experts(), **candidates}  # a candidate may stand in for a shipped one
     out = []
     for name in names:
         if name == "base-plain":
@@ -112,15 +112,15 @@ def build_systems(names: list[str], llm: Any, candidates: dict[str, Path],
         elif name == "base-project":
             out.append(System(name, "base-project-v1", project_prompt))
         elif name in ("crag", "self-rag"):
-            prints = "-".join(expert_fingerprint(shipped[e])
+            prints = "-".join(expert_fingerprint(folders[e])
                               for e in ("grounded-qa", "relevance", "critic"))
             out.append(System(name, f"{name}-{prints}", chain=name))
         else:
             expert = name.split(":", 1)[1] if name.startswith("expert:") else name
             if expert not in getattr(llm, "experts", []):
-                raise SystemExit(f"error: no expert named {expert!r} (shipped: "
-                                 f"{', '.join(shipped)}; candidates: expert:NAME=PATH)")
-            folder = candidates.get(expert) or shipped[expert]
+                raise SystemExit(f"error: no expert named {expert!r} (attached: "
+                                 f"{', '.join(folders)}; add one with --expert NAME=PATH)")
+            folder = folders[expert]
             threshold = gates.get(expert, _own_gate(llm, expert))
             out.append(System(expert, f"expert-{expert}-{expert_fingerprint(folder)}",
                               project_prompt, expert=expert, gate=threshold))
@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
                              "grounded-qa (or any attached expert's name), crag, self-rag")
     parser.add_argument("--expert", action="append", default=[], metavar="NAME=PATH",
                         help="attach a candidate expert folder under NAME (then list NAME "
-                             "in --systems); repeatable")
+                             "in --systems); a shipped name (grounded-qa) replaces the shipped "
+                             "expert everywhere, the chains included; repeatable")
     parser.add_argument("--gate", action="append", default=[], metavar="NAME=THRESHOLD",
                         help="apply this refusal threshold to expert NAME's answers")
     parser.add_argument("--reference", default=REFERENCE)
@@ -405,9 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     candidates = {k: Path(v) for k, v in _pairs(args.expert, "--expert").items()}
     gates = {k: float(v) for k, v in _pairs(args.gate, "--gate").items()}
     llm = ExpertLLM(dtype=args.dtype).load()
-    attach_shipped(llm)
-    for name, folder in candidates.items():
+    for name, folder in candidates.items():  # first: --expert grounded-qa=PATH replaces it
         llm.add_expert(name, folder)
+    attach_shipped(llm)  # the shipped experts not replaced by a candidate
     names = args.systems.split(",")
     systems = build_systems(names, llm, candidates, gates)
     print(f"model dtype {llm.base_model.dtype}; split {args.split}; k={args.k}; "
