@@ -10,10 +10,11 @@ chains (CRAG, Self-RAG) retrieve for themselves from the same retriever with the
   write it (the issue's "Answer the question using the documents"); the better one on the
   calibration split is the reference every system is compared with.
 - ``base-project``: the bare base with expertrag's grounded prompt (``rag.build_messages``).
-- ``grounded-qa`` (shipped; the same answers as naive RAG with it) and candidates attached with
-  ``--expert NAME=PATH`` (a shipped name replaces the shipped expert, in the chains too): answers are generated with the refusal barred and P(refusal) recorded, and the
-  gate (the expert's own threshold, or ``--gate NAME=T``) is applied afterwards, which gives
-  the same answers as gating while generating (the gate only bars the refusal's first token).
+- ``grounded-qa`` (shipped; the same answers as naive RAG with it) and candidates attached
+  with ``--expert NAME=PATH`` (a shipped name replaces the shipped expert, in the chains
+  too): answers are generated with the refusal barred and P(refusal) recorded, and the gate
+  (the expert's own threshold, or ``--gate NAME=T``) is applied afterwards, which gives the
+  same answers as gating while generating (the gate only bars the refusal's first token).
 - ``crag``, ``self-rag``: the chains with their shipped defaults (k as above).
 
 Per system and set: exact match, token F1 and answer contained over the answerable questions
