@@ -59,9 +59,9 @@ REWRITE_MODES = ("keywords", "llm", "none")
 _SENTENCE_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n|\n(?=\s*[#*-])")
 
 
-# `python benchmarks/calibrate_crag.py --data-dir ../shared/data` (2026-12-01): 100 questions,
-# top-4 of their own paragraphs, gold removed from half; "has the answer" = a gold paragraph
-# is among the four.
+# `python benchmarks/calibrate_crag.py --data-dir ../shared/data` (2026-12-04, relevance v2;
+# figures in benchmarks/RESULTS.md): 100 questions, top-4 of their own paragraphs, gold
+# removed from half; "has the answer" = a gold paragraph is among the four.
 SHIPPED_CALIBRATION: dict[str, Any] = {
     "upper": 0.99, "lower": 0.9527, "precision": 0.9, "n": 100, "with_answer": 49,
     "decided_accuracy": 0.9125, "ambiguous_share": 0.2, "binary_accuracy": 0.83,
@@ -87,11 +87,11 @@ class CRAGConfig(ConfigMixin):
     lower: float = SHIPPED_CALIBRATION["lower"]
     k: int = 4
     # Refinement defaults chosen for answer accuracy by benchmarks/tune_crag.py on the
-    # calibration slice (HotpotQA test 400-499, k=5; naive RAG 0.32): every retrieved document
-    # is a candidate, the best 3 whole passages are kept, in retrieval order: 0.32 right,
-    # 0.06 false refusals. Sentence strips of documents >= lower: 0.24 / 0.12; all five
-    # passages: 0.32 / 0.10; best-first or best-last order: 0.24-0.26 (a 135M generator
-    # needs the bridge passage of a multi-hop question, which the evaluator scores low).
+    # calibration slice (HotpotQA test 400-499, k=5): every retrieved document is a
+    # candidate, the best 3 whole passages are kept, in retrieval order. Sentence strips, all
+    # five passages and best-first or best-last order did worse (a 135M generator needs the
+    # bridge passage of a multi-hop question, which the evaluator scores low); the figures
+    # are in benchmarks/RESULTS.md ("CRAG's refinement defaults").
     strips: str = "passage"
     strip_sentences: int = 3
     strip_words: int = 50
@@ -103,14 +103,14 @@ class CRAGConfig(ConfigMixin):
     # strip alone) or "pair" (logit of that score + logit of the strip's score read together
     # with the best strip; one more evaluator row per candidate strip). Pair-aware selection
     # is meant with ``max_strips=2``: the best strip and its best partner (see
-    # benchmarks/crag_contexts.py and the README's CRAG figures).
+    # benchmarks/crag_contexts.py and its figures in benchmarks/RESULTS.md).
     select: str = "score"
     # recomposed passages in retrieval order, or by evaluator score: "best-first" or
     # "best-last" (the best passage next to the question)
     order: str = "retrieval"
     external_k: int = 3
     # External sources here return passage-sized chunks: whole passages keep both hops of a
-    # multi-hop answer (HotpotQA 400-459: 0.333 recovered vs 0.267 with sentence strips).
+    # multi-hop answer (recovered more than sentence strips: benchmarks/RESULTS.md).
     # Set "sentences" or "words" for a source that returns long pages; None: as ``strips``.
     external_strips: str | None = "passage"
     rewrite: str = "keywords"

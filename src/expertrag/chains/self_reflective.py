@@ -76,7 +76,7 @@ class SelfRAGConfig(ConfigMixin):
     no_retrieval_expert: str | None = None
     max_new_tokens: int = 64
     # candidates are decoded greedily: the critic already picks among them, and the expert's
-    # 3 beams (grounded-qa) measured +2 points for 1.65x the chain's time (HotpotQA 120-219);
+    # 3 beams (grounded-qa) gained little for much of the chain's time (benchmarks/RESULTS.md);
     # None: the generator expert's own setting
     num_beams: int | None = 1
     mode: str = "short"

@@ -43,11 +43,11 @@ class Embedder:
     Construction is cheap: the model loads on the first call that needs it, so building an
     ``Embedder`` (or a store holding one) costs nothing until text is actually embedded.
 
-    ``precision="bfloat16"`` runs the model in bf16: 2.2-2.7x faster on CPUs with native bf16
-    (AVX512-BF16, AMX) for vectors within cosine 0.996 of the float32 ones; the graph index
-    uses it for entity names, where that difference does not matter. ``attention``: the
+    ``precision="bfloat16"`` runs the model in bf16: faster on CPUs with native bf16
+    (AVX512-BF16, AMX), for vectors very close to the float32 ones; the graph index uses it
+    for entity names, where that difference does not matter. ``attention``: the
     transformers attention implementation (``None``: the model's default, SDPA); "eager" is
-    faster on texts of a few tokens (23,000 entity names: 8.4 s against 11.2-12.1 s in bf16).
+    faster on texts of a few tokens. Figures: benchmarks/RESULTS.md ("Embeddings").
     """
 
     def __init__(

@@ -5,9 +5,10 @@ so one query's 32 candidates of mixed length make one batch padded to the longes
 Here all pairs are tokenized in one fast-tokenizer call, and the batches are planned from the
 *token* lengths to minimise padded cost (``expertrag.models.batching.plan_batches``): long
 passages go in small batches, short ones in large batches. Scores are unchanged (padding is
-masked); on mixed-length candidates it is several times faster on a CPU. Model work runs under
-``torch.inference_mode`` (half precision on CUDA) on one dedicated worker thread (see
-``expertrag.models.worker``), so sync and async callers share one set of OpenMP pools.
+masked); on mixed-length candidates it is much faster on a CPU (benchmarks/RESULTS.md,
+"Rerankers"). Model work runs under ``torch.inference_mode`` (half precision on CUDA) on one
+dedicated worker thread (see ``expertrag.models.worker``), so sync and async callers share
+one set of OpenMP pools.
 """
 
 from __future__ import annotations
