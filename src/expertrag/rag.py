@@ -122,10 +122,9 @@ EVIDENCE_GATE_KEY = "evidence_gate"
 class EvidenceGate:
     """Refuse before generating when no passage is relevant to the question.
 
-    A small answerer is a poor judge of whether its passages hold the answer (the shipped
-    ``grounded-qa``'s own P(refusal) separates answerable from unanswerable HotpotQA prompts
-    at ROC AUC 0.63), while the ``relevance`` expert's P(yes) for the best passage does so at
-    0.92 on the same rows. So the pipeline scores every (question, passage) pair in one
+    The ``relevance`` expert's P(yes) for the best passage can tell answerable prompts from
+    unanswerable ones better than a small answerer's own P(refusal) (figures in
+    benchmarks/RESULTS.md). So the pipeline scores every (question, passage) pair in one
     batched pass and answers :data:`REFUSAL` when the best score is below ``threshold``;
     otherwise the answerer runs with ``refusal_threshold`` (1.0 bars its refusal: a passage
     was judged relevant, so it answers and cites).
@@ -230,8 +229,8 @@ class RAGPipeline:
     def evidence_gate(self) -> EvidenceGate | None:
         """The gate in use (opt-in): ``"auto"`` resolves, once at first use, to the one the
         answering expert ships calibrated (``grounded-qa`` does), else none. Off by default:
-        on HotpotQA it lifts refusal accuracy from 0.35 to 0.75, but the relevance floor,
-        fitted in domain, refuses half of MuSiQue's answerable questions (see the card)."""
+        its relevance floor, fitted on HotpotQA, refuses too many answerable questions out of
+        that domain (benchmarks/RESULTS.md)."""
         if self._evidence_gate == "auto":
             self._evidence_gate = EvidenceGate.for_expert(self.llm, self.expert)
         return self._evidence_gate  # type: ignore[return-value]

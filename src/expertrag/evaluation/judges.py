@@ -174,10 +174,10 @@ class AnswerRelevanceJudge(_Judge):
     the critic's IsUse grade.
 
     Validity on held-out HotpotQA test (each question's right answer against another
-    question's; ``benchmarks/bench_eval.py --part validity``): the embedding cosine has
-    ROC AUC 0.89 (0.85-0.91 over four slices of 100 questions) and the critic's IsUse 0.45,
-    no better than chance, so IsUse is opt-in (``method="isuse"``). The embedding threshold,
-    0.19, is the accuracy-best cut on test items 400-499 (0.76-0.80 accuracy on the others).
+    question's; ``benchmarks/bench_eval.py --part validity``, figures in
+    benchmarks/RESULTS.md): the embedding cosine tells them apart and the critic's IsUse does
+    no better than chance, so IsUse is opt-in (``method="isuse"``). The embedding threshold is
+    the accuracy-best cut on HotpotQA test items 400-499.
     """
 
     name = "answer_relevance"

@@ -30,11 +30,11 @@ class TrainConfig(ConfigMixin):
     starts training from that adapter's update instead of zero: a warm start, e.g. a
     multi-task critic from the relevance expert.
     ``precision`` of the training forward and backward passes: "auto" runs them under bf16
-    autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX: ~2.3x faster steps
-    than fp32 on a 2-core Zen 5) and in fp32 elsewhere, CUDA included (bf16 autocast there
-    diverged to NaN on an H200; fp32 with TF32 trains the shipped recipes in minutes);
-    "bf16" and "fp32" force one. Weights, optimizer state and the held-out evaluation stay
-    fp32 on CPU, so the recorded figures are those of the fp32 model that serves the expert.
+    autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX, where it is the faster
+    path) and in fp32 elsewhere, CUDA included (bf16 autocast there diverged to NaN; see
+    benchmarks/RESULTS.md for the step times); "bf16" and "fp32" force one. Weights,
+    optimizer state and the held-out evaluation stay fp32 on CPU, so the recorded figures
+    are those of the fp32 model that serves the expert.
     """
 
     method: str = "lora"

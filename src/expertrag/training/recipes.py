@@ -130,8 +130,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "base": DEFAULT_BASE,
         "builders": [
             {"builder": "critic", "source": "hotpotqa+halueval+squad2-15+instructions",
-             # v1 (680 rows, 34 min of fp32 CPU) missed IsSup macro-F1 and IsUse Spearman with
-             # 32 rows per IsUse grade; bf16 steps on CPU make ~5x the rows affordable
+             # v1 (680 rows) missed its IsSup and IsUse targets with too few rows per grade;
+             # bf16 steps on CPU made ~5x the rows affordable (benchmarks/RESULTS.md)
              "params": {"caps": {"retrieve": 450, "isrel": 500, "issup": 1200, "isuse": 1000},
                         "squad_questions": 400, "retrieve_questions": 240}},
         ],
@@ -192,13 +192,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "learning_rate": 6e-4, "epochs": 2, "batch_size": 16, "grad_accum": 1,
                    "max_length": 1024, "warmup_ratio": 0.05, "eval_fraction": 0.05,
                    "save_every": 50, "save_dtype": "float16", "seed": 42},
-        # v1 (3,560 rows: 3 HotpotQA rounds + 200 SQuAD questions, one epoch, 66 min on 2 CPU
-        # cores) ranked passages well (HotpotQA test AUC 0.884) but as CRAG's evaluator could
-        # not tell a set holding the gold paragraphs from one of distractors only better than
-        # 0.775 at any threshold; v2 uses every distractor, 10x the SQuAD questions and two
-        # epochs (~2.5x the rows, a GPU run of minutes; ~5 h on 2 CPU cores)
-        "timing": ("v1 on 2 CPU cores: ~8.3 s/step (8 rows x ~205 tokens, MLP targets "
-                   "included); v2: see the model card (measured wall time and hardware)"),
+        # v1 (3 HotpotQA rounds + 200 SQuAD questions, one epoch) ranked passages well but,
+        # as CRAG's evaluator, told a set holding the gold paragraphs from one of distractors
+        # only poorly; v2 uses every distractor, 10x the SQuAD questions and two epochs
+        # (~2.5x the rows: a GPU run of minutes, hours on 2 CPU cores; benchmarks/RESULTS.md)
+        "timing": "see the model card (measured wall time and hardware of the shipped run)",
         # trained at r=16, shipped at r=8 (truncated SVD): 4.9 MB instead of 9.8 MB
         "ship_rank": 8,
         "usage": "See `expertrag.training.data.relevance_scores` for a one-line scorer.",

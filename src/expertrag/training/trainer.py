@@ -404,9 +404,9 @@ def resolve_precision(precision: str, device: str) -> str:
             if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
                 raise InputError("precision 'bf16' asked for, but this GPU has no bf16 support")
             return "bf16"
-        # "auto" on CUDA is fp32 (TF32 matmuls): bf16 autocast turned the loss into NaN at
-        # step 90 (grounded-qa) and 237 (relevance) on an H200 (torch 2.11, transformers
-        # 5.17), where the same recipes train in fp32 at 0.2 s/step
+        # "auto" on CUDA is fp32 (TF32 matmuls): bf16 autocast turned the loss into NaN
+        # part-way through the grounded-qa and relevance recipes on an H200, where fp32
+        # trains them in minutes (benchmarks/RESULTS.md)
         return "fp32"
     if precision == "bf16":
         return "bf16"
