@@ -33,14 +33,14 @@ _LAZY = {
     "load_base_model": "expertrag.models.loading",
     "Embedder": "expertrag.embeddings",
     "VectorStore": "expertrag.retrieval",
-    "RAGPipeline": "expertrag.rag",
+    "RAGPipeline": "expertrag.chains.naive",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from expertrag.chains.naive import RAGPipeline
     from expertrag.embeddings import Embedder
     from expertrag.models.llm import ExpertLLM, GenerationResult, ToolCall
     from expertrag.models.loading import load_base_model
-    from expertrag.rag import RAGPipeline
     from expertrag.retrieval import VectorStore
 
 

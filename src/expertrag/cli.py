@@ -30,15 +30,16 @@ from expertrag.errors import (
     InputError,
     UnknownExpertError,
 )
+from expertrag.experts import GROUNDED_QA, ensure_attached
 from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ingest_folder
 from expertrag.retrieval.store import DEFAULT_COLLECTION, DEFAULT_DB_PATH
 
 if TYPE_CHECKING:  # pragma: no cover
+    from expertrag.chains.naive import Answer
     from expertrag.models.interface import ExpertModel
-    from expertrag.rag import Answer
     from expertrag.retrieval import VectorStore
 
-GROUNDED_EXPERT = "grounded-qa"
+GROUNDED_EXPERT = GROUNDED_QA
 DEFAULT_LLM = "smollm2-135m-instruct"
 _SNIPPET_CHARS = 100
 _ASK_BATCH = 8  # questions per batched generate call (and per progress step)
@@ -103,7 +104,7 @@ def expert_folder(requested: str) -> tuple[str, Path] | None:
     """``(name, folder)`` when ``requested`` is an adapter folder (what ``expertrag train
     --output`` writes); the name comes from its card (``expertrag_expert.json``), else the
     folder's name. None when it is not a path; a path without an adapter is an error."""
-    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.experts.card import ExpertCard
 
     path = Path(requested).expanduser()
     looks_like_path = os.sep in requested or "/" in requested or requested.startswith(("~", "."))
@@ -117,15 +118,11 @@ def expert_folder(requested: str) -> tuple[str, Path] | None:
         raise ExpertError(f"--expert {requested}: not an adapter folder (it holds no "
                           "adapter_config.json); pass the folder `expertrag train --output` "
                           "wrote")
-    name = path.resolve().name
-    card = path / EXPERT_METADATA
-    if card.is_file():
-        try:
-            name = str(json.loads(card.read_text(encoding="utf-8")).get("name") or name)
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ExpertError(f"--expert {requested}: unreadable {EXPERT_METADATA}: {exc}") \
-                from exc
-    return name, path
+    try:
+        card = ExpertCard.read(path)
+    except ExpertError as exc:
+        raise ExpertError(f"--expert {requested}: {exc}") from exc
+    return card.name or path.resolve().name, path
 
 
 def choose_expert(llm: ExpertModel, requested: str | None) -> str | None:
@@ -136,16 +133,14 @@ def choose_expert(llm: ExpertModel, requested: str | None) -> str | None:
         folder = expert_folder(requested)
         if folder is not None:
             name, path = folder
-            if name not in (_attached(llm) or []):
-                llm.add_expert(name, path)
-            return name
+            return ensure_attached(llm, name, {name: path})
     name = requested or GROUNDED_EXPERT
     if name in (_attached(llm) or []):
         return name
     shipped = shipped_experts()
     if name in shipped:
         try:
-            llm.add_expert(name, shipped[name])
+            ensure_attached(llm, name, shipped)
         except ExpertRAGError as exc:
             if requested:
                 raise

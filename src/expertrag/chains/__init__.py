@@ -1,5 +1,5 @@
-"""Retriever chains built on the expert LLM: naive, corrective (CRAG) and self-reflective
-(Self-RAG), framework-free. The LangChain and LlamaIndex skins wrap them
+"""Retriever chains built on the expert LLM: naive (``chains.naive``), corrective (CRAG)
+and self-reflective (Self-RAG), framework-free. The LangChain and LlamaIndex skins wrap them
 (``expertrag.langchain.chains``, ``expertrag.llama_index.chains``).
 """
 
@@ -15,6 +15,7 @@ from expertrag.chains.corrective import (
     calibrate_thresholds,
     split_strips,
 )
+from expertrag.chains.naive import Answer, EvidenceGate, RAGPipeline
 from expertrag.chains.self_reflective import (
     Candidate,
     NativeCritic,
@@ -22,7 +23,6 @@ from expertrag.chains.self_reflective import (
     SelfRAGConfig,
     SelfRAGResult,
 )
-from expertrag.rag import Answer, RAGPipeline
 
 __all__ = [
     "AMBIGUOUS",
@@ -35,6 +35,7 @@ __all__ = [
     "ChainError",
     "CorrectedContext",
     "CorrectiveRAG",
+    "EvidenceGate",
     "NativeCritic",
     "RAGPipeline",
     "SelfRAG",

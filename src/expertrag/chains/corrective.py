@@ -46,7 +46,14 @@ from expertrag.chains.base import (
 )
 from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
-from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
+from expertrag.experts import GROUNDED_QA, ensure_attached
+from expertrag.experts.grounded_qa import (
+    REFUSAL,
+    build_messages,
+    is_refusal,
+    select_citations,
+    tidy_citations,
+)
 from expertrag.types import Document
 
 CORRECT, INCORRECT, AMBIGUOUS = "correct", "incorrect", "ambiguous"
@@ -114,7 +121,7 @@ class CRAGConfig(ConfigMixin):
     # Set "sentences" or "words" for a source that returns long pages; None: as ``strips``.
     external_strips: str | None = "passage"
     rewrite: str = "keywords"
-    expert: str | None = "grounded-qa"
+    expert: str | None = GROUNDED_QA
     max_new_tokens: int = 64
     external_timeout: float | None = 30.0
     calibration: dict[str, Any] | None = field(
@@ -345,11 +352,8 @@ class CorrectiveRAG:
         if not callable(getattr(evaluator, "score_pairs", None)):
             raise InputError("evaluator must be an expertrag Reranker (score_pairs)")
         self.evaluator = evaluator
-        if self.config.expert is not None and self.config.expert == "grounded-qa" and \
-                "grounded-qa" not in (getattr(llm, "experts", None) or []):
-            from expertrag.experts import attach_shipped
-
-            attach_shipped(llm, ["grounded-qa"])
+        if self.config.expert == GROUNDED_QA:
+            ensure_attached(llm, GROUNDED_QA)
 
     # ------------------------------------------------------------------ stages
     def _score(self, pairs: list[tuple[str, str]], trace: Trace, stage: str) -> list[float]:

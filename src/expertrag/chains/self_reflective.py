@@ -40,8 +40,15 @@ from expertrag.chains.base import (
 )
 from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
+from expertrag.experts import GROUNDED_QA, ensure_attached
+from expertrag.experts.grounded_qa import (
+    REFUSAL,
+    build_messages,
+    is_refusal,
+    select_citations,
+    tidy_citations,
+)
 from expertrag.models.chat import check_num_beams
-from expertrag.rag import REFUSAL, build_messages, is_refusal, select_citations, tidy_citations
 from expertrag.reflection import (
     ISREL,
     ISSUP,
@@ -72,7 +79,7 @@ class SelfRAGConfig(ConfigMixin):
     w_logprob: float = 1.0
     candidates: int | None = 3
     joint_candidate: bool = True
-    expert: str | None = "grounded-qa"
+    expert: str | None = GROUNDED_QA
     no_retrieval_expert: str | None = None
     max_new_tokens: int = 64
     # candidates are decoded greedily: the critic already picks among them, and the expert's
@@ -225,11 +232,8 @@ class SelfRAG:
         if not callable(getattr(critic, "judge", None)):
             raise InputError("critic must have judge(kind, items) (a Critic or NativeCritic)")
         self.critic = critic
-        experts = getattr(llm, "experts", None) or []
-        if self.config.expert == "grounded-qa" and "grounded-qa" not in experts:
-            from expertrag.experts import attach_shipped
-
-            attach_shipped(llm, ["grounded-qa"])
+        if self.config.expert == GROUNDED_QA:
+            ensure_attached(llm, GROUNDED_QA)
 
     # ------------------------------------------------------------------ helpers
     def _judge(self, kind: str, items: list[dict[str, str]], trace: Trace) -> list[Judgement]:

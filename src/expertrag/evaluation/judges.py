@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from expertrag.errors import InputError
-from expertrag.rag import is_refusal, strip_citations
+from expertrag.experts.grounded_qa import is_refusal, strip_citations
 
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 

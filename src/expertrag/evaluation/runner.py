@@ -1,7 +1,7 @@
 """Run pipelines over evaluation cases, judge their answers, cache every scored item.
 
 A *pipeline* is built by a factory ``factory(llm, retriever) -> system`` where ``system``
-has ``answer_many(questions)`` (:class:`~expertrag.rag.RAGPipeline`, the CRAG and Self-RAG
+has ``answer_many(questions)`` (:class:`~expertrag.chains.naive.RAGPipeline`, the CRAG and Self-RAG
 chains, the GraphRAG answerer, or your own). :data:`PIPELINES` names the built-in ones.
 Each case fixes the passages its question retrieves
 (:class:`~expertrag.evaluation.robustness.Case`), so every pipeline sees the same evidence.
@@ -32,14 +32,14 @@ from expertrag.errors import InputError
 from expertrag.evaluation.datasets import answer_correct
 from expertrag.evaluation.metrics import contains, exact_match, token_f1
 from expertrag.evaluation.robustness import Case
-from expertrag.rag import is_refusal, strip_citations
+from expertrag.experts.grounded_qa import is_refusal, strip_citations
 from expertrag.types import Document
 
 Factory = Callable[[Any, Any], Any]
 
 
 def _naive(llm: Any, retriever: Any, k: int = 5) -> Any:
-    from expertrag.rag import RAGPipeline
+    from expertrag.chains.naive import RAGPipeline
 
     return RAGPipeline(llm, retriever, k=k, expert="grounded-qa", max_new_tokens=64)
 

@@ -68,8 +68,8 @@ class GraphRetrieverAdapter:
 
 def graph_pipeline(llm: Any, graph: Any, mode: str = "ppr", k: int = 5,
                    expert: str | None = "grounded-qa") -> Any:
-    """A :class:`~expertrag.rag.RAGPipeline` answering from ``graph`` with ``expert``."""
-    from expertrag.rag import RAGPipeline
+    """A :class:`~expertrag.chains.naive.RAGPipeline` answering from ``graph`` with ``expert``."""
+    from expertrag.chains.naive import RAGPipeline
 
     return RAGPipeline(llm, GraphRetrieverAdapter(graph, mode), k=k, expert=expert,
                        max_new_tokens=64)
@@ -114,7 +114,7 @@ class _CaseGraph:
 def evaluation_factory(llm: Any, retriever: Any, k: int = 5) -> Any:
     """The ``graph`` pipeline of ``expertrag eval``: grounded answers from graph-ranked
     case passages."""
-    from expertrag.rag import RAGPipeline
+    from expertrag.chains.naive import RAGPipeline
 
     return RAGPipeline(llm, _CaseGraph(retriever), k=k, expert="grounded-qa",
                        max_new_tokens=64)

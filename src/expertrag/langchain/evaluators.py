@@ -23,7 +23,7 @@ from expertrag.evaluation.judges import (
     FaithfulnessJudge,
 )
 from expertrag.evaluation.metrics import contains, token_f1
-from expertrag.rag import strip_citations
+from expertrag.experts.grounded_qa import strip_citations
 
 __all__ = ["ExpertEvaluator", "answer_relevance_evaluator", "context_relevance_evaluator",
            "correctness_evaluator", "faithfulness_evaluator"]

@@ -26,7 +26,7 @@ from expertrag.evaluation.judges import (
     FaithfulnessJudge,
 )
 from expertrag.evaluation.metrics import contains, token_f1
-from expertrag.rag import strip_citations
+from expertrag.experts.grounded_qa import strip_citations
 
 __all__ = ["ExpertAnswerRelevancyEvaluator", "ExpertContextRelevancyEvaluator",
            "ExpertCorrectnessEvaluator", "ExpertFaithfulnessEvaluator"]

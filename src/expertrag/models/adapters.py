@@ -19,14 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from expertrag.errors import ExpertError, InputError, UnknownExpertError
-from expertrag.models.chat import check_num_beams
+from expertrag.errors import ExpertError, UnknownExpertError
+from expertrag.experts.card import ExpertCard
 from expertrag.models.fastpath import install_lean_lora
 
 logger = logging.getLogger(__name__)
 
-#: the expert card an adapter folder carries beside peft's files
-EXPERT_METADATA = "expertrag_expert.json"
 #: peft's name for "no adapter" inside a mixed batch
 BASE_ADAPTER = "__base__"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -48,46 +46,6 @@ def check_name(name: Any) -> None:
     """An expert name: letters, digits, '-', '_', '.' (and not peft's base marker)."""
     if not isinstance(name, str) or not NAME_RE.match(name) or name == BASE_ADAPTER:
         raise ExpertError(f"invalid expert name {name!r}: use letters, digits, '-', '_', '.'")
-
-
-def card_gate(name: str, meta: dict[str, Any]) -> tuple[str, float] | None:
-    """The card's calibrated refusal gate as ``(text, threshold)``, or None; a malformed
-    one is an ExpertError."""
-    gate = meta.get("refusal_gate")
-    if gate is None:
-        return None
-    ok = (isinstance(gate, dict) and isinstance(gate.get("text"), str)
-          and gate["text"].strip() and isinstance(gate.get("threshold"), int | float)
-          and 0.0 <= gate["threshold"] <= 1.0)
-    if not ok:
-        raise ExpertError(f"expert {name!r}: refusal_gate in {EXPERT_METADATA} needs "
-                          "a non-empty 'text' and a 'threshold' within [0, 1]")
-    return gate["text"], float(gate["threshold"])
-
-
-def card_beams(name: str, meta: dict[str, Any]) -> int:
-    """The card's beam width (``decoding.num_beams``, default 1)."""
-    decoding = meta.get("decoding", {})
-    try:
-        if not isinstance(decoding, dict):
-            raise InputError(f"decoding must be an object like {{\"num_beams\": 3}}, got "
-                             f"{decoding!r}")
-        return check_num_beams(decoding.get("num_beams", 1)) or 1
-    except InputError as exc:
-        raise ExpertError(f"expert {name!r}: {EXPERT_METADATA}: {exc}") from exc
-
-
-def _read_card(name: str, folder: Path) -> dict[str, Any]:
-    if not (folder / EXPERT_METADATA).is_file():
-        return {}
-    try:
-        meta = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or not isinstance(meta.get("base", {}), dict):
-            raise ValueError("not an expert card (a JSON object with a 'base' object)")
-    except (OSError, ValueError) as exc:
-        raise ExpertError(f"expert {name!r}: unreadable {EXPERT_METADATA} in "
-                          f"{folder}: {exc}") from exc
-    return meta
 
 
 def inspect_adapter(name: str, folder: Path, base_model: Any, model_name: str,
@@ -120,18 +78,18 @@ def inspect_adapter(name: str, folder: Path, base_model: Any, model_name: str,
         raise ExpertError(
             f"expert {name!r}: peft_type {config.get('peft_type')!r} is not supported (LORA)"
         )
-    meta = _read_card(name, folder)
-    recorded = meta.get("base", {}).get("fingerprint")
+    card = ExpertCard.read(folder, name)
+    recorded = card.fingerprint
     if fingerprint is not None and recorded and recorded != fingerprint():
         raise ExpertError(
-            f"expert {name!r} was trained for base {meta['base'].get('name')!r} "
+            f"expert {name!r} was trained for base {(card.base or {}).get('name')!r} "
             f"(fingerprint {recorded}); this model is {model_name!r} "
             f"(fingerprint {fingerprint()})"
         )
     _check_shapes(name, weights, base_model, model_name)
-    return {"path": str(folder), "config": config, "metadata": meta,
-            "dora": bool(config.get("use_dora")), "gate": card_gate(name, meta),
-            "num_beams": card_beams(name, meta)}
+    return {"path": str(folder), "config": config, "metadata": card.to_dict(),
+            "dora": bool(config.get("use_dora")), "gate": card.gate,
+            "num_beams": card.num_beams}
 
 
 def _check_shapes(name: str, weights: Path, base_model: Any, model_name: str) -> None:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from expertrag.errors import InputError
+from expertrag.experts.card import MAX_BEAMS, check_num_beams  # noqa: F401 - re-exported
 from expertrag.models.structured import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_tool_calls
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -35,20 +36,6 @@ def tool_instructions(tools: list[dict[str, Any]]) -> str:
         "If no function call is needed, reply with an empty list: "
         f"{TOOL_CALL_OPEN}[]{TOOL_CALL_CLOSE}"
     )
-
-
-MAX_BEAMS = 16
-
-
-def check_num_beams(value: Any) -> int | None:
-    """A beam width: None (the caller's default) or an int within [1, MAX_BEAMS]; anything
-    else is an InputError naming the value."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BEAMS:
-        raise InputError(f"num_beams must be None or an int within [1, {MAX_BEAMS}], got "
-                         f"{value!r}")
-    return value
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from expertrag.errors import (
     InputError,
     StructuredOutputError,
 )
+from expertrag.experts.card import EXPERT_METADATA
 from expertrag.models.adapters import (
-    EXPERT_METADATA,
     AdapterState,
     check_name,
     inspect_adapter,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from expertrag.errors import InputError
+from expertrag.experts.grounded_qa import REFUSAL
 from expertrag.models.chat import check_num_beams, validate_messages
 from expertrag.models.schemas import prepare_schema
 from expertrag.models.structured import TOOL_CALL_OPEN, ToolCall, call_key, normalize_tool
@@ -218,8 +219,6 @@ def gate_for(own: tuple[str, float] | None, opts: Options) -> tuple[str, float] 
     if not opts.refusal_gate:
         return None
     if opts.refusal_threshold is not None:
-        from expertrag.rag import REFUSAL
-
         return (own[0] if own else REFUSAL, opts.refusal_threshold)
     return own
 

@@ -32,11 +32,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from expertrag.errors import ExpertRAGError, InputError, UnknownExpertError
+from expertrag.experts.card import ExpertCard
 from expertrag.models import request
-from expertrag.models.adapters import EXPERT_METADATA, card_gate
 from expertrag.models.chat import render_prompt, validate_messages
 from expertrag.models.decoding import first_stop
 from expertrag.models.interface import GenerationResult, Messages, StreamChunk
@@ -185,16 +186,27 @@ class ServerLLM:
         """Load a LoRA adapter into the server under ``name`` (vLLM dynamic LoRA); ``path``
         must be readable by the server process. A name the server already serves is kept."""
         if name not in self.experts:
+            card = self._local_card(name, path)
             self._request("POST", "/v1/load_lora_adapter", {"lora_name": name,
                                                             "lora_path": str(path)})
             self.models(refresh=True)
+            if card is not None:
+                self._cards()[name] = card
         self._paths[name] = str(path)
+
+    @staticmethod
+    def _local_card(name: str, path: str | os.PathLike[str]) -> ExpertCard | None:
+        """The card of an adapter folder this process can read, checked as the in-process
+        backend checks it (a damaged card is an ExpertError before the server is asked);
+        None for a path only the server can read."""
+        folder = Path(path).expanduser()
+        return ExpertCard.read(folder, name) if folder.is_dir() else None
 
     def expert_info(self, name: str) -> dict[str, Any]:
         """What is known of a served expert (its path when this client loaded it)."""
         if name not in self.experts:
             raise UnknownExpertError(f"expert {name!r} is not served by {self.base_url}")
-        meta = self._expert_meta().get(name) or {}
+        meta = card.to_dict() if (card := self._cards().get(name)) is not None else {}
         return {"path": self._paths.get(name), "served_by": self.base_url,
                 "gate": meta.get("refusal_gate"), "metadata": meta}
 
@@ -310,23 +322,22 @@ class ServerLLM:
         return results if req.is_batch else results[0]
 
     def _card_gate(self, expert: str | None) -> tuple[str, float] | None:
-        """The refusal gate a served expert's card ships (shipped experts only)."""
+        """The refusal gate a served expert's card ships (a shipped expert, or one this
+        client loaded from a folder it can read)."""
         if expert is None:
             return None
-        return card_gate(expert, self._expert_meta().get(expert) or {})
+        card = self._cards().get(expert)
+        return card.gate if card is not None else None
 
-    def _expert_meta(self) -> dict[str, dict[str, Any]]:
-        """Shipped experts' metadata (their refusal gates), by name."""
-        if not hasattr(self, "_meta_cache"):
+    def _cards(self) -> dict[str, ExpertCard]:
+        """The cards of the shipped experts (read and checked once), and of the adapters
+        this client loaded from a folder it can read, by name."""
+        if not hasattr(self, "_card_cache"):
             from expertrag.experts import shipped_experts
 
-            cache = {}
-            for name, folder in shipped_experts().items():
-                path = folder / EXPERT_METADATA
-                if path.is_file():
-                    cache[name] = json.loads(path.read_text(encoding="utf-8"))
-            self._meta_cache = cache
-        return self._meta_cache
+            self._card_cache = {name: ExpertCard.read(folder, name)
+                                for name, folder in shipped_experts().items()}
+        return self._card_cache
 
     def _generate_one(self, conv: Messages, model: str, expert: str | None,
                       opts: Options) -> GenerationResult:

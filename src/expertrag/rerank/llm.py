@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from expertrag.errors import InputError
+from expertrag.experts import RELEVANCE, ensure_attached
+from expertrag.experts.relevance import RELEVANCE_PROMPT
 from expertrag.rerank.base import Reranker, check_query
 
 DEFAULT_SYSTEM = (
@@ -24,14 +26,6 @@ DEFAULT_PROMPT = (
     "Question: {query}\n\nPassage: {passage}\n\n"
     "Is the passage relevant to the question? Answer yes or no."
 )
-#: The prompt the ``relevance`` expert is trained on (no system message); training builds its
-#: rows with it (``expertrag.training.data.relevance_messages``), so scoring matches training.
-RELEVANCE_PROMPT = (
-    "Passage:\n{passage}\n\nQuestion: {query}\n"
-    "Does the passage contain information that helps answer the question? Answer yes or no."
-)
-
-
 class LLMReranker(Reranker):
     """Pointwise relevance from a local :class:`~expertrag.models.ExpertLLM`.
 
@@ -71,15 +65,12 @@ class LLMReranker(Reranker):
         self._label_set: tuple[tuple[str, ...], set[str]] | None = None
 
     @classmethod
-    def with_relevance_expert(cls, llm: Any, expert: str = "relevance",
+    def with_relevance_expert(cls, llm: Any, expert: str = RELEVANCE,
                               **kwargs: Any) -> LLMReranker:
         """A reranker scoring with the ``relevance`` expert and its training prompt. When
         ``llm`` has no expert of that name, the shipped one is attached (it fits the embedded
         SmolLM2-135M-Instruct base; another base is refused with an ``ExpertError``)."""
-        if expert not in (getattr(llm, "experts", None) or []):
-            from expertrag.experts import attach_shipped
-
-            attach_shipped(llm, [expert])
+        ensure_attached(llm, expert)
         kwargs.setdefault("prompt", RELEVANCE_PROMPT)
         kwargs.setdefault("system", None)
         return cls(llm, expert=expert, **kwargs)

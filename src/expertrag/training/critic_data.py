@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from expertrag.reflection import ISREL, ISSUP, ISUSE, RETRIEVE, critic_messages
+from expertrag.experts.critic import ISREL, ISSUP, ISUSE, RETRIEVE, critic_messages
 from expertrag.training.data import (
     REFUSAL,
     DataRowError,

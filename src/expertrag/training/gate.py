@@ -13,7 +13,6 @@ threshold on labelled rows the expert was not trained on (the best balanced accu
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from expertrag.errors import InputError
-from expertrag.models.chat import check_num_beams
-from expertrag.rag import REFUSAL, build_messages
+from expertrag.experts.card import EVIDENCE_GATE_KEY, check_num_beams, update_card
+from expertrag.experts.grounded_qa import REFUSAL, build_messages
 
 
 def refusal_probabilities(llm: Any, rows: Sequence[dict[str, Any]], expert: str | None,
@@ -119,13 +118,8 @@ def _record(folder: str | os.PathLike[str], key: str, value: dict[str, Any], hea
             section: str, tag: str = "") -> None:
     """Set ``key`` in the expert's metadata and replace (or add) the card's section whose
     title starts with ``heading`` (up to the next section), both rewritten atomically."""
-    from expertrag.models.llm import EXPERT_METADATA
-
     folder = Path(folder)
-    meta_path = folder / EXPERT_METADATA
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta[key] = value
-    _atomic_write(meta_path, json.dumps(meta, indent=2))
+    update_card(folder, **{key: value})
     card = folder / "README.md"
     if card.is_file():
         text = re.sub(rf"\n*## {re.escape(heading)}[^\n]*\n.*?(?=\n## |\Z)", "",
@@ -189,7 +183,7 @@ def calibrate_on_answer_sets(llm: Any, expert: str, data_dir: str | os.PathLike[
 def evidence_scores(scorer: Any, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
     """P(relevant) of each row's passages for its question (``meta["question"]`` and
     ``meta["passages"]``, as ``build_raft`` / ``musique_rows`` record them), one batched call."""
-    from expertrag.rag import EvidenceGate
+    from expertrag.chains.naive import EvidenceGate
     from expertrag.types import Document
 
     for i, r in enumerate(rows):
@@ -230,8 +224,6 @@ def record_evidence_gate(folder: str | os.PathLike[str], scorer_expert: str,
                          refusal_threshold: float | None = 1.0) -> None:
     """Write the evidence gate into the expert's metadata and model card (atomic rewrite);
     ``RAGPipeline(evidence_gate="auto")`` applies it to the expert's answers."""
-    from expertrag.rag import EVIDENCE_GATE_KEY
-
     at = calibration["at_threshold"]
     then = ("then answers with its own refusal barred" if refusal_threshold == 1.0 else
             "then answers under its own refusal gate" if refusal_threshold is None else

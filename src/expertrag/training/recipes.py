@@ -9,7 +9,6 @@ recipe's ``timing`` note); a GPU run takes a few minutes.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -462,17 +461,12 @@ def calibrate_recipe_gate(recipe: dict[str, Any], rows: list[dict[str, Any]],
 def record_shrink(folder: str | os.PathLike[str], rank: int) -> dict[str, Any]:
     """Shrink the adapter in ``folder`` to ``rank`` (:func:`shrink_adapter`) and note it in
     its metadata and model card (the card's figures were measured before shrinking)."""
-    from expertrag.models.llm import EXPERT_METADATA
+    from expertrag.experts.card import update_card
     from expertrag.training.shrink import shrink_adapter
 
     folder = Path(folder)
     kept = {"rank": rank, **shrink_adapter(folder, rank)}
-    meta_path = folder / EXPERT_METADATA
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["shrunk"] = kept
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, meta_path)
+    update_card(folder, shrunk=kept)
     card = folder / "README.md"
     if card.is_file():
         card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + (

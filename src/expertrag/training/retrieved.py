@@ -26,7 +26,7 @@ from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.evaluation.metrics import holds_answer, is_yes_no
-from expertrag.rag import REFUSAL, build_messages
+from expertrag.experts.grounded_qa import REFUSAL, build_messages
 from expertrag.training.data import (
     Count,
     DataRowError,

@@ -36,8 +36,8 @@ from typing import Any
 from expertrag.errors import ExpertRAGError, InputError
 from expertrag.evaluation.metrics import normalize_answer as _normalize
 from expertrag.evaluation.metrics import token_f1
+from expertrag.experts.card import CARD_FORMAT, ExpertCard
 from expertrag.models.chat import render_prompt
-from expertrag.models.llm import EXPERT_METADATA
 from expertrag.models.loading import (
     LoadedModel,
     cpu_has_native_bf16,
@@ -51,7 +51,7 @@ from expertrag.training.data import DataRowError, is_refusal, split_rows, strip_
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-METADATA_FORMAT = 1
+METADATA_FORMAT = CARD_FORMAT
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -707,7 +707,7 @@ def _save_expert(run: _Run, report: TrainReport, fingerprint: str,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
             "adapter_bytes": report.adapter_bytes,
         }
-        (tmp / EXPERT_METADATA).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        ExpertCard.from_dict(metadata, metadata["name"]).write(tmp)
         (tmp / "README.md").write_text(model_card(metadata), encoding="utf-8")
         for item in tmp.iterdir():
             os.replace(item, out_dir / item.name)
