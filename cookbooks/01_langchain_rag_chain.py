@@ -50,7 +50,7 @@ prompt = ChatPromptTemplate.from_messages([
     ("system", "Answer the question briefly using only the passages. Cite passages like [1]."),
     ("human", "Passages:\n{context}\n\nQuestion: {question}"),
 ])
-chat = ChatExpertLLM(max_tokens=64)  # add experts={"grounded-qa": path}, model="grounded-qa"
+chat = ChatExpertLLM(max_tokens=64)  # expert="grounded-qa" answers with citations
 chain = (
     {"context": retriever | format_docs, "question": RunnablePassthrough()}
     | prompt

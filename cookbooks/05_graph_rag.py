@@ -72,7 +72,7 @@ def langchain(graph: GraphRAG, llm: ExpertLLM) -> None:
             f"[{i}] {d.page_content}" for i, d in enumerate(docs, 1))),
          "question": RunnablePassthrough()}
         | prompt
-        | ChatExpertLLM.from_core(llm, model="grounded-qa", max_tokens=48)
+        | ChatExpertLLM.from_core(llm, expert="grounded-qa", max_tokens=48)
         | StrOutputParser()
     )
     context = retriever.invoke(QUESTION)

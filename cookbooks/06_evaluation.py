@@ -66,7 +66,7 @@ def langchain(llm: ExpertLLM) -> None:
     prompt = ChatPromptTemplate.from_messages([(
         "human", "Read the passages and answer the question.\n\n{passages}\n\n"
         "Question: {question}\n" + INSTRUCTIONS.replace("{", "{{").replace("}", "}}"))])
-    answer = (prompt | ChatExpertLLM.from_core(llm, model="grounded-qa", max_tokens=32)
+    answer = (prompt | ChatExpertLLM.from_core(llm, expert="grounded-qa", max_tokens=32)
               | StrOutputParser())
     chain = RunnableParallel(context=retriever, question=RunnablePassthrough()).assign(
         passages=lambda x: "\n\n".join(f"[{i}] {d.page_content}"

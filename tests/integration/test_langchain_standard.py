@@ -40,7 +40,7 @@ class TestChatExpertLLMIntegration(ExpertChatCapabilities, ChatModelIntegrationT
     @property
     def chat_model_params(self) -> dict:
         return {
-            "base_model": BASE,
+            "model": BASE,
             "max_tokens": 64,
             "experts": {"tiny-expert": self._expert_path},
         }

@@ -104,7 +104,7 @@ def test_construction_is_lazy_and_accepts_provider_fields() -> None:
     assert params["ls_provider"] == "expertrag"
     assert params["ls_model_name"] == "smollm2-135m-instruct"
     assert params["ls_max_tokens"] == 9 and params["ls_stop"] == ["x"]
-    assert ChatExpertLLM(model="e1")._get_ls_params()["ls_model_name"] == (
+    assert ChatExpertLLM(expert="e1")._get_ls_params()["ls_model_name"] == (
         "smollm2-135m-instruct:e1"
     )
     assert chat._get_ls_params(model="other")["ls_model_name"] == "other"
@@ -231,8 +231,9 @@ def test_batch_through_bound_tools_and_chains(chat: ChatExpertLLM, core: Any,
 
 # ---------------------------------------------------------------------- experts
 def test_expert_selection(core: Any) -> None:
-    chat = ChatExpertLLM.from_core(core, model="tiny-expert", max_tokens=4)
+    chat = ChatExpertLLM.from_core(core, expert="tiny-expert", max_tokens=4)
     assert chat.invoke("hi").response_metadata["model_name"] == "tiny:tiny-expert"
+    assert chat.invoke("hi", expert=None).response_metadata["model_name"] == "tiny"
     assert chat.invoke("hi", model=None).response_metadata["model_name"] == "tiny"
     assert chat.invoke("hi", model="tiny").response_metadata["model_name"] == "tiny"
     plain = ChatExpertLLM.from_core(core, max_tokens=4)
@@ -249,7 +250,7 @@ def test_expert_selection(core: Any) -> None:
 def test_experts_field_attaches_on_first_use(tmp_path: Any) -> None:
     core = tiny_llm(name="tiny2")
     path = save_tiny_lora(core, str(tmp_path / "adapter"))
-    chat = ChatExpertLLM.from_core(core, experts={"e1": path}, model="e1", max_tokens=4)
+    chat = ChatExpertLLM.from_core(core, experts={"e1": path}, expert="e1", max_tokens=4)
     assert "e1" not in core.experts
     assert chat.invoke("hi").response_metadata["model_name"] == "tiny2:e1"
     assert "e1" in core.experts

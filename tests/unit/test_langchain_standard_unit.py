@@ -16,7 +16,7 @@ from langchain_expertrag import ExpertEmbeddings
 class TestChatExpertLLMUnit(ExpertChatCapabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
-        return {"base_model": "smollm2-135m-instruct"}
+        return {"model": "smollm2-135m-instruct"}
 
 
 class TestExpertEmbeddingsUnit(EmbeddingsUnitTests):

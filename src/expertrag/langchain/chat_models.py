@@ -4,9 +4,13 @@ Conversion code only: LangChain messages <-> the core's plain message dicts, cor
 ``AIMessage`` / ``AIMessageChunk``. Generation, batching, streaming, experts and constrained
 decoding (tools, JSON schema, JSON mode) all live in :class:`expertrag.models.ExpertLLM`.
 
-The *expert* is chosen by the ``model`` field, or per call with ``model=`` / ``expert=``
-(``None`` or the base model's name means the bare base). ``.batch()`` / ``.abatch()`` of
-inputs sharing one config go to the core as ONE batched ``generate`` call.
+``model`` names the base model (as in every LangChain chat model) and ``expert`` the LoRA
+expert; per call, ``expert=`` or ``model=`` (the base's name, ``base:expert`` or an expert's
+name: the served variants, as an OpenAI-compatible multi-LoRA server names them) pick
+another. An expert trained on a prompt format (``grounded-qa``) gets recognised RAG prompts
+in that format (:mod:`expertrag.prompt_format`; ``expert_prompt=False`` turns it off).
+``.batch()`` / ``.abatch()`` of inputs sharing one config go to the core as ONE batched
+``generate`` call.
 """
 
 from __future__ import annotations
@@ -48,10 +52,13 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from expertrag.compat import model_and_expert, warn_deprecated
 from expertrag.errors import InputError
 from expertrag.models.llm import ExpertLLM, GenerationResult, StreamChunk
+from expertrag.models.loading import DEFAULT_MODEL
+from expertrag.prompt_format import format_of, reformat
 
 __all__ = ["ChatExpertLLM"]
 
@@ -64,23 +71,29 @@ _ATTACH_LOCK = threading.Lock()
 class ChatExpertLLM(BaseChatModel):
     """A local chat model (embedded SmolLM2-135M-Instruct by default) with LoRA experts.
 
-    >>> llm = ChatExpertLLM(experts={"grounded-qa": "path/to/adapter"}, model="grounded-qa")
+    >>> llm = ChatExpertLLM(expert="grounded-qa")      # a shipped expert, attached on use
     >>> llm.invoke("Hi").response_metadata["model_name"]
     'smollm2-135m-instruct:grounded-qa'
-    >>> llm.invoke("Hi", model=None)           # the bare base for this call
+    >>> llm.invoke("Hi", expert=None)           # the bare base for this call
+    >>> ChatExpertLLM(model="path/to/model", experts={"mine": "path/to/adapter"}, expert="mine")
 
     Construction is cheap; weights load on first use and are shared (one copy, one worker
-    thread) by every ``ChatExpertLLM`` with the same ``base_model`` and load options.
+    thread) by every ``ChatExpertLLM`` with the same ``model`` and load options.
+    ``base_model=`` and ``model=<expert>`` (the names before 0.2) still work, with an
+    :class:`~expertrag.compat.ExpertRAGDeprecationWarning`.
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
 
-    base_model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     """Base model: an embedded alias, a local directory, a GGUF file or a hub id."""
-    model: str | None = None
-    """The expert to use (None = the bare base model)."""
+    expert: str | None = None
+    """The expert to use (None = the bare base model); a shipped expert's name attaches it."""
     experts: dict[str, str] = Field(default_factory=dict)
     """Expert name -> LoRA adapter folder, attached to the shared core on first use."""
+    expert_prompt: bool = True
+    """Put recognised RAG prompts in the expert's own prompt format, when it has one
+    (``grounded-qa``: numbered passages and the instruction to cite them)."""
     max_tokens: int = Field(default=256, alias="max_new_tokens")
     temperature: float = 0.0
     top_p: float = 1.0
@@ -101,10 +114,31 @@ class ChatExpertLLM(BaseChatModel):
     _attached: bool = PrivateAttr(default=False)
 
     # ------------------------------------------------------------------ construction
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return model_and_expert(data, "ChatExpertLLM", legacy_model_is_expert=True)
+        return data
+
+    @property
+    def base_model(self) -> str:
+        """Deprecated name of :attr:`model` (the base model)."""
+        return self.model
+
     @classmethod
     def from_core(cls, llm: ExpertLLM, **kwargs: Any) -> ChatExpertLLM:
-        """Wrap an existing core instance (custom loading, tests)."""
-        return cls(client=llm, base_model=llm.model_name, **kwargs)
+        """Wrap an existing core instance (custom loading, a server, tests); ``expert=``
+        picks the expert (``model=<expert>``, the old form, still works with a warning)."""
+        kwargs.pop("base_model", None)
+        if "model" in kwargs and "expert" not in kwargs:
+            value = kwargs.pop("model")
+            if value not in (None, llm.model_name):
+                warn_deprecated(f"ChatExpertLLM.from_core(llm, model={value!r}) is deprecated: "
+                                f"use expert={value!r}")
+                kwargs["expert"] = value
+        kwargs.pop("model", None)
+        return cls(client=llm, model=llm.model_name, **kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -113,8 +147,8 @@ class ChatExpertLLM(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "base_model": self.base_model,
             "model": self.model,
+            "expert": self.expert,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -126,8 +160,9 @@ class ChatExpertLLM(BaseChatModel):
         if isinstance(kwargs.get("model"), str):
             name = kwargs["model"]
         else:
-            expert = self.model if "model" not in kwargs else None
-            name = f"{self.base_model}:{expert}" if expert else self.base_model
+            expert = kwargs["expert"] if "expert" in kwargs else (
+                self.expert if "model" not in kwargs else None)
+            name = f"{self.model}:{expert}" if expert else self.model
         params = LangSmithParams(
             ls_provider="expertrag",
             ls_model_name=name,
@@ -149,7 +184,7 @@ class ChatExpertLLM(BaseChatModel):
     def _core_instance(self) -> ExpertLLM:
         if self.client is not None:
             return self.client
-        return ExpertLLM.shared(self.base_model, **self._load_options())
+        return ExpertLLM.shared(self.model, **self._load_options())
 
     @property
     def llm(self) -> ExpertLLM:
@@ -167,7 +202,7 @@ class ChatExpertLLM(BaseChatModel):
                     known = Path(recorded).resolve() if recorded else None
                     if known is not None and known != Path(path).resolve():
                         raise InputError(
-                            f"expert {name!r} is already attached to {self.base_model!r} from "
+                            f"expert {name!r} is already attached to {self.model!r} from "
                             f"{known}; it cannot also come from {path}"
                         )
                 else:
@@ -180,24 +215,55 @@ class ChatExpertLLM(BaseChatModel):
             await asyncio.to_thread(self._attach_experts, core)
         return core
 
+    async def _aprepare(self, conv: list[dict[str, Any]], opts: dict[str, Any],
+                        use_format: bool, core: Any) -> list[dict[str, Any]]:
+        if self._missing_shipped(opts.get("expert"), core):  # loading an adapter blocks
+            return await asyncio.to_thread(self._prepare, conv, opts, use_format, core)
+        return self._prepare(conv, opts, use_format, core)
+
     # ------------------------------------------------------------------ requests
     def _expert(self, kwargs: dict[str, Any]) -> str | None:
-        if "model" in kwargs:
+        if "model" in kwargs:  # a served variant: the base, "base:expert" or an expert
             expert = kwargs.pop("model")
             kwargs.pop("expert", None)
         elif "expert" in kwargs:
             expert = kwargs.pop("expert")
         else:
-            expert = self.model
-        if not expert or expert == self.base_model:
+            expert = self.expert
+        if not expert or expert == self.model:
             return None
-        return str(expert).removeprefix(f"{self.base_model}:")
+        return str(expert).removeprefix(f"{self.model}:")
+
+    def _missing_shipped(self, expert: str | None, core: Any) -> bool:
+        """Whether ``expert`` is a shipped expert not yet attached to ``core``."""
+        if expert is None or expert in core.experts or expert in self.experts:
+            return False
+        from expertrag.experts import shipped_experts
+
+        return expert in shipped_experts()
+
+    def _prepare(self, conv: list[dict[str, Any]], opts: dict[str, Any], use_format: bool,
+                 core: Any) -> list[dict[str, Any]]:
+        """Attach a shipped expert named but not attached; put a recognised RAG prompt in
+        the expert's own format (not for tool calls or structured output)."""
+        expert = opts.get("expert")
+        if self._missing_shipped(expert, core):
+            from expertrag.experts import attach_shipped
+
+            with _ATTACH_LOCK:
+                if expert not in core.experts:
+                    attach_shipped(core, [expert])
+        if not use_format or any(k in opts for k in ("tools", "json_schema", "json_mode")):
+            return conv
+        return reformat(conv, format_of(core, expert))
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """(core messages, core generate kwargs) for one LangChain call."""
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
+        """(core messages, core generate kwargs, whether to apply the expert's prompt
+        format) for one LangChain call."""
         kwargs = dict(kwargs)
+        use_format = bool(kwargs.pop("expert_prompt", self.expert_prompt))
         opts: dict[str, Any] = {
             "expert": self._expert(kwargs),
             "max_new_tokens": kwargs.pop("max_tokens", kwargs.pop("max_new_tokens", None))
@@ -215,7 +281,7 @@ class ChatExpertLLM(BaseChatModel):
         unknown = set(kwargs) - _IGNORED_KWARGS
         if unknown:
             raise InputError(f"ChatExpertLLM got unknown call arguments: {sorted(unknown)}")
-        return to_core_messages(messages), opts
+        return to_core_messages(messages), opts, use_format
 
     # ------------------------------------------------------------------ generate
     def _generate(
@@ -225,12 +291,14 @@ class ChatExpertLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        conv, opts = self._request(messages, stop, kwargs)
+        conv, opts, use_format = self._request(messages, stop, kwargs)
+        core = self.llm
+        conv = self._prepare(conv, opts, use_format, core)
         batch = _BATCH.get()
         if batch is not None and batch.owner is self:
-            result = batch.take(conv, opts, self.llm)
+            result = batch.take(conv, opts, core, use_format)
         else:
-            result = self.llm.generate(conv, **opts)
+            result = core.generate(conv, **opts)
         return _chat_result(result)
 
     async def _agenerate(
@@ -240,11 +308,12 @@ class ChatExpertLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        conv, opts = self._request(messages, stop, kwargs)
+        conv, opts, use_format = self._request(messages, stop, kwargs)
         core = await self._allm()
+        conv = await self._aprepare(conv, opts, use_format, core)
         batch = _BATCH.get()
         if batch is not None and batch.owner is self:
-            result = await batch.atake(conv, opts, core)
+            result = await batch.atake(conv, opts, core, use_format)
         else:
             result = await core.agenerate(conv, **opts)
         return _chat_result(result)
@@ -256,8 +325,10 @@ class ChatExpertLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        conv, opts = self._request(messages, stop, kwargs)
-        for piece in self.llm.stream(conv, **opts):
+        conv, opts, use_format = self._request(messages, stop, kwargs)
+        core = self.llm
+        conv = self._prepare(conv, opts, use_format, core)
+        for piece in core.stream(conv, **opts):
             chunk = _chunk(piece)
             if run_manager:
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
@@ -270,8 +341,9 @@ class ChatExpertLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        conv, opts = self._request(messages, stop, kwargs)
+        conv, opts, use_format = self._request(messages, stop, kwargs)
         core = await self._allm()
+        conv = await self._aprepare(conv, opts, use_format, core)
         async for piece in core.astream(conv, **opts):
             chunk = _chunk(piece)
             if run_manager:
@@ -458,9 +530,11 @@ class _Batch:
     def _key(conv: list[dict[str, Any]], opts: dict[str, Any]) -> str:
         return json.dumps([conv, opts], sort_keys=True, default=str)
 
-    def _convs(self) -> list[list[dict[str, Any]]] | None:
+    def _convs(self, opts: dict[str, Any], use_format: bool,
+               core: Any) -> list[list[dict[str, Any]]] | None:
         try:
-            return [to_core_messages(m) for m in self.messages]
+            return [self.owner._prepare(to_core_messages(m), opts, use_format, core)
+                    for m in self.messages]
         except InputError:
             return None  # a bad row: let each row run (and fail) on its own
 
@@ -476,10 +550,10 @@ class _Batch:
             return found.pop(0) if found else None
 
     def take(self, conv: list[dict[str, Any]], opts: dict[str, Any],
-             core: ExpertLLM) -> GenerationResult:
+             core: ExpertLLM, use_format: bool = True) -> GenerationResult:
         with self.lock:
             if self.results is None:
-                convs, results = self._convs(), None
+                convs, results = self._convs(opts, use_format, core), None
                 try:
                     results = core.generate(convs, **opts) if convs else None
                 except Exception:
@@ -488,9 +562,9 @@ class _Batch:
         return self._pop(conv, opts) or core.generate(conv, **opts)
 
     async def atake(self, conv: list[dict[str, Any]], opts: dict[str, Any],
-                    core: ExpertLLM) -> GenerationResult:
+                    core: ExpertLLM, use_format: bool = True) -> GenerationResult:
         if self.task is None:
-            convs = self._convs()
+            convs = self._convs(opts, use_format, core)
 
             async def run() -> None:
                 results = None

@@ -4,6 +4,10 @@ LlamaIndex messages, tools and pydantic output classes are turned into the core'
 message dicts, tool dicts and JSON schemas; the core's results are turned back into
 ``ChatResponse`` / ``CompletionResponse`` / ``ToolSelection`` / validated models. Generation,
 batching, constrained decoding and expert routing all live in the core.
+
+``model`` names the base model and ``expert`` the LoRA expert. An expert trained on a prompt
+format (``grounded-qa``) gets the query engines' text-QA prompts in that format, so it cites
+(:mod:`expertrag.prompt_format`; ``expert_prompt=False`` turns it off).
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from llama_index.core.base.llms.types import (
     TextBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.llm import (
     LLMStructuredPredictEndEvent,
@@ -38,7 +47,9 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 
+from expertrag.compat import model_and_expert
 from expertrag.models import DEFAULT_MODEL, ExpertLLM
+from expertrag.prompt_format import format_of, reformat
 
 if TYPE_CHECKING:
     from llama_index.core.prompts import BasePromptTemplate
@@ -151,20 +162,29 @@ def _schema(output_cls: type[BaseModel]) -> dict[str, Any]:
 class ExpertLlamaLLM(FunctionCallingLLM):
     """LlamaIndex ``FunctionCallingLLM`` backed by a local :class:`ExpertLLM`.
 
-    >>> llm = ExpertLlamaLLM(experts={"grounded-qa": "path/to/adapter"}, expert="grounded-qa")
+    >>> llm = ExpertLlamaLLM(expert="grounded-qa")    # a shipped expert, attached on use
     >>> llm.complete("Hi").text
     >>> llm.chat(messages, expert="other-expert")   # per-call expert override
+    >>> ExpertLlamaLLM(model="path/to/model", experts={"mine": "path/to/adapter"}, expert="mine")
 
     Weights load on first use and are shared with every other wrapper of the same model.
     Structured output (``structured_predict``, ``as_structured_llm``) and tool calls are
-    grammar-constrained by the core, so they always parse.
+    grammar-constrained by the core, so they always parse. ``base_model=`` (the name before
+    0.2) still works, with an :class:`~expertrag.compat.ExpertRAGDeprecationWarning`.
     """
 
-    base_model: str = Field(default=DEFAULT_MODEL, description="Model alias, path or HF id.")
-    expert: str | None = Field(default=None, description="Expert used when a call names none.")
+    model: str = Field(default=DEFAULT_MODEL,
+                       description="Base model: an alias, a folder, a GGUF file or an HF id.")
+    expert: str | None = Field(
+        default=None,
+        description="Expert used when a call names none; a shipped expert's name attaches it.")
     experts: dict[str, str] = Field(
         default_factory=dict, description="Expert name -> adapter folder, attached on first use."
     )
+    expert_prompt: bool = Field(
+        default=True,
+        description="Put recognised RAG prompts (the query engines' text-QA template) in the "
+                    "expert's own prompt format, when it has one (grounded-qa).")
     max_new_tokens: int = Field(default=256, gt=0)
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -179,12 +199,26 @@ class ExpertLlamaLLM(FunctionCallingLLM):
 
     def __init__(self, core: ExpertLLM | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._core = core or ExpertLLM.shared(self.base_model, **self.load_kwargs)
+        self._core = core or ExpertLLM.shared(self.model, **self.load_kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return model_and_expert(data, "ExpertLlamaLLM", legacy_model_is_expert=False)
+        return data
+
+    @property
+    def base_model(self) -> str:
+        """Deprecated name of :attr:`model` (the base model)."""
+        return self.model
 
     @classmethod
     def from_core(cls, core: ExpertLLM, **kwargs: Any) -> ExpertLlamaLLM:
         """Wrap an existing core instance (e.g. ``ExpertLLM.from_model(...)`` in tests)."""
-        return cls(core=core, base_model=core.model_id, **kwargs)
+        kwargs.pop("base_model", None)
+        kwargs.pop("model", None)
+        return cls(core=core, model=getattr(core, "model_id", core.model_name), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
@@ -197,6 +231,15 @@ class ExpertLlamaLLM(FunctionCallingLLM):
             if name not in self._core.experts:
                 self._core.add_expert(name, path)
         return self._core
+
+    def _attach_shipped(self, expert: str | None) -> None:
+        """Attach ``expert`` when it is a shipped expert the core does not have yet."""
+        if expert is None or expert in self._core.experts or expert in self.experts:
+            return
+        from expertrag.experts import attach_shipped, shipped_experts
+
+        if expert in shipped_experts():
+            attach_shipped(self._core, [expert])
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -217,19 +260,34 @@ class ExpertLlamaLLM(FunctionCallingLLM):
         out.update({k: v for k, v in kwargs.items() if k not in _FRAMEWORK_ONLY})
         return out
 
+    def _request(self, messages: Sequence[ChatMessage],
+                 kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(core messages, core options) of one call: a shipped expert named is attached, and
+        a recognised RAG prompt put in the expert's own format (not for tools or schemas)."""
+        kwargs = dict(kwargs)
+        use_format = bool(kwargs.pop("expert_prompt", self.expert_prompt))
+        opts = self._kwargs(kwargs)
+        core = self.core
+        self._attach_shipped(opts.get("expert"))
+        conv = to_core_messages(messages)
+        if use_format and not any(opts.get(k) for k in ("tools", "json_schema", "json_mode")):
+            conv = reformat(conv, format_of(core, opts.get("expert")))
+        return conv, opts
+
     # -- chat --------------------------------------------------------------------------
     # The undecorated helpers are shared by chat and completion, so that one call fires
     # one LLM callback/instrumentation event (complete() must not also count as a chat).
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        result = self.core.generate(to_core_messages(messages), **self._kwargs(kwargs))
-        return to_chat_response(result)
+        conv, opts = self._request(messages, kwargs)
+        return to_chat_response(self.core.generate(conv, **opts))
 
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        result = await self.core.agenerate(to_core_messages(messages), **self._kwargs(kwargs))
-        return to_chat_response(result)
+        conv, opts = self._request(messages, kwargs)
+        return to_chat_response(await self.core.agenerate(conv, **opts))
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        chunks = self.core.stream(to_core_messages(messages), **self._kwargs(kwargs))
+        conv, opts = self._request(messages, kwargs)
+        chunks = self.core.stream(conv, **opts)
         text = ""
         for chunk in chunks:
             text += chunk.text
@@ -241,7 +299,8 @@ class ExpertLlamaLLM(FunctionCallingLLM):
     async def _astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        chunks = self.core.astream(to_core_messages(messages), **self._kwargs(kwargs))
+        conv, opts = self._request(messages, kwargs)
+        chunks = self.core.astream(conv, **opts)
         text = ""
         async for chunk in chunks:
             text += chunk.text
