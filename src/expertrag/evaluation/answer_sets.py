@@ -147,7 +147,8 @@ def _squad_questions(folder: Path) -> tuple[list[dict[str, Any]],
                                              list[tuple[str, dict[str, Any]]]]:
     """The SQuAD sample's articles and (split, question record) of each of its questions; a
     question's split follows its paragraph."""
-    from expertrag.training.data import _squad_questions, load_squad
+    from expertrag.datasets import load_squad
+    from expertrag.datasets import squad_questions as _squad_questions
 
     articles = load_squad(_need(folder, SQUAD_FILE))
     out = []

@@ -212,10 +212,10 @@ def _open_store(args: argparse.Namespace) -> Any:
 def _given_answers(path: Path, items: list[Any]) -> tuple[list[Any], list[Any]]:
     """The ``--answers`` rows matched to the data items (by id, else by question), as
     (answers, cases) in the same order."""
+    from expertrag.datasets import DataNotFoundError, DataRowError
     from expertrag.errors import InputError
     from expertrag.evaluation.robustness import Case
     from expertrag.evaluation.runner import GivenAnswer
-    from expertrag.training.data import DataNotFoundError, DataRowError
     from expertrag.types import Document
 
     if not path.is_file():

@@ -2,8 +2,8 @@
 
 Each loader reads a file of the shared data folder and each builder returns rows in the shape
 of :func:`expertrag.training.data.build_raft`: ``{"messages", "answer", "meta"}`` with the
-grounded prompt of :func:`expertrag.rag.build_messages`, the gold answer (and aliases) in
-``meta`` and ``meta["has_oracle"]`` telling whether the passages hold it.
+grounded prompt of :func:`expertrag.experts.grounded_qa.build_messages`, the gold answer
+(and aliases) in ``meta`` and ``meta["has_oracle"]`` telling whether the passages hold it.
 
 - MuSiQue (Trivedi et al. 2022): 2-4 hop questions, each with 20 paragraphs of which 2-4 are
   supporting. :func:`musique_rows` shows the supporting paragraphs plus ``distractors_k`` of
@@ -19,45 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertrag.rag import build_messages
-from expertrag.training.data import (
+from expertrag.datasets import (  # noqa: F401 - loaders re-exported from their old home
+    HOTPOT_TEST,
+    MUSIQUE_QUESTIONS,
     DataError,
     DataNotFoundError,
     DataRowError,
-    _documents,
-    _need_file,
-    _rng,
-    grounded_answer,
+    hotpot_item,
+    item_rng,
+    load_hotpot_test,
+    load_musique,
+    paragraph_documents,
+    siblings,
+    squad_questions,
 )
+from expertrag.experts.grounded_qa import build_messages, grounded_answer
 from expertrag.types import Document
-
-MUSIQUE_QUESTIONS = "musique/questions.json"
-HOTPOT_TEST = "hotpotqa/test.jsonl"
-
-
-def load_musique(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The question list of a MuSiQue JSON file (``musique/questions.json``)."""
-    path = _need_file(Path(path))
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, list):
-        raise DataError(f"{path} is not a MuSiQue question list")
-    return doc
-
-
-def load_hotpot_test(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """HotpotQA ``test.jsonl``: evaluation only (the training loaders refuse this file)."""
-    rows = []
-    with _need_file(Path(path)).open(encoding="utf-8") as handle:
-        for i, line in enumerate(handle):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
-    return rows
 
 
 def musique_rows(questions: Sequence[dict[str, Any]], distractors_k: int = 2,
@@ -79,13 +56,13 @@ def musique_rows(questions: Sequence[dict[str, Any]], distractors_k: int = 2,
             raise DataRowError(i, "no supporting paragraph", "musique")
         others = [pt for pt, p in zip(parts, paragraphs, strict=True)
                   if not p.get("is_supporting")]
-        rng = _rng(seed, "musique", i)
+        rng = item_rng(seed, "musique", i)
         rng.shuffle(others)
         chosen = support + others[:distractors_k]
         rng.shuffle(chosen)
         gold = {pt[0] for pt in support}
         cited = [n for n, pt in enumerate(chosen, start=1) if pt[0] in gold]
-        docs = _documents(chosen)
+        docs = paragraph_documents(chosen)
         rows.append({
             "messages": build_messages(question, docs),
             "answer": grounded_answer(answer, cited),
@@ -120,11 +97,9 @@ class QAItem:
 
 def hotpot_items(rows: Sequence[dict[str, Any]], source: str = "hotpotqa") -> list[QAItem]:
     """QA items from HotpotQA rows (distractor setting): gold = the supporting paragraphs."""
-    from expertrag.training.data import _hotpot_item
-
     out = []
     for i, row in enumerate(rows):
-        question, answer, paragraphs, gold = _hotpot_item(row, i)
+        question, answer, paragraphs, gold = hotpot_item(row, i)
         key = str(row.get("id", i))
         docs = [Document(text=text, id=f"{key}:{n}", metadata={"title": title})
                 for n, (title, text) in enumerate(paragraphs)]
@@ -157,7 +132,7 @@ def answer_correct(prediction: str, item: QAItem) -> bool:
     """The answer is right when it is not a refusal and holds a gold answer or alias
     (normalised: case, punctuation and articles ignored)."""
     from expertrag.evaluation.metrics import contains
-    from expertrag.rag import is_refusal
+    from expertrag.experts.grounded_qa import is_refusal
 
     return not is_refusal(prediction) and bool(contains(prediction, item.answers))
 
@@ -165,10 +140,8 @@ def answer_correct(prediction: str, item: QAItem) -> bool:
 def squad_items(articles: Sequence[dict[str, Any]]) -> list[QAItem]:
     """QA items from SQuAD 2.0 answerable questions: gold = the question's paragraph,
     distractors = the other paragraphs of its article."""
-    from expertrag.training.data import _siblings, _squad_questions
-
     out = []
-    for i, q in enumerate(_squad_questions(articles)):
+    for i, q in enumerate(squad_questions(articles)):
         qa = q["qa"]
         answers = [a.get("text", "").strip() for a in qa.get("answers") or []
                    if str(a.get("text", "")).strip()]
@@ -177,7 +150,7 @@ def squad_items(articles: Sequence[dict[str, Any]]) -> list[QAItem]:
         own = Document(text=q["context"], id=f"{q['article']}:{q['paragraph']}",
                        metadata={"title": q["title"]})
         others = [Document(text=t, id=f"{q['article']}:{n}", metadata={"title": q["title"]})
-                  for n, t in _siblings(articles, q)]
+                  for n, t in siblings(articles, q)]
         out.append(QAItem(id=str(qa.get("id", i)), question=q["question"], answer=answers[0],
                           aliases=answers[1:], gold=[own], distractors=others,
                           source="squad2"))

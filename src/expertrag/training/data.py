@@ -1,9 +1,10 @@
-"""Deterministic training-data builders for expert adapters, and loaders for the shared data.
+"""Deterministic training-data builders for expert adapters (the shared data files are read by
+:mod:`expertrag.datasets`; its loaders are re-exported here).
 
 Every builder returns rows ``{"messages": [...], "answer": str, "meta": {...}}``: the chat
-messages are exactly what the expert sees at serve time (``expertrag.rag.build_messages`` for
-grounded QA, :func:`relevance_messages` for relevance grading) and ``answer`` is the assistant
-reply it is trained to produce (the trainer masks every prompt token).
+messages are exactly what the expert sees at serve time (the prompts of
+:mod:`expertrag.experts.grounded_qa` and :mod:`expertrag.experts.relevance`) and ``answer``
+is the assistant reply it is trained to produce (the trainer masks every prompt token).
 
 - :func:`build_raft`: RAFT-style grounded QA (Zhang et al. 2024) from HotpotQA: question +
   oracle paragraph(s) + ``k`` distractors, shuffled; in a share of the rows the oracle is left
@@ -21,84 +22,67 @@ naming its index; nothing is silently skipped.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from expertrag.errors import ExpertRAGError, InputError
-from expertrag.rag import (  # noqa: F401 - is_refusal, strip_citations re-exported
+from expertrag.datasets import (  # noqa: F401 - the loaders, re-exported from their old home
+    _HELD_OUT_NAMES,
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    HALUEVAL_HELDOUT,
+    HALUEVAL_MULTI_TURN,
+    HALUEVAL_ONE_TURN,
+    HALUEVAL_QA,
+    HOTPOT_TRAIN,
+    MSMARCO_DIR,
+    SQUAD_ARTICLES,
+    SQUAD_SAMPLE,
+    DataError,
+    DataNotFoundError,
+    DataRowError,
+    MsMarco,
+    Row,
+    data_dir,
+    load_halueval,
+    load_hotpot,
+    load_msmarco,
+    load_squad,
+    msmarco_part,
+)
+from expertrag.datasets import hotpot_item as _hotpot_item
+from expertrag.datasets import item_rng as _rng
+from expertrag.datasets import need_file as _need_file  # noqa: F401
+from expertrag.datasets import paragraph_documents as _documents
+from expertrag.datasets import read_jsonl as _jsonl  # noqa: F401
+from expertrag.datasets import siblings as _siblings
+from expertrag.datasets import squad_questions as _squad_questions
+from expertrag.errors import InputError
+from expertrag.experts import RELEVANCE
+from expertrag.experts.grounded_qa import (  # noqa: F401 - re-exported
     INSTRUCTIONS,
     REFUSAL,
     build_messages,
+    grounded_answer,
     is_refusal,
     strip_citations,
 )
-from expertrag.rerank.llm import RELEVANCE_PROMPT
-from expertrag.types import Document
+from expertrag.experts.relevance import (  # noqa: F401 - re-exported
+    IRRELEVANT,
+    RELEVANCE_LABELS,
+    RELEVANCE_PROMPT,
+    RELEVANT,
+    relevance_messages,
+)
 
-#: Relevance labels, (relevant, irrelevant): the targets the relevance expert is trained on
-#: and the ``labels`` to pass to ``ExpertLLM.label_probabilities`` when scoring.
-RELEVANT = "yes"
-IRRELEVANT = "no"
-RELEVANCE_LABELS: tuple[str, str] = (RELEVANT, IRRELEVANT)
 #: How :func:`build_relevance` makes SQuAD 2.0 negatives (see its docstring).
 SQUAD_NEGATIVES: tuple[str, str] = ("unanswerable", "sibling")
 
-#: The only HotpotQA file builders may read; ``test.jsonl`` is the held-out benchmark set.
-HOTPOT_TRAIN = "hotpotqa/train.jsonl"
-SQUAD_SAMPLE = "squad2/dev-v2.0-sample.json"
-SQUAD_ARTICLES = "squad2/dev-v2.0-15-articles.json"
-HALUEVAL_QA = "halueval/qa_data-first1000.jsonl"
-HALUEVAL_ONE_TURN = "halueval/qa_generation_one-turn_500.jsonl"
-HALUEVAL_MULTI_TURN = "halueval/qa_generation_multi-turn_500.jsonl"
-#: Rows of ``qa_data-first1000.jsonl`` kept out of training: they evaluate judges.
-HALUEVAL_HELDOUT = range(500, 1000)
-MSMARCO_DIR = "beir/msmarco"
-DATA_DIR_ENV = "EXPERTRAG_DATA_DIR"
-DEFAULT_DATA_DIR = "../shared/data"
-_HELD_OUT_NAMES = ("test.jsonl",)
-
-Row = dict[str, Any]
-
-if INSTRUCTIONS.find(REFUSAL.rstrip(".")) < 0:  # pragma: no cover - guards a future edit
-    raise ImportError("expertrag.rag.INSTRUCTIONS no longer asks for the REFUSAL wording")
-
-
-class DataError(ExpertRAGError, ValueError):
-    """Training data is missing, held out, or malformed."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """The shared data folder or one of its files is missing."""
-
-
-class DataRowError(DataError):
-    """One input row is broken (missing answer, empty passages...); ``index`` names it."""
-
-    def __init__(self, index: int, reason: str, source: str = "") -> None:
-        self.index = index
-        self.reason = reason
-        self.source = source
-        where = f"{source} row {index}" if source else f"row {index}"
-        super().__init__(f"{where}: {reason}")
-
 
 # ------------------------------------------------------------------------------ prompts
-def relevance_messages(question: str, passage: str) -> list[dict[str, str]]:
-    """The relevance-grading prompt for one (question, passage) pair: used by training and by
-    scoring (``llm.label_probabilities(batch, labels=RELEVANCE_LABELS, expert=...)``)."""
-    user = RELEVANCE_PROMPT.format(passage=passage.strip(), query=question.strip())
-    return [{"role": "user", "content": user}]
-
-
 def relevance_scores(llm: Any, question: str, passages: Sequence[str],
-                     expert: str | None = "relevance", batch_size: int = 16) -> list[float]:
+                     expert: str | None = RELEVANCE, batch_size: int = 16) -> list[float]:
     """P(relevant) for each passage, one forward pass each (no generation)."""
     batch = [relevance_messages(question, p) for p in passages]
     probs = llm.label_probabilities(batch, labels=RELEVANCE_LABELS, expert=expert,
@@ -106,126 +90,7 @@ def relevance_scores(llm: Any, question: str, passages: Sequence[str],
     return [p[RELEVANT] for p in probs]
 
 
-def grounded_answer(answer: str, cited: Iterable[int]) -> str:
-    """The target text: a brief answer followed by its citations, ``Paris [2].``"""
-    text = " ".join(answer.split()).rstrip(".")
-    cites = "".join(f"[{n}]" for n in sorted(set(cited)))
-    return f"{text} {cites}." if cites else f"{text}."
-
-
-# ------------------------------------------------------------------------------ loaders
-def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The shared data folder: ``path``, else $EXPERTRAG_DATA_DIR, else ``../shared/data``.
-    Raises DataNotFoundError with a hint when it is missing."""
-    folder = Path(path or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
-    if not folder.is_dir():
-        raise DataNotFoundError(
-            f"training data folder not found: {folder} (resolved from {Path.cwd()}). "
-            f"Pass --data-dir (or set ${DATA_DIR_ENV}) to the folder that holds "
-            "hotpotqa/train.jsonl, squad2/ and beir/msmarco/ (../shared/data from the project "
-            "root)."
-        )
-    return folder
-
-
-def _need_file(path: Path) -> Path:
-    if not path.is_file():
-        raise DataNotFoundError(f"training data file not found: {path}")
-    return path
-
-
-def load_hotpot(path: str | os.PathLike[str]) -> list[Row]:
-    """Rows of a HotpotQA JSON-lines file. Refuses the held-out ``test.jsonl``."""
-    path = Path(path)
-    if path.name in _HELD_OUT_NAMES:
-        raise DataError(
-            f"refusing to train on {path}: HotpotQA {path.name} is the held-out benchmark set; "
-            f"use {HOTPOT_TRAIN}"
-        )
-    rows: list[Row] = []
-    with _need_file(path).open(encoding="utf-8") as handle:
-        for i, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
-    return rows
-
-
-def load_squad(path: str | os.PathLike[str]) -> list[Row]:
-    """The ``data`` list (articles) of a SQuAD 2.0 JSON file."""
-    path = _need_file(Path(path))
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{path} is not SQuAD format (no 'data' list)")
-    return doc["data"]
-
-
-@dataclass
-class MsMarco:
-    """A BEIR-format MS MARCO subset: corpus {id: text}, queries {id: text}, graded qrels."""
-
-    corpus: dict[str, str]
-    queries: dict[str, str]
-    qrels: list[tuple[str, str, int]] = field(default_factory=list)
-
-
-def _jsonl(path: Path) -> list[Row]:
-    out = []
-    with _need_file(path).open(encoding="utf-8") as handle:
-        for i, line in enumerate(handle):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataRowError(i, f"not valid JSON: {exc}", str(path)) from exc
-    return out
-
-
-def msmarco_part(query_id: str) -> str:
-    """"train" or "heldout" for an MS MARCO query, fixed by a hash of its id: the relevance
-    expert trains on one half and the reranking benchmark scores it on the other."""
-    digest = hashlib.sha256(str(query_id).encode("utf-8")).digest()
-    return "train" if digest[0] % 2 == 0 else "heldout"
-
-
-def load_msmarco(folder: str | os.PathLike[str], split: str = "test",
-                 part: str | None = None) -> MsMarco:
-    """Load a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (no header).
-    `part` ("train" / "heldout") keeps only that half of the judged queries
-    (see :func:`msmarco_part`)."""
-    if part not in (None, "train", "heldout"):
-        raise DataError(f"part must be 'train', 'heldout' or None, got {part!r}")
-    folder = Path(folder)
-    corpus = {}
-    for r in _jsonl(folder / "corpus.jsonl"):
-        title, text = (r.get("title") or "").strip(), (r.get("text") or "").strip()
-        corpus[str(r["_id"])] = f"{title}\n{text}" if title else text
-    queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl")}
-    qrels = []
-    path = _need_file(folder / "qrels" / f"{split}.tsv")
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        parts = line.split("\t")
-        if not line.strip() or parts[0] == "query-id":  # tolerate a header line
-            continue
-        if len(parts) != 3:
-            raise DataRowError(i, f"expected 3 tab-separated fields, got {len(parts)}", str(path))
-        if part is None or msmarco_part(parts[0]) == part:
-            qrels.append((parts[0], parts[1], int(parts[2])))
-    return MsMarco(corpus, queries, qrels)
-
-
 # ------------------------------------------------------------------------------ helpers
-def _rng(seed: int, *keys: Any) -> random.Random:
-    """A generator for one item: independent of the other items and of PYTHONHASHSEED."""
-    return random.Random("-".join(str(k) for k in (seed, *keys)))
-
-
 def _chosen(n: int, share: float, seed: int, tag: str) -> set[int]:
     """Exactly round(share * n) indices out of n, picked by the seed."""
     if not 0.0 <= share <= 1.0:
@@ -259,36 +124,6 @@ def _holds(text: str, answer: str) -> bool:
 _YES_NO = {"yes", "no"}
 
 
-def _hotpot_item(row: Any, index: int) -> tuple[str, str, list[tuple[str, str]], set[str]]:
-    """(question, answer, [(title, paragraph)], gold titles) of one HotpotQA row, validated."""
-    src = "hotpotqa"
-    if not isinstance(row, dict):
-        raise DataRowError(index, f"expected an object, got {type(row).__name__}", src)
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise DataRowError(index, "missing or empty 'question'", src)
-    answer = row.get("answer")
-    if not isinstance(answer, str) or not answer.strip():
-        raise DataRowError(index, "missing or empty 'answer'", src)
-    context = row.get("context") or {}
-    titles, sentences = context.get("title") or [], context.get("sentences") or []
-    if not titles or len(titles) != len(sentences):
-        raise DataRowError(index, "empty passages ('context' has no titles/sentences)", src)
-    paragraphs = []
-    for title, sents in zip(titles, sentences, strict=True):
-        text = "".join(sents).strip() if isinstance(sents, list) else ""
-        if not text:
-            raise DataRowError(index, f"empty passage {title!r}", src)
-        paragraphs.append((title, text))
-    gold = set((row.get("supporting_facts") or {}).get("title") or [])
-    if not gold:
-        raise DataRowError(index, "no supporting_facts titles (no oracle passage)", src)
-    missing = gold - set(titles)
-    if missing:
-        raise DataRowError(index, f"supporting titles not in context: {sorted(missing)}", src)
-    return question.strip(), answer.strip(), paragraphs, gold
-
-
 def _foreign(rows: Sequence[Row], index: int, rng: random.Random, k: int) -> list[tuple[str, str]]:
     """Up to ``k`` paragraphs of another item (seeded pick): negatives for an item that has no
     distractors of its own (a few HotpotQA items hold only their two gold paragraphs)."""
@@ -302,10 +137,6 @@ def _foreign(rows: Sequence[Row], index: int, rng: random.Random, k: int) -> lis
         rng.shuffle(paragraphs)
         return paragraphs[:k]
     return []
-
-
-def _documents(paragraphs: Sequence[tuple[str, str]]) -> list[Document]:
-    return [Document(text=text, id=title, metadata={"title": title}) for title, text in paragraphs]
 
 
 # ------------------------------------------------------------------------------ builders
@@ -386,34 +217,6 @@ def _raft_round(hotpot_rows: Sequence[Row], distractors_k: Count, p_no_oracle: f
                                   "n_passages": len(chosen), "question": question,
                                   "passages": [d.text for d in docs]}})
     return rows
-
-
-def _squad_questions(articles: Sequence[Row]) -> list[dict[str, Any]]:
-    """Flatten SQuAD articles to questions with their paragraph and its article siblings.
-    A question or paragraph that is missing or empty raises :class:`DataRowError` with the
-    question's index in file order."""
-    out = []
-    for a, article in enumerate(articles):
-        paragraphs = article.get("paragraphs") or []
-        for p, para in enumerate(paragraphs):
-            for qa in para.get("qas") or []:
-                i = len(out)
-                question = qa.get("question") if isinstance(qa, dict) else None
-                if not isinstance(question, str) or not question.strip():
-                    raise DataRowError(i, "missing or empty 'question'", "squad2")
-                context = para.get("context")
-                if not isinstance(context, str) or not context.strip():
-                    raise DataRowError(i, "empty passage (paragraph 'context')", "squad2")
-                out.append({"article": a, "paragraph": p, "qa": qa, "question": question.strip(),
-                            "context": context.strip(), "title": article.get("title", "")})
-    return out
-
-
-def _siblings(articles: Sequence[Row], q: dict[str, Any]) -> list[tuple[int, str]]:
-    """(number, text) of the other non-empty paragraphs of question ``q``'s article."""
-    paragraphs = articles[q["article"]].get("paragraphs") or []
-    return [(n, str(para.get("context", "")).strip()) for n, para in enumerate(paragraphs)
-            if n != q["paragraph"] and str(para.get("context", "")).strip()]
 
 
 def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
@@ -505,31 +308,6 @@ def build_squad_raft(squad_articles: Sequence[Row], distractors_k: Count = 3,
 #: HaluEval joins the supporting sentences of HotpotQA's paragraphs with no separator
 #: ("...19th century.First for Women is..."): a sentence end followed at once by a capital.
 _JOINED_RE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(?=[A-Z])")
-
-
-def load_halueval(path: str | os.PathLike[str], part: str = "train") -> list[Row]:
-    """Rows of a HaluEval QA JSON-lines file, each with ``meta_index`` (its row number).
-
-    For ``qa_data-first1000.jsonl``, ``part="train"`` keeps rows 0-499 and refuses nothing
-    else; rows 500-999 (:data:`HALUEVAL_HELDOUT`) evaluate judges and come only with
-    ``part="heldout"``. The two 500-row generation files hold the same questions as rows
-    0-499, so all their rows are training rows (``part="heldout"`` is refused for them)."""
-    if part not in ("train", "heldout"):
-        raise DataError(f"part must be 'train' or 'heldout', got {part!r}")
-    path = Path(path)
-    reserved = path.name == Path(HALUEVAL_QA).name
-    if part == "heldout" and not reserved:
-        raise DataError(f"{path.name} has no held-out rows (its questions are train rows "
-                        f"0-499 of {Path(HALUEVAL_QA).name})")
-    out = []
-    for i, row in enumerate(_jsonl(path)):
-        for key in ("knowledge", "question", "right_answer", "hallucinated_answer"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataRowError(i, f"missing or empty {key!r}", str(path))
-        held = reserved and i in HALUEVAL_HELDOUT
-        if held == (part == "heldout"):
-            out.append({**row, "meta_index": i})
-    return out
 
 
 #: A cut after an initial or a short abbreviation ("U.S.", "F.C.", "St.") is not a boundary.
