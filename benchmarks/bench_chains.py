@@ -26,29 +26,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    answer_text,
+    figures,
+    gold_retrieved,
+    hotpot_setup,
+    musique_setup,
+    recovered,
+)
+from _common import fmt as _fmt
+from _common import print_table as _print
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Routed:
-    """One retriever per question (each HotpotQA item searches its own paragraphs)."""
-
-    def __init__(self, retrievers: dict[str, Any]) -> None:
-        self.retrievers = retrievers
-
-    def retrieve(self, query: str, k: int = 4) -> list[Any]:
-        return self.retrievers[query.strip()].retrieve(query, k)
-
-    def query(self, text: str, k: int = 4) -> list[Any]:  # RAGPipeline's interface
-        return self.retrieve(text, k)
 
 
 class OracleContext:
@@ -61,47 +58,11 @@ class OracleContext:
         self.gold = {it.question.strip(): it.gold for it in items}
 
     def answer_many(self, questions: list[str]) -> list[Any]:
-        from expertrag.rag import generate_grounded
+        from expertrag.chains.naive import generate_grounded
 
         out = generate_grounded(self.llm, questions, [self.gold[q.strip()] for q in questions],
                                 expert="grounded-qa", max_new_tokens=64)
         return [result for result, _ in out]
-
-
-def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int,
-                 start: int = 120) -> tuple[list[Any], Routed, Any, list[bool]]:
-    from expertrag.evaluation.datasets import hotpot_items, load_hotpot_test
-    from expertrag.retrieval.hybrid import HybridRetriever
-
-    rows = load_hotpot_test(data_dir / "hotpotqa" / "test.jsonl")
-    items = hotpot_items(rows[start:start + n])
-    rng = random.Random("bench-chains-removed")
-    removed = set(rng.sample(range(len(items)), len(items) // 2))
-    has_answer = [i not in removed for i in range(len(items))]
-    retrievers = {}
-    pool = []
-    for i, item in enumerate(items):
-        docs = item.distractors + (item.gold if has_answer[i] else [])
-        retrievers[item.question] = HybridRetriever(docs, embedder=embedder, k=k)
-        if not has_answer[i]:
-            pool += item.gold
-    # the external corpus: the removed gold paragraphs among other items' paragraphs
-    others = hotpot_items(rows[300:400])
-    pool += [d for it in others for d in it.gold + it.distractors]
-    external = HybridRetriever(pool, embedder=embedder, k=k)
-    return items, Routed(retrievers), external, has_answer
-
-
-def musique_setup(data_dir: Path, n: int, embedder: Any, k: int) -> tuple[list[Any], Any]:
-    from expertrag.evaluation.datasets import load_musique, musique_items
-    from expertrag.retrieval.hybrid import HybridRetriever
-    from expertrag.types import Document
-
-    items = musique_items(load_musique(data_dir / "musique" / "questions.json"))[:n]
-    corpus = json.loads((data_dir / "musique" / "corpus.json").read_text(encoding="utf-8"))
-    docs = [Document(text=c["text"], id=f"m{i}", metadata={"title": c.get("title", "")})
-            for i, c in enumerate(corpus)]
-    return items, HybridRetriever(docs, embedder=embedder, k=k)
 
 
 def run_system(name: str, system: Any, questions: list[str], batch: int) -> tuple[list[Any],
@@ -116,40 +77,12 @@ def run_system(name: str, system: Any, questions: list[str], batch: int) -> tupl
     return out, took
 
 
-def answer_text(result: Any) -> str:
-    """The answer of any system's result: a chain's ``answer``, naive RAG's or a generation's
-    ``text``."""
-    return getattr(result, "answer", None) or getattr(result, "text", "")
-
-
-def figures(results: list[Any], items: list[Any], has_answer: list[bool],
-            seconds: float) -> dict[str, float]:
-    from expertrag.evaluation.datasets import answer_correct
-    from expertrag.rag import is_refusal
-
-    texts = [answer_text(r) for r in results]
-    pos = [i for i, h in enumerate(has_answer) if h]
-    neg = [i for i, h in enumerate(has_answer) if not h]
-    mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
-    rows = []
-    for r in results:
-        calls = getattr(r, "calls", None)
-        if calls is None:  # RAGPipeline: one generated answer per question, nothing scored
-            rows.append(1)
-        else:
-            rows.append(sum(v for key, v in calls.items() if not key.endswith("_tokens")))
-    return {"accuracy": mean([answer_correct(texts[i], items[i]) for i in pos]),
-            "refusal_accuracy": mean([is_refusal(texts[i]) for i in neg]),
-            "false_refusals": mean([is_refusal(texts[i]) for i in pos]),
-            "rows_per_question": mean(rows), "seconds_per_question": seconds / len(results)}
-
-
 def per_question(results: list[Any], items: list[Any],
                  has_answer: list[bool]) -> list[dict[str, Any]]:
     """One record per question (for error analysis): the answer, whether it is right and,
     where the system records them, CRAG's action and Self-RAG's retrieve decision."""
     from expertrag.evaluation.datasets import answer_correct
-    from expertrag.rag import is_refusal
+    from expertrag.experts.grounded_qa import is_refusal
 
     out = []
     for r, item, has in zip(results, items, has_answer, strict=True):
@@ -160,24 +93,6 @@ def per_question(results: list[Any], items: list[Any],
                     "action": getattr(r, "action", None),
                     "retrieved": getattr(r, "retrieved", None)})
     return out
-
-
-def recovered(results: list[Any], items: list[Any], has_answer: list[bool]) -> float:
-    """The share of the questions without their gold paragraphs that were answered right."""
-    from expertrag.evaluation.datasets import answer_correct
-
-    lost = [i for i, h in enumerate(has_answer) if not h]
-    texts = [answer_text(r) for r in results]
-    return (sum(answer_correct(texts[i], items[i]) for i in lost) / len(lost)
-            if lost else float("nan"))
-
-
-def gold_retrieved(retrieved: list[list[Any]], items: list[Any]) -> list[bool]:
-    """Per question, whether any of its gold paragraphs is among the retrieved documents
-    (matched by text)."""
-    golds = [{g.text.strip() for g in item.gold} for item in items]
-    return [any(d.text.strip() in gold for d in docs)
-            for docs, gold in zip(retrieved, golds, strict=True)]
 
 
 def best_threshold_accuracy(best_scores: list[float], has_answer: list[bool]) -> float:
@@ -191,17 +106,6 @@ def best_threshold_accuracy(best_scores: list[float], has_answer: list[bool]) ->
 
 def _share(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
-
-
-def _print(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
-def _fmt(v: float) -> str:
-    return "-" if v != v else f"{v:.3f}"
 
 
 def main() -> None:
@@ -235,10 +139,10 @@ def main() -> None:
 
     from expertrag import ExpertLLM
     from expertrag.chains.corrective import INCORRECT, CorrectiveRAG, CRAGConfig
+    from expertrag.chains.naive import RAGPipeline
     from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig
     from expertrag.embeddings import Embedder
     from expertrag.experts import attach_shipped
-    from expertrag.rag import RAGPipeline
     from expertrag.training.critic_data import load_instructions, template_part
 
     llm = ExpertLLM(dtype=args.dtype).load()

@@ -32,21 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import fmt as _f
+from _common import print_table as _print
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("OPENAI_API_KEY", None)  # nothing may reach OpenAI, even by accident
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _print(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
-def _f(v: float) -> str:
-    return "-" if v != v else f"{v:.3f}"
 
 
 def _acc_auc(scores: list[float], labels: list[int],

@@ -5,8 +5,9 @@ Same base (SmolLM2-135M-Instruct), same prompts and passages, one run:
 - relevance: balanced (question, passage) pairs from HotpotQA test (gold paragraphs vs the
   item's own distractors). Accuracy (P(yes) > 0.5) and ROC AUC for the prompted base, the base
   + `relevance` expert, and the all-MiniLM-L6-v2 cosine score (a non-LLM baseline; AUC only).
-- grounded-qa: RAFT-style prompts (``expertrag.rag.build_messages``). HotpotQA test: the first
-  120 items, half with the oracle passages + 2 distractors, half with 4 distractors only.
+- grounded-qa: RAFT-style prompts (``expertrag.experts.grounded_qa.build_messages``).
+  HotpotQA test: the first 120 items, half with the oracle passages + 2 distractors, half
+  with 4 distractors only.
   MuSiQue (out of domain, never trained on): every question with its supporting paragraphs
   + 2 of its own distractors. Exact match, token F1, answer-contained, refusal accuracy
   (oracle absent) and false-refusal rate (oracle present), for the prompted base, grounded-qa
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import print_table as _print
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_test(data_dir: Path, limit: int | None, start: int = 0) -> list[dict[str, Any]]:
     """HotpotQA test.jsonl from item ``start``: evaluation only (the training loaders refuse
     this file)."""
-    path = data_dir / "hotpotqa" / "test.jsonl"
+    from expertrag.datasets import HOTPOT_TEST, load_hotpot_test
+
+    path = data_dir / HOTPOT_TEST
     if not path.is_file():
         sys.exit(f"error: {path} not found: pass --data-dir pointing at the shared data folder")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    rows = rows[start:]
+    rows = load_hotpot_test(path)[start:]
     return rows[:limit] if limit else rows
 
 
@@ -99,7 +103,7 @@ def _generate_all(llm: Any, rows: list[dict[str, Any]], expert: str | None, batc
     """Greedy answers to the rows (their ``meta`` question and passages, the prompt they were
     built with), through ``RAGPipeline``'s batched step, and seconds per row. With ``gate``
     the passages are scored first and the stopped rows refused without generating."""
-    from expertrag.rag import generate_grounded
+    from expertrag.chains.naive import generate_grounded
     from expertrag.types import Document
 
     preds: list[str] = []
@@ -124,7 +128,7 @@ def grounded_part(llm: Any, items: list[dict[str, Any]], musique: list[dict[str,
     sets = {"hotpotqa": build_raft(items, distractors_k=2, p_no_oracle=0.5, seed=0)}
     if musique:
         sets["musique"] = musique_rows(musique, distractors_k=2, seed=0)
-    from expertrag.rag import EvidenceGate
+    from expertrag.chains.naive import EvidenceGate
 
     runs: list[tuple[str, str | None, Any]] = [(label, e, None) for label, e in models]
     if any(e == "grounded-qa" for _, e in models):
@@ -155,9 +159,9 @@ def demo_part(llm: Any, models: list[tuple[str, str | None]]) -> list[list[str]]
     import tempfile
     from importlib import resources
 
+    from expertrag.chains.naive import RAGPipeline
     from expertrag.cli import check_sample_answer, sample_questions
     from expertrag.ingest import ingest_folder
-    from expertrag.rag import RAGPipeline
     from expertrag.retrieval import VectorStore
 
     questions = sample_questions()
@@ -305,13 +309,6 @@ def speed_part(llm: Any, experts: list[str], new_tokens: int, reps: int = 3) -> 
           f"best of {reps}")
     _print(["model", "tokens", "tok/s", "vs base"], table)
     return table
-
-
-def _print(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def main() -> None:

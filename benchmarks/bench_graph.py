@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import print_table as _print
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def _print(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def recall(ranked: list[str], gold: set[str], k: int) -> float:
@@ -68,7 +63,14 @@ def main() -> None:
                              "is reused (recall and answers only, no indexing figures)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    qpath = args.data_dir / "musique" / "questions.json"
+    from expertrag.datasets import (
+        MUSIQUE_CORPUS,
+        MUSIQUE_QUESTIONS,
+        load_musique,
+        load_musique_corpus,
+    )
+
+    qpath = args.data_dir / MUSIQUE_QUESTIONS
     if not qpath.is_file():
         sys.exit(f"error: {qpath} not found: pass --data-dir")
 
@@ -79,9 +81,8 @@ def main() -> None:
     from expertrag.retrieval.hybrid import HybridRetriever
     from expertrag.types import Document
 
-    questions = json.loads(qpath.read_text(encoding="utf-8"))[: args.questions]
-    corpus = json.loads((args.data_dir / "musique" / "corpus.json").read_text(
-        encoding="utf-8"))
+    questions = load_musique(qpath)[: args.questions]
+    corpus = load_musique_corpus(args.data_dir / MUSIQUE_CORPUS)
     docs = [Document(text=c["text"], id=f"m{i}", metadata={"title": c.get("title", "")})
             for i, c in enumerate(corpus)]
     by_text = {d.text.strip(): d.id for d in docs}
@@ -208,9 +209,9 @@ def main() -> None:
     # ---------------------------------------------------------------- answers
     answer_rows = []
     if args.answers:
+        from expertrag.chains.naive import RAGPipeline
         from expertrag.experts import attach_shipped
         from expertrag.graph.pipeline import GraphRetrieverAdapter
-        from expertrag.rag import RAGPipeline
 
         attach_shipped(llm, ["grounded-qa"])
         sub = items[: args.answers]

@@ -76,7 +76,7 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
     LoRA, fast LM head; plus the opt-in speculative single stream) and with the stock peft /
     LM-head forwards, interleaved in one process: decode tok/s, label-probability pairs/s,
     prefill tok/s and a corrective-RAG answer's seconds, before and after."""
-    from bench_serving import CRAG_QUESTIONS
+    from _common import CRAG_QUESTIONS
 
     from expertrag import ExpertLLM
     from expertrag.models import fastpath
@@ -134,7 +134,7 @@ def run_ours(model_dir: str, reps: int) -> dict[str, Any]:
 
 def _crag(llm: Any) -> Any:
     """Four corrective-RAG answers (bench_serving's chain), with the shipped experts."""
-    from bench_serving import CRAG_QUESTIONS, crag_chain
+    from _common import CRAG_QUESTIONS, crag_chain
 
     from expertrag.experts import attach_shipped
 
@@ -188,7 +188,7 @@ def run_ours_dtype(model_dir: str, reps: int, dtype: str = "bfloat16") -> dict[s
     """Ours with another weight dtype (fast paths on): decode tok/s, label-probability
     pairs/s with the shipped relevance expert and a CRAG answer's seconds, plus how many
     of the batch's greedy answers equal the fp32 ones."""
-    from bench_serving import CRAG_QUESTIONS
+    from _common import CRAG_QUESTIONS
 
     from expertrag import ExpertLLM
 

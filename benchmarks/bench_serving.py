@@ -22,9 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import CRAG_QUESTIONS, crag_chain
+from _common import print_table as _print
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 PROMPTS = [
     "Count from 1 to 200, separated by commas.",
     "List the numbers from 500 to 700, one per line.",
@@ -35,13 +40,6 @@ PROMPTS = [
     "Describe every planet of the solar system in detail.",
     "Write a long poem about the sea.",
 ]
-
-
-def _print(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def throughput(llm: Any, n: int, experts: list[str | None], tokens: int) -> float:
@@ -64,31 +62,6 @@ def first_token(llm: Any, expert: str | None, reps: int) -> tuple[float, float]:
                 break
     times.sort()
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
-
-
-CRAG_CORPUS = [
-    "The Saltmere Head lighthouse was built in 1862 on the northern cliffs.",
-    "The annual membership fee is 45 euros for adults.",
-    "Lantern Night is held on the third Saturday of August.",
-    "Bread is baked from flour, water, salt and yeast.",
-    "The foghorn sounds two blasts every thirty seconds in poor visibility.",
-]
-CRAG_QUESTIONS = ["When was the Saltmere Head lighthouse built?",
-                  "What is the annual membership fee for adults?",
-                  "When is Lantern Night held?", "Who won the 1998 World Cup?"]
-
-
-def crag_chain(llm: Any) -> Any:
-    """A corrective-RAG chain (retrieve, grade, generate) over a five-passage corpus, with
-    the embedded embedder's hybrid retriever; shared with bench_llm.py."""
-    from expertrag.chains import CorrectiveRAG
-    from expertrag.embeddings import Embedder
-    from expertrag.retrieval.hybrid import HybridRetriever
-    from expertrag.types import Document
-
-    retriever = HybridRetriever([Document(t, id=str(i)) for i, t in enumerate(CRAG_CORPUS)],
-                                embedder=Embedder(), k=3)
-    return CorrectiveRAG(llm, retriever)
 
 
 def crag_seconds(llm: Any, n: int) -> float:

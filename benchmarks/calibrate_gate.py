@@ -7,7 +7,7 @@ threshold is the best balanced accuracy among those that refuse at most
 ``--max-false-refusals`` of the answerable rows; ``--write`` records it in the shipped
 expert's metadata and model card (the previous calibration is kept under ``previous``).
 
-``--evidence`` calibrates the evidence gate instead (``expertrag.rag.EvidenceGate``): the
+``--evidence`` calibrates the evidence gate instead (``expertrag.chains.naive.EvidenceGate``): the
 relevance floor on the best passage's P(relevant) from the ``relevance`` expert, under the
 same false-refusal cap; both signals' ROC AUC on the same rows are printed.
 
@@ -44,19 +44,19 @@ def main() -> None:
     parser.add_argument("--write", action="store_true",
                         help="record the gate in src/expertrag/data/experts/grounded-qa")
     args = parser.parse_args()
-    path = args.data_dir / "hotpotqa" / "test.jsonl"
+    from expertrag.datasets import HOTPOT_TEST, load_hotpot_test
+
+    path = args.data_dir / HOTPOT_TEST
     if not path.is_file():
         sys.exit(f"error: {path} not found: pass --data-dir pointing at the shared data folder")
 
     from expertrag import ExpertLLM
-    from expertrag.experts import attach_shipped, shipped_experts
-    from expertrag.models.llm import EXPERT_METADATA
-    from expertrag.rag import REFUSAL
+    from expertrag.experts import ExpertCard, attach_shipped, shipped_experts
+    from expertrag.experts.grounded_qa import REFUSAL
     from expertrag.training.data import build_raft
     from expertrag.training.gate import pick_threshold, record_gate, refusal_probabilities
 
-    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-             if line][400:500]
+    items = load_hotpot_test(path)[400:500]
     rows = build_raft(items, distractors_k=2, p_no_oracle=0.5, seed=0, pair_refusals=True)
     llm = ExpertLLM().load()
     attach_shipped(llm)
@@ -73,8 +73,7 @@ def main() -> None:
     print(json.dumps({"capped": result, "uncapped": free}, indent=2))
     if args.write:
         folder = shipped_experts()["grounded-qa"]
-        previous = json.loads((folder / EXPERT_METADATA).read_text(encoding="utf-8")).get(
-            "refusal_gate")
+        previous = ExpertCard.read(folder, "grounded-qa").refusal_gate
         if previous:
             result["previous"] = {"threshold": previous["threshold"],
                                   **{k: v for k, v in previous["calibration"].items()
@@ -87,7 +86,7 @@ def evidence(llm: object, rows: list[dict], probs: list[float], refuse: list[boo
              args: argparse.Namespace) -> None:
     """Pick and (with --write) record the evidence gate's relevance floor."""
     from expertrag.experts import shipped_experts
-    from expertrag.rag import REFUSAL
+    from expertrag.experts.grounded_qa import REFUSAL
     from expertrag.rerank.llm import LLMReranker
     from expertrag.training.data import build_squad_raft, load_squad
     from expertrag.training.gate import (

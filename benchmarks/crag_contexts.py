@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from expertrag.chains.corrective import Strip, joint_text, logit, ranked_strips  # noqa: E402
 
@@ -116,14 +114,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write per-question rows and answers here")
     args = parser.parse_args()
 
-    from bench_chains import _print, hotpot_setup
+    from _common import hotpot_setup
+    from _common import print_table as _print
     from tqdm import tqdm
 
     from expertrag import ExpertLLM
+    from expertrag.chains.naive import generate_grounded
     from expertrag.embeddings import Embedder
     from expertrag.evaluation.datasets import answer_correct
     from expertrag.experts import attach_shipped
-    from expertrag.rag import generate_grounded
     from expertrag.rerank.llm import LLMReranker
 
     llm = ExpertLLM().load()

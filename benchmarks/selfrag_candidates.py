@@ -24,7 +24,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def collect(chain: Any, llm: Any, routed: Any, items: list[Any], has_answer: list[bool],
@@ -33,7 +32,7 @@ def collect(chain: Any, llm: Any, routed: Any, items: list[Any], has_answer: lis
     from tqdm import tqdm
 
     from expertrag.evaluation.datasets import answer_correct
-    from expertrag.rag import REFUSAL, build_messages, is_refusal, tidy_citations
+    from expertrag.experts.grounded_qa import REFUSAL, build_messages, is_refusal, tidy_citations
     from expertrag.reflection import ISREL, ISSUP, ISUSE
 
     rows = []
@@ -92,7 +91,8 @@ def main() -> None:
     if not (args.data_dir / "hotpotqa" / "test.jsonl").is_file():
         sys.exit(f"error: {args.data_dir} holds no hotpotqa/test.jsonl: pass --data-dir")
 
-    from bench_chains import _print, hotpot_setup
+    from _common import hotpot_setup
+    from _common import print_table as _print
 
     from expertrag import ExpertLLM
     from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig

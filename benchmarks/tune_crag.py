@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 # settings tried by default: the shipped thresholds with more documents kept for refinement,
@@ -96,13 +94,14 @@ def main() -> None:
                              "unanswerable-internally questions it answers right")
     args = parser.parse_args()
 
-    from bench_chains import _print, figures, hotpot_setup, recovered
+    from _common import figures, hotpot_setup, recovered
+    from _common import print_table as _print
 
     from expertrag import ExpertLLM
     from expertrag.chains.corrective import CorrectiveRAG, CRAGConfig
+    from expertrag.chains.naive import RAGPipeline
     from expertrag.embeddings import Embedder
     from expertrag.experts import attach_shipped
-    from expertrag.rag import RAGPipeline
     from expertrag.rerank.llm import LLMReranker
 
     base = ExpertLLM().load()

@@ -60,7 +60,7 @@ def langchain(graph: GraphRAG, llm: ExpertLLM) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
 
-    from expertrag.rag import INSTRUCTIONS
+    from expertrag.experts.grounded_qa import INSTRUCTIONS
     from langchain_expertrag import ChatExpertLLM, ExpertGraphRetriever
 
     retriever = ExpertGraphRetriever(graph=graph, k=3)

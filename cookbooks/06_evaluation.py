@@ -53,7 +53,7 @@ def langchain(llm: ExpertLLM) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
-    from expertrag.rag import INSTRUCTIONS
+    from expertrag.experts.grounded_qa import INSTRUCTIONS
     from langchain_expertrag import (
         ChatExpertLLM,
         ExpertHybridRetriever,
