@@ -93,8 +93,8 @@ def _keep(name: str) -> str | None:
 def _auto_processes(n_texts: int) -> int:
     """Worker processes for ``n_texts`` texts: up to 4 (one per core) for 256 texts or more,
     and only where processes fork (spawned ones would reload the pipeline and re-import the
-    caller's script); 1 otherwise. spaCy runs on one core, so on 2 cores two workers take
-    MuSiQue's 1,890 passages from 24.9 s to about 13 s."""
+    caller's script); 1 otherwise. spaCy runs on one core, so on 2 cores two workers about
+    halve its time (benchmarks/RESULTS.md, "GraphRAG")."""
     import multiprocessing
     import os
 
@@ -197,7 +197,7 @@ class SpacyExtractor:
                 for e in mine:
                     entities.setdefault(e.key, e)
                 # one string per sentence, shared by its relations: a worker pickles it once
-                # (MuSiQue's extractions: 6.8 MB sent back instead of 22.9 MB)
+                # (a third of the bytes sent back: benchmarks/RESULTS.md, "GraphRAG")
                 text = sent.text.strip() if len(mine) > 1 else ""
                 for i, a in enumerate(mine):
                     for b in mine[i + 1:]:
@@ -218,8 +218,8 @@ TRIPLE_SCHEMA = {
     "properties": {
         # names first: copying names out of the passage is what a 135M model does reliably;
         # asked for triples alone it loops on one name as subject, relation and object and
-        # left 26% of MuSiQue's first 128 chunks with nothing (10% with the names first, 3%
-        # when a name that ran on into its sentence keeps its leading part)
+        # leaves many chunks with nothing (far fewer with the names first, and fewer still
+        # when a name that ran on into its sentence keeps its leading part: RESULTS.md)
         "entities": {"type": "array", "minItems": 1, "maxItems": 10,
                      "items": {"type": "string", "maxLength": 60}},
         "triples": {"type": "array", "minItems": 0, "maxItems": 6, "items": {

@@ -9,12 +9,13 @@ The schema (property graph):
   ``cooc`` the co-occurrences found in the passage (JSON: its entity ids and sentences
   once each, (entity, entity, sentence) triples as indices), which
   :meth:`GraphStore.relations` reads back as ``co_occurs`` relations: one RELATED edge each
-  made MuSiQue's 104,000 co-occurrences 2.6 s of its ~10 s of writing, and on their passage
-  they add little to the passage rows; deleting the passage deletes them
+  made them a quarter of MuSiQue's writing time, and on their passage they add little to the
+  passage rows; deleting the passage deletes them
 - ``(:Entity {id, name, label, emb})``, ``id`` the normalised name
 - embeddings are stored as float32 bytes (``BLOB``): a list of 384 doubles per row made
-  writing 12,000 entities take 5.7 s instead of 0.8 s; stores written before (``DOUBLE[]``)
-  are read and extended in their own format
+  writing entities several times slower; stores written before (``DOUBLE[]``) are read and
+  extended in their own format (figures of this schema's choices: benchmarks/RESULTS.md,
+  "GraphRAG")
 - ``(:Passage)-[:MENTIONS]->(:Entity)``
 - ``(:Entity)-[:RELATED {relation, doc, passage, sentence}]->(:Entity)``, the LLM's triples
   (and co-occurrences when the index asks for edges), one per supporting passage, so
@@ -157,7 +158,7 @@ class _Ladybug:
     @contextmanager
     def bulk(self) -> Iterator[None]:
         """Many transactions in a row: the write-ahead log is merged into the database once
-        at the end instead of every 16 MB (MuSiQue's graph: 11-14 s of writing -> about 10 s).
+        at the end instead of every 16 MB (less writing time: benchmarks/RESULTS.md).
         Each commit is as durable as before; a crash replays the log on reopening."""
         threshold = self.conn.execute(
             "CALL current_setting('checkpoint_threshold') RETURN *").get_all()[0][0]
@@ -359,10 +360,10 @@ class GraphStore:
         instead of six per document. Edge endpoints are matched as ``MATCH (a) WHERE a.id =
         r.a``, one match per clause: Ladybug looks these up in the primary-key index, whereas
         the pattern form ``MATCH (a {id: r.a}), (b {id: r.b})`` scanned the whole Entity
-        table per statement (5.2 s against 0.06 s for 2,000 edges among 20,000 entities).
+        table per statement (about a hundred times slower: benchmarks/RESULTS.md, "GraphRAG").
         Everything a write names is new: documents, passages, entities (the ones no stored
         or earlier document brought), mentions and synonyms are created, not merged (MERGE
-        looked each up first: 3.0 s against 1.2 s for MuSiQue), so writing a document,
+        looked each up first, over twice as slow), so writing a document,
         passage or entity that is already stored fails and commits nothing (``GraphRAG``
         deletes a changed document before writing it again). A batch's later documents may
         mention the entities its earlier ones bring."""

@@ -25,8 +25,8 @@ from typing import Any
 
 from expertrag.errors import InputError
 
-#: Per-forward overhead in token equivalents, measured on 2 CPU cores (MiniLM-L6: ~6 ms against
-#: ~0.14 ms per token; SmolLM2-135M: ~80 ms against ~1.4 ms per token).
+#: Per-forward overhead in token equivalents, measured on 2 CPU cores for MiniLM-L6 and
+#: SmolLM2-135M (benchmarks/RESULTS.md, "Model speed and dtype").
 CPU_OVERHEAD_TOKENS = 48
 #: On a GPU small batches leave the device idle; this makes the planner fill batches.
 CUDA_OVERHEAD_TOKENS = 2048

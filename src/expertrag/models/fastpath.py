@@ -1,21 +1,21 @@
-"""Serving fast paths that keep the model's numbers: measured on 2 CPU cores, SmolLM2-135M.
+"""Serving fast paths that keep the model's numbers (their speed-ups, measured on 2 CPU cores
+with SmolLM2-135M, are in benchmarks/RESULTS.md, "Model speed and dtype").
 
 ``install_lean_lora``: peft's ``lora.Linear.forward`` spends about as much time in Python
 (argument checks, dict pops, dropout and cast calls, four module calls) as in the two small
 LoRA matmuls. Serving one routed expert, the lean forward runs the very same tensor ops, in
 the same order, and nothing else, so its output is bitwise peft's (on a bf16 base too, where
 the adapters stay fp32 as peft serves them: for the few rows of a decode step an fp32 LoRA
-product plus two casts costs 14-26 us on 2 CPU cores, a bf16 one 40-44 us). Everything else (mixed
+product plus two casts measured cheaper than a bf16 one). Everything else (mixed
 batches via ``adapter_names``, DoRA and other variants, training, merged layers, hooks) goes
 to peft's own forward. A power-of-two ``scaling`` (alpha / r = 2 for the shipped experts) is
 folded into ``lora_B`` once, which is exact, so the multiply goes too.
 
-``install_fast_head``: the LM head is one ``[rows, 576] x [576, 49152]`` product per step.
-MKL runs ``F.linear(x, W)`` for 2-32 rows 2-4x slower than ``(W @ x.T).T``, the same dot
-products with the big matrix on the left (at 8 rows 57 ms against 16 ms, a quarter of a
-batched decode step). It is used for 2-64 rows: decode steps and last-position scoring. The
-two can differ in the last bits of a logit (the kernels sum in a different order), so a
-greedy pick could only change on a near-exact fp32 tie;
+``install_fast_head``: the LM head is one ``[rows, 576] x [576, 49152]`` product per step. MKL
+runs ``F.linear(x, W)`` for a few rows several times slower than ``(W @ x.T).T``, the same dot
+products with the big matrix on the left. It is used for 2-64 rows: decode steps and
+last-position scoring. The two can differ in the last bits of a logit (the kernels sum in a
+different order), so a greedy pick could only change on a near-exact fp32 tie;
 ``test_fast_paths_keep_greedy_tokens`` pins the answers on the real model. One row keeps
 ``F.linear``. CPU only, inference only (no grad); ``EXPERTRAG_FAST_HEAD=0`` turns it off.
 """

@@ -1,7 +1,8 @@
 """Resolve and load a base causal LM: embedded alias, GGUF file, local directory or hub id.
 
 A GGUF file is de-quantized by transformers (seconds to tens of seconds), so the result is
-cached once as safetensors together with its tokenizer; later loads read the cache (~1 s).
+cached once as safetensors together with its tokenizer; later loads read the cache, in about
+a second (benchmarks/RESULTS.md, "Model speed and dtype").
 """
 
 from __future__ import annotations
@@ -167,8 +168,9 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
     CPU that computes bf16 natively (AVX512-BF16, AMX) bfloat16, any other CPU float32.
 
     Decoding a small model on a CPU is bound by streaming its weights, so half the bytes per
-    weight decodes ~2x faster; on held-out questions the shipped experts answer as well in
-    bf16 as in fp32 (README, "Benchmarks"). Where bf16 is emulated it is slower than fp32."""
+    weight decodes faster; on held-out questions the shipped experts answer as well in bf16
+    as in fp32 (benchmarks/RESULTS.md, "Model speed and dtype"). Where bf16 is emulated it
+    is slower than fp32."""
     import torch
 
     if dtype is None or dtype == "auto":

@@ -1,27 +1,27 @@
 """Speculative greedy decoding with the model's own bf16 copy as the draft.
 
 On a CPU, one fp32 decoding step of a small model is bound by streaming its weights from
-memory: SmolLM2-135M (530 MB) takes ~55 ms per step on 2 Zen 5 cores whether the step feeds
-1 token or 8 (``benchmarks/probe_decode.py``). A bf16 copy of the same weights streams half
-the bytes (~28 ms per step where the CPU computes bf16 natively) and agrees with the fp32
-model on ~85-90% of greedy tokens. So the draft proposes ``k`` tokens, the fp32 model checks
-them all in one forward pass, and the longest agreeing prefix plus the fp32 model's own next
-token are kept: every kept token is the fp32 model's greedy choice at its position, so the
-output is the one eager greedy decoding gives (up to the last bits of a logit, where a
-multi-token forward sums in another order than a one-token one; ``test_speculative_*`` pin
-the tokens). Where the draft is wrong, the step costs about one fp32 step plus the draft's.
+memory: a step costs about the same whether it feeds 1 token or 8
+(``benchmarks/probe_decode.py``). A bf16 copy of the same weights streams half the bytes and
+agrees with the fp32 model on most greedy tokens. So the draft proposes ``k`` tokens, the fp32
+model checks them all in one forward pass, and the longest agreeing prefix plus the fp32
+model's own next token are kept: every kept token is the fp32 model's greedy choice at its
+position, so the output is the one eager greedy decoding gives (up to the last bits of a logit,
+where a multi-token forward sums in another order than a one-token one; ``test_speculative_*``
+pin the tokens). Where the draft is wrong, the step costs about one fp32 step plus the draft's.
 
-The gain is bounded by the draft's cost: a bf16 step is ~0.6 of an fp32 one here (the
+The gain is bounded by the draft's cost: a bf16 step costs well over half an fp32 one (the
 per-layer Python work does not halve), so at most 4 tokens are drafted per round (longer runs
-measured slower) and the loop measured ~1.15x eager on 8 chat prompts; transformers' own
-assisted generation (same draft) measured 0.9-1.2x. Only one row,
+measured slower) and the gain over eager decoding is small; it stays opt-in. Only one row,
 greedy, unconstrained decoding takes this path (``ExpertLLM`` decides); the draft is the bare
 base (no expert adapters): it only proposes, the served model (with its expert) decides.
 
 :class:`NgramDraft` proposes without a model (prompt lookup). It costs nothing to draft, but
-a verifying pass is not free on this CPU (57 ms for 1 token, 79 ms for 5, 92 ms for 9) and
-chat answers repeat few n-grams (1.07 tokens per pass), so it measured 0.97x eager on chat
-prompts and 0.91x on short grounded answers; it stays opt-in (``speculative="ngram"``).
+a verifying pass is not free on a CPU and chat answers repeat few n-grams, so it measured
+no faster than eager decoding; it stays opt-in (``speculative="ngram"``).
+
+Figures (acceptance, step costs, speed against eager decoding): benchmarks/RESULTS.md,
+"Model speed and dtype".
 """
 
 from __future__ import annotations

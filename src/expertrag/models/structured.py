@@ -1,9 +1,9 @@
 """Constrained decoding with xgrammar: JSON Schema, JSON mode and tool calls always parse.
 
-xgrammar was chosen after measuring it on SmolLM2-135M on 2 CPU cores: schema compilation
-takes milliseconds and the per-token mask costs no measurable throughput (17.9 vs 17.8 tok/s
-unconstrained in the probe; see benchmarks/bench_llm.py for the maintained figure), where
-lm-format-enforcer took ~86 s per JSON call. Tool calls reuse the same mechanism: a grammar
+xgrammar was chosen after measuring it against lm-format-enforcer on SmolLM2-135M: schema
+compilation is quick and the per-token mask costs little throughput, where lm-format-enforcer
+took over a minute per JSON call (figures in benchmarks/RESULTS.md, "Structured output" and
+"Model speed and dtype"). Tool calls reuse the same mechanism: a grammar
 that is either free text or ``<tool_call>`` + a JSON object matching one tool's schema.
 """
 

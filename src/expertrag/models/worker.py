@@ -1,8 +1,9 @@
 """One dedicated thread for all model work.
 
-Measured on 2-core machines: after `generate` ran on one thread, `generate` on another ran at
-~17 tok/s instead of ~29 (OpenMP pools). So every model call goes through one long-lived
-worker; sync callers wait on a Future, async callers await it without blocking the loop.
+After `generate` ran on one thread, `generate` on another thread decoded markedly slower on
+2-core machines (OpenMP thread pools; figures in benchmarks/RESULTS.md, "Model speed and
+dtype"). So every model call goes through one long-lived worker; sync callers wait on a Future,
+async callers await it without blocking the loop.
 The worker also serialises access to peft's global "active adapter" state, which makes the
 per-call expert choice safe under concurrency.
 """
