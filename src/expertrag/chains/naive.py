@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from expertrag.chains.base import check_question
 from expertrag.errors import InputError
 from expertrag.experts import RELEVANCE
 from expertrag.experts.card import EVIDENCE_GATE_KEY
@@ -152,13 +153,7 @@ class RAGPipeline:
         self.max_new_tokens = max_new_tokens
         self._evidence_gate = evidence_gate
 
-    @staticmethod
-    def _check_question(question: Any, where: str = "question") -> str:
-        if not isinstance(question, str):
-            raise InputError(f"{where} must be a string, got {type(question).__name__}")
-        if not question.strip():
-            raise InputError(f"{where} is empty")
-        return question.strip()
+    _check_question = staticmethod(check_question)
 
     def retrieve(self, question: str) -> list[Document]:
         """The ``k`` passages the answer will be grounded on."""

@@ -47,6 +47,13 @@ class JudgeResult:
     parts: list[float] = field(default_factory=list)
 
 
+def _verdict(score: float, parts: list[float], threshold: float, what: str) -> JudgeResult:
+    """A verdict from per-part scores: passing when ``score`` reaches ``threshold``; the
+    feedback counts the parts that do (``"2 of 3 contexts relevant"``)."""
+    good = sum(p >= threshold for p in parts)
+    return JudgeResult(score, score >= threshold, f"{good} of {len(parts)} {what}", parts)
+
+
 def _items(items: Sequence[EvalItem | dict[str, Any]]) -> list[EvalItem]:
     out = []
     for i, it in enumerate(items):
@@ -111,9 +118,7 @@ class ContextRelevanceJudge(_Judge):
                 out.append(JudgeResult(0.0, False, "no contexts were retrieved"))
                 continue
             score = max(scores) if self.reduce == "max" else sum(scores) / len(scores)
-            good = sum(s >= self.threshold for s in scores)
-            out.append(JudgeResult(score, score >= self.threshold,
-                                   f"{good} of {len(scores)} contexts relevant", scores))
+            out.append(_verdict(score, scores, self.threshold, "contexts relevant"))
         return out
 
 
@@ -163,9 +168,7 @@ class FaithfulnessJudge(_Judge):
             else:
                 parts = per[n]
                 score = min(parts) if self.reduce == "min" else sum(parts) / len(parts)
-                ok = sum(p >= self.threshold for p in parts)
-                out.append(JudgeResult(score, score >= self.threshold,
-                                       f"{ok} of {len(parts)} sentences supported", parts))
+                out.append(_verdict(score, parts, self.threshold, "sentences supported"))
         return out
 
 

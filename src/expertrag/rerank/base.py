@@ -45,6 +45,14 @@ def _check_top_n(top_n: int | None) -> None:
         raise InputError(f"top_n must be a positive integer or None, got {top_n!r}")
 
 
+def _rerank_args(query: str, documents: Sequence[Document],
+                 top_n: int | None) -> tuple[str, list[Document]]:
+    """The checked query and documents of a ``rerank`` call (``top_n`` checked too)."""
+    query = check_query(query)
+    _check_top_n(top_n)
+    return query, check_documents(documents)
+
+
 def rank_by_scores(
     documents: list[Document],
     scores: Sequence[float],
@@ -121,9 +129,7 @@ class Reranker(ABC):
     ) -> list[Document]:
         """Documents sorted by relevance (copies with ``score`` and
         ``metadata["rerank_score"]`` set), ties stable, cut to ``top_n`` and ``threshold``."""
-        query = check_query(query)
-        _check_top_n(top_n)
-        docs = check_documents(documents)
+        query, docs = _rerank_args(query, documents, top_n)
         if not docs:
             return []
         return rank_by_scores(docs, self.score(query, [d.text for d in docs]), top_n, threshold)
@@ -136,9 +142,7 @@ class Reranker(ABC):
         threshold: float | None = None,
     ) -> list[Document]:
         """Async :meth:`rerank`: the model runs off the event loop."""
-        query = check_query(query)
-        _check_top_n(top_n)
-        docs = check_documents(documents)
+        query, docs = _rerank_args(query, documents, top_n)
         if not docs:
             return []
         scores = await self.ascore(query, [d.text for d in docs])
