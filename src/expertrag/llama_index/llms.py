@@ -416,7 +416,11 @@ class ExpertLlamaLLM(FunctionCallingLLM):
                 for c in map(_tool_call_dict, calls)]
 
     # -- structured output: the pydantic schema goes to the core as a JSON schema ---------
-    def _structured_messages(self, prompt: BasePromptTemplate, **prompt_args: Any):
+    def _structured_messages(self, output_cls: type[BaseModel], prompt: BasePromptTemplate,
+                             **prompt_args: Any):
+        """Announce a structured prediction and build its messages."""
+        dispatcher.event(LLMStructuredPredictStartEvent(
+            output_cls=output_cls, template=prompt, template_args=prompt_args))
         return self._get_messages(prompt, **prompt_args)
 
     @dispatcher.span
@@ -427,9 +431,7 @@ class ExpertLlamaLLM(FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> BaseModel:
-        dispatcher.event(LLMStructuredPredictStartEvent(
-            output_cls=output_cls, template=prompt, template_args=prompt_args))
-        messages = self._structured_messages(prompt, **prompt_args)
+        messages = self._structured_messages(output_cls, prompt, **prompt_args)
         response = self.chat(messages, **(llm_kwargs or {}), json_schema=_schema(output_cls))
         result = output_cls.model_validate(response.raw["parsed"])
         dispatcher.event(LLMStructuredPredictEndEvent(output=result))
@@ -443,9 +445,7 @@ class ExpertLlamaLLM(FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> BaseModel:
-        dispatcher.event(LLMStructuredPredictStartEvent(
-            output_cls=output_cls, template=prompt, template_args=prompt_args))
-        messages = self._structured_messages(prompt, **prompt_args)
+        messages = self._structured_messages(output_cls, prompt, **prompt_args)
         response = await self.achat(messages, **(llm_kwargs or {}),
                                     json_schema=_schema(output_cls))
         result = output_cls.model_validate(response.raw["parsed"])
@@ -470,9 +470,7 @@ class ExpertLlamaLLM(FunctionCallingLLM):
         **prompt_args: Any,
     ) -> Generator[BaseModel, None, None]:
         """Yields partial (flexible) objects as JSON streams in, then the validated one."""
-        dispatcher.event(LLMStructuredPredictStartEvent(
-            output_cls=output_cls, template=prompt, template_args=prompt_args))
-        messages = self._structured_messages(prompt, **prompt_args)
+        messages = self._structured_messages(output_cls, prompt, **prompt_args)
         stream = self.stream_chat(messages, **(llm_kwargs or {}), json_schema=_schema(output_cls))
         for response in stream:
             if response.raw is not None:  # the final chunk: the validated object
@@ -491,9 +489,7 @@ class ExpertLlamaLLM(FunctionCallingLLM):
         llm_kwargs: dict[str, Any] | None = None,
         **prompt_args: Any,
     ) -> AsyncGenerator[BaseModel, None]:
-        dispatcher.event(LLMStructuredPredictStartEvent(
-            output_cls=output_cls, template=prompt, template_args=prompt_args))
-        messages = self._structured_messages(prompt, **prompt_args)
+        messages = self._structured_messages(output_cls, prompt, **prompt_args)
         stream = await self.astream_chat(messages, **(llm_kwargs or {}),
                                          json_schema=_schema(output_cls))
 

@@ -78,14 +78,22 @@ class ExpertRerank(BaseNodePostprocessor):
             out.append(NodeWithScore(node=node, score=doc.score))
         return out
 
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
+    def _nothing_to_rank(self, nodes: list[NodeWithScore],
+                         query_bundle: QueryBundle | None) -> bool:
+        """Start the rerank events; True (with the end event sent) when there are no nodes.
+        A missing query is a ValueError."""
         self._start(nodes, query_bundle)
         if query_bundle is None:
             raise ValueError("ExpertRerank needs a query (query_bundle or query_str)")
         if not nodes:
             dispatcher.event(ReRankEndEvent(nodes=[]))
+            return True
+        return False
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if self._nothing_to_rank(nodes, query_bundle):
             return []
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)
@@ -100,11 +108,7 @@ class ExpertRerank(BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        self._start(nodes, query_bundle)
-        if query_bundle is None:
-            raise ValueError("ExpertRerank needs a query (query_bundle or query_str)")
-        if not nodes:
-            dispatcher.event(ReRankEndEvent(nodes=[]))
+        if self._nothing_to_rank(nodes, query_bundle):
             return []
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)

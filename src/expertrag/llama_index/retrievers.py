@@ -7,8 +7,9 @@ from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
+from expertrag.llama_index.vector_store import to_node as _to_node
 from expertrag.retrieval.hybrid import HybridRetriever
 from expertrag.types import Document
 
@@ -22,13 +23,6 @@ def _to_document(item: Any) -> Any:
         return Document(text=item.get_content(metadata_mode=MetadataMode.NONE),
                         id=item.node_id, metadata=dict(item.metadata or {}))
     return item  # a core Document or a string
-
-
-def _to_node(doc: Document) -> NodeWithScore:
-    node = TextNode(text=doc.text, metadata=dict(doc.metadata or {}))
-    if doc.id:
-        node.id_ = doc.id
-    return NodeWithScore(node=node, score=doc.score)
 
 
 class ExpertHybridRetriever(BaseRetriever):
