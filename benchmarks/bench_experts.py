@@ -396,9 +396,10 @@ def main() -> None:
 
 
 def _attach(llm: Any, name: str, folder: Path) -> None:
+    from expertrag.experts import ExpertCard
+
     llm.add_expert(name, folder)
-    meta_path = folder / "expertrag_expert.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    meta = ExpertCard.read(folder, name).to_dict()
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 1e6
     train_s = meta.get("training", {}).get("seconds")
     print(f"expert {name}: {size:.1f} MB on disk, training time "

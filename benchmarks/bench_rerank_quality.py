@@ -126,10 +126,11 @@ class CachedEmbedder:
 
 def saw_msmarco(folder: Path) -> bool:
     """Whether an expert's record (``expertrag_expert.json``) lists MS MARCO training data."""
-    record = folder / "expertrag_expert.json"
-    if not record.is_file():
+    from expertrag.experts import EXPERT_METADATA, ExpertCard
+
+    if not (folder / EXPERT_METADATA).is_file():
         return True  # unknown provenance: score it on the held-out half to be safe
-    recipe = json.loads(record.read_text(encoding="utf-8")).get("recipe") or {}
+    recipe = ExpertCard.read(folder).recipe or {}
     sources = [b.get("source", "") for b in recipe.get("builders", [])]
     sources += [d.get("path", "") for d in recipe.get("data", [])]
     return any("msmarco" in str(src).lower() for src in sources)
