@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from expertrag.errors import InputError
+from expertrag.experts import CRITIC, RELEVANCE
 from expertrag.experts.grounded_qa import is_refusal, strip_citations
 
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -96,7 +97,7 @@ class ContextRelevanceJudge(_Judge):
 
     name = "context_relevance"
 
-    def __init__(self, llm: Any, expert: str = "relevance", reduce: str = "mean",
+    def __init__(self, llm: Any, expert: str = RELEVANCE, reduce: str = "mean",
                  threshold: float = 0.5, batch_size: int = 16) -> None:
         super().__init__(threshold)
         if reduce not in ("mean", "max"):
@@ -127,7 +128,7 @@ class FaithfulnessJudge(_Judge):
 
     name = "faithfulness"
 
-    def __init__(self, llm: Any, expert: str = "critic", reduce: str = "mean",
+    def __init__(self, llm: Any, expert: str = CRITIC, reduce: str = "mean",
                  threshold: float = 0.5, batch_size: int = 16, max_context_chars: int = 3000
                  ) -> None:
         super().__init__(threshold)
@@ -136,7 +137,7 @@ class FaithfulnessJudge(_Judge):
         from expertrag.reflection import Critic
 
         self.critic = Critic.shipped(llm, expert=expert, batch_size=batch_size) \
-            if expert == "critic" else Critic(llm, expert=expert, batch_size=batch_size)
+            if expert == CRITIC else Critic(llm, expert=expert, batch_size=batch_size)
         self.reduce = reduce
         self.max_context_chars = max_context_chars
 
@@ -186,7 +187,7 @@ class AnswerRelevanceJudge(_Judge):
     name = "answer_relevance"
     THRESHOLDS: ClassVar[dict[str, float]] = {"embedding": 0.19, "isuse": 0.5}
 
-    def __init__(self, llm: Any = None, expert: str = "critic", method: str = "embedding",
+    def __init__(self, llm: Any = None, expert: str = CRITIC, method: str = "embedding",
                  embedder: Any = None, threshold: float | None = None,
                  batch_size: int = 16) -> None:
         if method not in self.THRESHOLDS:
@@ -199,7 +200,7 @@ class AnswerRelevanceJudge(_Judge):
             from expertrag.reflection import Critic
 
             self.critic = Critic.shipped(llm, expert=expert, batch_size=batch_size) \
-                if expert == "critic" else Critic(llm, expert=expert, batch_size=batch_size)
+                if expert == CRITIC else Critic(llm, expert=expert, batch_size=batch_size)
         else:
             if embedder is None:
                 from expertrag.embeddings import Embedder

@@ -32,6 +32,7 @@ from expertrag.errors import InputError
 from expertrag.evaluation.datasets import answer_correct
 from expertrag.evaluation.metrics import contains, exact_match, token_f1
 from expertrag.evaluation.robustness import Case
+from expertrag.experts import GROUNDED_QA
 from expertrag.experts.grounded_qa import is_refusal, strip_citations
 from expertrag.types import Document
 
@@ -41,7 +42,7 @@ Factory = Callable[[Any, Any], Any]
 def _naive(llm: Any, retriever: Any, k: int = 5) -> Any:
     from expertrag.chains.naive import RAGPipeline
 
-    return RAGPipeline(llm, retriever, k=k, expert="grounded-qa", max_new_tokens=64)
+    return RAGPipeline(llm, retriever, k=k, expert=GROUNDED_QA, max_new_tokens=64)
 
 
 def _crag(llm: Any, retriever: Any, k: int = 5) -> Any:

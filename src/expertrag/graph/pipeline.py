@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from expertrag.errors import InputError
+from expertrag.experts import GROUNDED_QA
 from expertrag.types import Document
 
 
@@ -67,7 +68,7 @@ class GraphRetrieverAdapter:
 
 
 def graph_pipeline(llm: Any, graph: Any, mode: str = "ppr", k: int = 5,
-                   expert: str | None = "grounded-qa") -> Any:
+                   expert: str | None = GROUNDED_QA) -> Any:
     """A :class:`~expertrag.chains.naive.RAGPipeline` answering from ``graph`` with ``expert``."""
     from expertrag.chains.naive import RAGPipeline
 
@@ -116,5 +117,5 @@ def evaluation_factory(llm: Any, retriever: Any, k: int = 5) -> Any:
     case passages."""
     from expertrag.chains.naive import RAGPipeline
 
-    return RAGPipeline(llm, _CaseGraph(retriever), k=k, expert="grounded-qa",
+    return RAGPipeline(llm, _CaseGraph(retriever), k=k, expert=GROUNDED_QA,
                        max_new_tokens=64)
