@@ -17,6 +17,13 @@ from expertrag.langchain.chains import (
     lc_source,
 )
 from expertrag.langchain.chat_models import ChatExpertLLM
+from expertrag.langchain.decisions import (
+    DecisionCritic,
+    DecisionEvaluator,
+    ExpertDecisionModel,
+    critic_questions,
+    relevance_questions,
+)
 from expertrag.langchain.embeddings import ExpertEmbeddings
 from expertrag.langchain.evaluators import (
     ExpertEvaluator,
@@ -34,7 +41,10 @@ __all__ = [
     "ChatExpertLLM",
     "CorrectedContextRetriever",
     "CorrectiveRAGChain",
+    "DecisionCritic",
+    "DecisionEvaluator",
     "ExpertChromaRetriever",
+    "ExpertDecisionModel",
     "ExpertEmbeddings",
     "ExpertEvaluator",
     "ExpertGraphRetriever",
@@ -46,6 +56,8 @@ __all__ = [
     "chroma_vectorstore",
     "context_relevance_evaluator",
     "correctness_evaluator",
+    "critic_questions",
     "faithfulness_evaluator",
     "lc_source",
+    "relevance_questions",
 ]

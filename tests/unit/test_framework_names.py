@@ -260,7 +260,7 @@ def test_skins_import_without_langchain_community() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import langchain_expertrag, expertrag.langchain\n"
         "for m in ('chains', 'chat_models', 'embeddings', 'evaluators', 'graph', 'rerankers',"
-        " 'retrievers', 'vectorstores'):\n"
+        " 'retrievers', 'vectorstores', 'decisions'):\n"
         "    importlib.import_module('expertrag.langchain.' + m)\n"
         "assert not [m for m in sys.modules if m.startswith('langchain_community')]\n"
     )

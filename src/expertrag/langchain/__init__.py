@@ -8,11 +8,19 @@
   :class:`expertrag.retrieval.VectorStore`.
 - :class:`ExpertReranker` - ``BaseDocumentCompressor`` over any expertrag reranker, and
   :class:`ExpertHybridRetriever` - BM25 + dense fused by reciprocal rank fusion.
+- :class:`ExpertDecisionModel` - ``BaseDecisionModel`` (langchain-core >= 1.8): Noul, Choice
+  and Score questions answered from label probabilities, with the shipped experts' question
+  sets (:func:`relevance_questions`, :func:`critic_questions`).
 
 Needs ``pip install 'expertrag[langchain]'``.
 """
 
 from expertrag.langchain.chat_models import ChatExpertLLM
+from expertrag.langchain.decisions import (
+    ExpertDecisionModel,
+    critic_questions,
+    relevance_questions,
+)
 from expertrag.langchain.embeddings import ExpertEmbeddings
 from expertrag.langchain.rerankers import ExpertReranker
 from expertrag.langchain.retrievers import ExpertHybridRetriever
@@ -21,8 +29,11 @@ from expertrag.langchain.vectorstores import ExpertChromaRetriever, chroma_vecto
 __all__ = [
     "ChatExpertLLM",
     "ExpertChromaRetriever",
+    "ExpertDecisionModel",
     "ExpertEmbeddings",
     "ExpertHybridRetriever",
     "ExpertReranker",
     "chroma_vectorstore",
+    "critic_questions",
+    "relevance_questions",
 ]

@@ -24,6 +24,7 @@ from langchain_core.callbacks import (
     CallbackManagerForRetrieverRun,
 )
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.decisions import BaseDecisionModel
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -36,6 +37,7 @@ from expertrag.chains.corrective import CorrectedContext, CorrectiveRAG, CRAGCon
 from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResult
 from expertrag.config import as_config
 from expertrag.errors import InputError
+from expertrag.langchain.decisions import DecisionCritic, DecisionEvaluator
 from expertrag.langchain.rerankers import from_lc_document, to_lc_document
 from expertrag.models.worker import iterate_in_thread
 from expertrag.types import Document
@@ -55,6 +57,17 @@ def lc_source(source: Any) -> Any:
             return _tool_documents(source.invoke(query))[:k]
         return search
     return source
+
+
+def _evaluator(evaluator: Any) -> Any:
+    """A ``BaseDecisionModel`` as CRAG's evaluator; an expertrag reranker as it is."""
+    return DecisionEvaluator(evaluator) if isinstance(evaluator, BaseDecisionModel) \
+        else evaluator
+
+
+def _critic(critic: Any) -> Any:
+    """A ``BaseDecisionModel`` as Self-RAG's critic; an expertrag critic as it is."""
+    return DecisionCritic(critic) if isinstance(critic, BaseDecisionModel) else critic
 
 
 def _tool_documents(output: Any) -> list[Document]:
@@ -233,6 +246,8 @@ class CorrectiveRAGChain(_ChainRunnable):
     """CRAG as an LCEL ``Runnable``. ``stream`` yields the corrected context first, then the
     answer text as it is generated, then the citations (chunks add up to the ``invoke``
     output). ``config``: a :class:`CRAGConfig`, a dict of its settings or a saved one's path.
+    ``evaluator``: an expertrag reranker or any LangChain ``BaseDecisionModel`` (its P(yes)
+    for :func:`~expertrag.langchain.decisions.relevance_questions` meets the thresholds).
 
     >>> chain = CorrectiveRAGChain(llm, retriever, external=web_search_tool)
     >>> chain.invoke("When was the lighthouse built?")["answer"]
@@ -241,7 +256,8 @@ class CorrectiveRAGChain(_ChainRunnable):
     def __init__(self, llm: Any, retriever: Any, evaluator: Any = None, external: Any = None,
                  config: CRAGConfig | dict[str, Any] | str | None = None,
                  core: CorrectiveRAG | None = None) -> None:
-        self.core = core or CorrectiveRAG(llm, lc_source(retriever), evaluator=evaluator,
+        self.core = core or CorrectiveRAG(llm, lc_source(retriever),
+                                          evaluator=_evaluator(evaluator),
                                           external=None if external is None
                                           else lc_source(external),
                                           config=as_config(CRAGConfig, config))
@@ -267,12 +283,14 @@ class CorrectiveRAGChain(_ChainRunnable):
 class SelfRAGChain(_ChainRunnable):
     """Self-RAG as an LCEL ``Runnable``; the answer is chosen among candidates after all are
     scored, so ``stream`` yields the final answer once. ``config``: a :class:`SelfRAGConfig`,
-    a dict of its settings or a saved one's path."""
+    a dict of its settings or a saved one's path. ``critic``: an expertrag critic or any
+    LangChain ``BaseDecisionModel`` (asked
+    :func:`~expertrag.langchain.decisions.critic_questions`)."""
 
     def __init__(self, llm: Any, retriever: Any, critic: Any = None,
                  config: SelfRAGConfig | dict[str, Any] | str | None = None,
                  core: SelfRAG | None = None) -> None:
-        self.core = core or SelfRAG(llm, lc_source(retriever), critic=critic,
+        self.core = core or SelfRAG(llm, lc_source(retriever), critic=_critic(critic),
                                     config=as_config(SelfRAGConfig, config))
 
     def _convert(self, result: Any) -> dict[str, Any]:
@@ -301,7 +319,7 @@ class CorrectedContextRetriever(BaseRetriever):
     def core(self) -> CorrectiveRAG:
         if self._core is None:
             self._core = CorrectiveRAG(
-                self.llm, lc_source(self.retriever), evaluator=self.evaluator,
+                self.llm, lc_source(self.retriever), evaluator=_evaluator(self.evaluator),
                 external=None if self.external is None else lc_source(self.external),
                 config=as_config(CRAGConfig, self.config))
         return self._core
