@@ -329,6 +329,23 @@ def calibrate_thresholds(max_scores: Sequence[float], has_answer: Sequence[bool]
             "best_balanced_accuracy": balanced(best)}
 
 
+@dataclass
+class CRAGState:
+    """The corrected context of several questions between two stages (see
+    :meth:`CorrectiveRAG.stage_retrieve` and the stages after it)."""
+
+    questions: list[str]
+    retrieved: list[list[Document]]
+    scores: list[list[float]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    docs_scored: list[list[Document]] = field(default_factory=list)
+    strips: list[list[Strip]] = field(default_factory=list)
+    rewritten: dict[int, str] = field(default_factory=dict)
+    external: dict[int, list[Document]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    ext_strips: dict[int, list[Strip]] = field(default_factory=dict)
+
+
 class CorrectiveRAG:
     """CRAG over ``retriever`` (any source, see :mod:`expertrag.chains.base`), answering with
     ``llm`` (an :class:`~expertrag.models.ExpertLLM`).
@@ -431,61 +448,95 @@ class CorrectiveRAG:
         return out
 
     # ------------------------------------------------------------------ corrected context
-    def _correct_many(self, questions: list[str], trace: Trace) -> list[CorrectedContext]:
-        cfg = self.config
+    # The corrected context is built in stages, each a method over a CRAGState (for several
+    # questions at once): retrieve, grade, refine, external, assemble. _correct_many runs them
+    # in order; the LlamaIndex workflow runs each as a step of its own.
+    def stage_retrieve(self, questions: list[str], trace: Trace) -> CRAGState:
+        """Retrieve ``k`` documents per question."""
         with trace.stage("retrieve"):
-            retrieved = [call_source(self._retrieve, q, cfg.k, "retriever") for q in questions]
+            retrieved = [call_source(self._retrieve, q, self.config.k, "retriever")
+                         for q in questions]
+        return CRAGState(questions=list(questions), retrieved=retrieved)
+
+    def stage_grade(self, state: CRAGState, trace: Trace) -> CRAGState:
+        """Score every (question, document) pair in one batched pass; decide the actions."""
+        cfg = self.config
+        questions, retrieved = state.questions, state.retrieved
         pairs = [(q, d.text) for q, docs in zip(questions, retrieved, strict=True) for d in docs]
         flat = iter(self._score(pairs, trace, "evaluate"))
-        scores = [[next(flat) for _ in docs] for docs in retrieved]
-        actions = [decide(s, cfg.upper, cfg.lower) for s in scores]
-        trace.emit("actions", questions=questions, scores=scores, actions=actions)
-        docs_scored = [[replace(d, score=s, metadata={**d.metadata, "crag_score": s})
-                        for d, s in zip(docs, sc, strict=True)]
-                       for docs, sc in zip(retrieved, scores, strict=True)]
-        # internal knowledge: refine the documents at or above the refine floor (Correct /
-        # Ambiguous)
-        strips = [self._strips(docs, [i for i, s in enumerate(sc) if s >= cfg.refine_floor])
-                  if act != INCORRECT else []
-                  for docs, sc, act in zip(docs_scored, scores, actions, strict=True)]
-        self._score_strips(questions, strips, scores, trace)
-        # external knowledge: Incorrect (instead) and Ambiguous (beside)
-        wants = [i for i, a in enumerate(actions) if a != CORRECT and self._external]
-        rewritten: dict[int, str] = {}
-        external: dict[int, list[Document]] = {}
-        errors: dict[int, str] = {}
+        state.scores = [[next(flat) for _ in docs] for docs in retrieved]
+        state.actions = [decide(s, cfg.upper, cfg.lower) for s in state.scores]
+        trace.emit("actions", questions=questions, scores=state.scores, actions=state.actions)
+        state.docs_scored = [[replace(d, score=s, metadata={**d.metadata, "crag_score": s})
+                              for d, s in zip(docs, sc, strict=True)]
+                             for docs, sc in zip(retrieved, state.scores, strict=True)]
+        return state
+
+    def stage_refine(self, state: CRAGState, trace: Trace) -> CRAGState:
+        """Internal knowledge: split the documents at or above the refine floor (Correct /
+        Ambiguous) into strips and score them."""
+        cfg = self.config
+        state.strips = [
+            self._strips(docs, [i for i, s in enumerate(sc) if s >= cfg.refine_floor])
+            if act != INCORRECT else []
+            for docs, sc, act in zip(state.docs_scored, state.scores, state.actions,
+                                     strict=True)]
+        self._score_strips(state.questions, state.strips, state.scores, trace)
+        return state
+
+    def stage_external(self, state: CRAGState, trace: Trace) -> CRAGState:
+        """External knowledge for Incorrect (instead) and Ambiguous (beside): rewrite the
+        query, search, split and score the strips."""
+        cfg, questions = self.config, state.questions
+        wants = [i for i, a in enumerate(state.actions) if a != CORRECT and self._external]
         if wants:
             for i, query in zip(wants, self._rewrite([questions[i] for i in wants], trace),
                                 strict=True):
-                rewritten[i] = query
+                state.rewritten[i] = query
                 try:
                     with trace.stage("external"):
-                        external[i] = call_source(self._external, query, cfg.external_k,
-                                                  "external source", cfg.external_timeout)
+                        state.external[i] = call_source(self._external, query,
+                                                        cfg.external_k, "external source",
+                                                        cfg.external_timeout)
                 except ChainError as exc:  # recorded; the question goes on without it
-                    errors[i] = str(exc)
-                    external[i] = []
-        ext_strips = {i: self._strips(docs, range(len(docs)), external=True)
-                      for i, docs in external.items()}
+                    state.errors[i] = str(exc)
+                    state.external[i] = []
+        state.ext_strips = {i: self._strips(docs, range(len(docs)), external=True)
+                            for i, docs in state.external.items()}
+        order = sorted(state.ext_strips)
+        self._score_strips([questions[i] for i in order],
+                           [state.ext_strips[i] for i in order],
+                           [[float("nan")] * len(state.external[i]) for i in order], trace)
+        return state
+
+    def stage_assemble(self, state: CRAGState, trace: Trace) -> list[CorrectedContext]:
+        """Select the strips (pair-aware when ``select="pair"``) and recompose them into
+        each question's passages."""
+        questions, strips, ext_strips = state.questions, state.strips, state.ext_strips
         order = sorted(ext_strips)
-        self._score_strips([questions[i] for i in order], [ext_strips[i] for i in order],
-                           [[float("nan")] * len(external[i]) for i in order], trace)
-        if cfg.select == "pair":
+        if self.config.select == "pair":
             self._score_joint([*questions, *(questions[i] for i in order)],
                               [*strips, *(ext_strips[i] for i in order)], trace)
         out = []
         for i, question in enumerate(questions):
-            passages = self._recompose(docs_scored[i], strips[i], scores[i]) if strips[i] \
-                else []
+            passages = self._recompose(state.docs_scored[i], strips[i], state.scores[i]) \
+                if strips[i] else []
             if ext_strips.get(i):
-                passages += self._recompose(external[i], ext_strips[i], [],
+                passages += self._recompose(state.external[i], ext_strips[i], [],
                                             fallback=not passages)
             out.append(CorrectedContext(
-                question=question, action=actions[i], documents=docs_scored[i],
-                scores=scores[i], strips=strips[i] + ext_strips.get(i, []), passages=passages,
-                rewritten_query=rewritten.get(i), external_documents=external.get(i, []),
-                external_error=errors.get(i)))
+                question=question, action=state.actions[i], documents=state.docs_scored[i],
+                scores=state.scores[i], strips=strips[i] + ext_strips.get(i, []),
+                passages=passages, rewritten_query=state.rewritten.get(i),
+                external_documents=state.external.get(i, []),
+                external_error=state.errors.get(i)))
         return out
+
+    def _correct_many(self, questions: list[str], trace: Trace) -> list[CorrectedContext]:
+        state = self.stage_retrieve(questions, trace)
+        for stage in (self.stage_grade, self.stage_refine, self.stage_external):
+            state = stage(state, trace)
+        return self.stage_assemble(state, trace)
 
     def _score_strips(self, questions: list[str], strips: list[list[Strip]],
                       doc_scores: list[list[float]], trace: Trace) -> None:
@@ -572,13 +623,18 @@ class CorrectiveRAG:
         trace = Trace(listener=listener)
         ctx = self._correct_many([question], trace)[0]
         yield ctx
+        yield from self.stage_generate(ctx, trace)
+
+    def stage_generate(self, ctx: CorrectedContext, trace: Trace) -> Iterator[Any]:
+        """The answer from a corrected context: its text pieces as they are generated (str),
+        then the :class:`CRAGResult` (the refusal when there are no passages)."""
         if not ctx.passages:
             yield REFUSAL
             yield self._result(ctx, None, trace)
             return
         final = None
         with trace.stage("generate"):
-            for chunk in self.llm.stream(build_messages(question, ctx.passages),
+            for chunk in self.llm.stream(build_messages(ctx.question, ctx.passages),
                                          expert=self.config.expert,
                                          max_new_tokens=self.config.max_new_tokens):
                 if chunk.text:

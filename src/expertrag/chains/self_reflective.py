@@ -211,6 +211,18 @@ class NativeCritic:
 
 
 # ------------------------------------------------------------------------------ the chain
+@dataclass
+class SelfRAGState:
+    """Self-RAG's work on several questions between two stages (see
+    :meth:`SelfRAG.stage_decide` and the stages after it)."""
+
+    questions: list[str]
+    probabilities: list[float]
+    retrieve: list[bool]
+    docs: list[list[Document]] = field(default_factory=list)
+    candidates: list[list[Candidate]] = field(default_factory=list)
+
+
 class SelfRAG:
     """Self-RAG over ``retriever`` (any source, see :mod:`expertrag.chains.base`) with
     ``llm`` (an :class:`~expertrag.models.ExpertLLM`).
@@ -293,25 +305,51 @@ class SelfRAG:
         checked = [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
         if not checked:
             return []
-        cfg = self.config
         trace = Trace(listener=listener)
+        state = self.stage_decide(checked, trace)
+        state = self.stage_retrieve(state, trace)
+        state = self.stage_candidates(state, trace)
+        return self.stage_select(state, trace.share(len(checked)))
+
+    # The answer is built in stages over a SelfRAGState (for several questions at once):
+    # decide, retrieve, candidates (generated and critiqued), select. answer_many runs them
+    # in order; the LlamaIndex workflow runs each as a step of its own.
+    def stage_decide(self, questions: list[str], trace: Trace) -> SelfRAGState:
+        """The critic's Retrieve judgement, and whether to retrieve, per question."""
+        cfg = self.config
         probs = [self.retrieve_probability(j) for j in self._judge(
-            RETRIEVE, [{"question": q} for q in checked], trace)]
+            RETRIEVE, [{"question": q} for q in questions], trace)]
         retrieve = [cfg.always_retrieve or p > cfg.retrieve_threshold for p in probs]
-        trace.emit("retrieve_decision", questions=checked, probabilities=probs,
+        trace.emit("retrieve_decision", questions=questions, probabilities=probs,
                    retrieve=retrieve)
+        return SelfRAGState(questions=list(questions), probabilities=probs, retrieve=retrieve)
+
+    def stage_retrieve(self, state: SelfRAGState, trace: Trace) -> SelfRAGState:
+        """``k`` documents for each question that retrieves."""
         with trace.stage("retrieve"):
-            docs = [call_source(self._retrieve, q, cfg.k, "retriever") if r else []
-                    for q, r in zip(checked, retrieve, strict=True)]
-        if cfg.mode == "long":
-            cands = self._long_form(checked, docs, retrieve, trace)
+            state.docs = [call_source(self._retrieve, q, self.config.k, "retriever") if r
+                          else [] for q, r in zip(state.questions, state.retrieve, strict=True)]
+        return state
+
+    def stage_candidates(self, state: SelfRAGState, trace: Trace) -> SelfRAGState:
+        """Candidate answers, each generated and critiqued (IsRel, IsSup, IsUse) and
+        scored."""
+        if self.config.mode == "long":
+            state.candidates = self._long_form(state.questions, state.docs, state.retrieve,
+                                               trace)
         else:
-            cands = self._short_form(checked, docs, retrieve, trace)
-        share = trace.share(len(checked))
-        out = []
-        for q, r, p, mine in zip(checked, retrieve, probs, cands, strict=True):
+            state.candidates = self._short_form(state.questions, state.docs, state.retrieve,
+                                                trace)
+        for mine in state.candidates:
             for c in mine:
                 c.score = self._score(c)
+        return state
+
+    def stage_select(self, state: SelfRAGState, trace: Trace) -> list[SelfRAGResult]:
+        """The best-scored candidate of each question, with its citations."""
+        out = []
+        for q, r, p, mine in zip(state.questions, state.retrieve, state.probabilities,
+                                 state.candidates, strict=True):
             best = max(range(len(mine)), key=lambda i: (mine[i].score, -i))
             chosen = mine[best]
             refused = is_refusal(chosen.text)
@@ -319,8 +357,8 @@ class SelfRAG:
                 else []
             out.append(SelfRAGResult(question=q, answer=chosen.text, citations=citations,
                                      retrieved=r, retrieve_probability=p, candidates=mine,
-                                     best=best, refused=refused, seconds=dict(share.seconds),
-                                     calls=dict(share.calls)))
+                                     best=best, refused=refused, seconds=dict(trace.seconds),
+                                     calls=dict(trace.calls)))
         return out
 
     def _no_retrieval(self, questions: list[str], trace: Trace) -> list[Candidate]:

@@ -123,6 +123,35 @@ def _node(doc: Document) -> NodeWithScore:
     return _to_node(doc)
 
 
+def crag_response(result: CRAGResult) -> Response:
+    """A CRAG result as a ``Response``: the cited passages as ``source_nodes``, the
+    action, scores and context in ``metadata``."""
+    ctx = result.context
+    return Response(response=result.answer,
+                    source_nodes=[_node(d) for d in result.citations],
+                    metadata={"action": result.action, "scores": list(ctx.scores),
+                              "rewritten_query": ctx.rewritten_query,
+                              "external_error": ctx.external_error,
+                              "refused": result.refused, "seconds": result.seconds,
+                              "calls": result.calls,
+                              "context": [d.text for d in ctx.passages]})
+
+
+def selfrag_response(result: SelfRAGResult) -> Response:
+    """A Self-RAG result as a ``Response``: the cited passages as ``source_nodes``, the
+    retrieve decision and the scored candidates in ``metadata``."""
+    return Response(response=result.answer,
+                    source_nodes=[_node(d) for d in result.citations],
+                    metadata={"retrieved": result.retrieved,
+                              "retrieve_probability": result.retrieve_probability,
+                              "candidates": [{"text": c.text, "score": c.score,
+                                              "isrel": c.isrel, "issup": c.issup,
+                                              "isuse": c.isuse}
+                                             for c in result.candidates],
+                              "refused": result.refused, "seconds": result.seconds,
+                              "calls": result.calls})
+
+
 class CorrectedContextRetriever(BaseRetriever):
     """CRAG's corrected context as a LlamaIndex retriever: graded, refined and completed
     nodes (at most ``k``; documents judged irrelevant are dropped). ``config``: a
@@ -197,15 +226,7 @@ class CorrectiveRAGQueryEngine(_ChainQueryEngine):
         super().__init__(core, callback_manager)
 
     def _response(self, result: CRAGResult) -> Response:
-        ctx = result.context
-        return Response(response=result.answer,
-                        source_nodes=[_node(d) for d in result.citations],
-                        metadata={"action": result.action, "scores": list(ctx.scores),
-                                  "rewritten_query": ctx.rewritten_query,
-                                  "external_error": ctx.external_error,
-                                  "refused": result.refused, "seconds": result.seconds,
-                                  "calls": result.calls,
-                                  "context": [d.text for d in ctx.passages]})
+        return crag_response(result)
 
 
 class SelfRAGQueryEngine(_ChainQueryEngine):
@@ -221,13 +242,4 @@ class SelfRAGQueryEngine(_ChainQueryEngine):
                                  config=as_config(SelfRAGConfig, config)), callback_manager)
 
     def _response(self, result: SelfRAGResult) -> Response:
-        return Response(response=result.answer,
-                        source_nodes=[_node(d) for d in result.citations],
-                        metadata={"retrieved": result.retrieved,
-                                  "retrieve_probability": result.retrieve_probability,
-                                  "candidates": [{"text": c.text, "score": c.score,
-                                                  "isrel": c.isrel, "issup": c.issup,
-                                                  "isuse": c.isuse}
-                                                 for c in result.candidates],
-                                  "refused": result.refused, "seconds": result.seconds,
-                                  "calls": result.calls})
+        return selfrag_response(result)

@@ -1,8 +1,10 @@
 """LlamaIndex query-engine integration: Corrective RAG and Self-RAG as ``BaseQueryEngine``s,
 with the instrumentation events they emit and :func:`llama_source`, which turns a LlamaIndex
-retriever or tool into a document source for them.
+retriever or tool into a document source for them; and the same chains as Workflows, with
+their typed events.
 
-Re-exports of :mod:`expertrag.llama_index.chains` (same objects).
+Re-exports of :mod:`expertrag.llama_index.chains` and :mod:`expertrag.llama_index.workflows`
+(same objects).
 """
 
 from expertrag.llama_index.chains import (
@@ -13,12 +15,36 @@ from expertrag.llama_index.chains import (
     SelfRAGRetrieveEvent,
     llama_source,
 )
+from expertrag.llama_index.workflows import (
+    AnswerDeltaEvent,
+    CorrectiveRAGWorkflow,
+    CRAGContextEvent,
+    CRAGExternalEvent,
+    CRAGGradedEvent,
+    CRAGRefinedEvent,
+    CRAGRetrievedEvent,
+    SelfRAGCandidatesEvent,
+    SelfRAGDecisionEvent,
+    SelfRAGRetrievedEvent,
+    SelfRAGWorkflow,
+)
 
 __all__ = [
+    "AnswerDeltaEvent",
     "CRAGActionEvent",
+    "CRAGContextEvent",
+    "CRAGExternalEvent",
+    "CRAGGradedEvent",
+    "CRAGRefinedEvent",
+    "CRAGRetrievedEvent",
     "ChainStageEvent",
     "CorrectiveRAGQueryEngine",
+    "CorrectiveRAGWorkflow",
+    "SelfRAGCandidatesEvent",
+    "SelfRAGDecisionEvent",
     "SelfRAGQueryEngine",
     "SelfRAGRetrieveEvent",
+    "SelfRAGRetrievedEvent",
+    "SelfRAGWorkflow",
     "llama_source",
 ]
