@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from expertrag.rag import INSTRUCTIONS, build_messages
+from expertrag.experts.grounded_qa import INSTRUCTIONS, build_messages
 from expertrag.types import Document
 
 __all__ = [

@@ -10,10 +10,10 @@ import expertrag
 
 FLOORS = {
     "types": 0, "errors": 0, "config": 0, "datasets": 0,
-    "experts": 1,
+    "experts": 1, "compat": 1, "prompt_format": 1,
     "models": 2, "embeddings": 2,
     "retrieval": 3, "rerank": 3, "ingest": 3,
-    "chains": 4, "graph": 4, "reflection": 4, "rag": 4,
+    "chains": 4, "graph": 4, "reflection": 4, "rag": 4, "decisions": 4,
     "evaluation": 5,
     "training": 6,
     "langchain": 7, "llama_index": 7, "cli": 7,
