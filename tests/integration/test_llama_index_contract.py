@@ -41,7 +41,7 @@ def embed_model():
 
 @pytest.fixture(scope="module")
 def llm():
-    return ExpertLlamaLLM(base_model="smollm2-135m-instruct", max_new_tokens=32)
+    return ExpertLlamaLLM(model="smollm2-135m-instruct", max_new_tokens=32)
 
 
 def test_embedding_contract(embed_model):
@@ -103,7 +103,7 @@ def test_predict_and_call_invokes_the_tool(llm):
 async def test_function_agent_loop():
     from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 
-    llm = ExpertLlamaLLM(base_model="smollm2-135m-instruct", max_new_tokens=64)  # shared weights
+    llm = ExpertLlamaLLM(model="smollm2-135m-instruct", max_new_tokens=64)  # shared weights
     calls.clear()
     agent = FunctionAgent(
         tools=[FunctionTool.from_defaults(fn=multiply)],

@@ -257,7 +257,7 @@ def test_the_framework_skins_take_a_server_client(server):
     from expertrag.langchain import ChatExpertLLM
     from expertrag.llama_index import ExpertLlamaLLM
 
-    chat = ChatExpertLLM.from_core(server, model="grounded-qa")
+    chat = ChatExpertLLM.from_core(server, expert="grounded-qa")
     assert chat.invoke("Where is the Eiffel tower?").content == "Paris [1]."
     assert Fake.requests[-1]["model"] == "grounded-qa"
     llm = ExpertLlamaLLM.from_core(server)
