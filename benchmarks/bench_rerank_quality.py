@@ -39,14 +39,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 
 def load_beir(folder: Path, max_queries: int | None) -> tuple[list[Any], dict[str, str],
                                                                  dict[str, dict[str, int]]]:
+    from expertrag.datasets import read_jsonl
     from expertrag.types import Document
 
-    corpus = []
-    with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            text = (row.get("title", "") + " " + row["text"]).strip()
-            corpus.append(Document(text=text, id=str(row["_id"])))
+    corpus = [Document(text=(row.get("title", "") + " " + row["text"]).strip(),
+                       id=str(row["_id"])) for row in read_jsonl(folder / "corpus.jsonl")]
     qrels: dict[str, dict[str, int]] = {}
     with (folder / "qrels" / "test.tsv").open(encoding="utf-8") as fh:
         for line in fh:
@@ -54,12 +51,8 @@ def load_beir(folder: Path, max_queries: int | None) -> tuple[list[Any], dict[st
             if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
                 continue  # tolerate a header line
             qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    queries = {}
-    with (folder / "queries.jsonl").open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if str(row["_id"]) in qrels:
-                queries[str(row["_id"])] = row["text"]
+    queries = {str(row["_id"]): row["text"] for row in read_jsonl(folder / "queries.jsonl")
+               if str(row["_id"]) in qrels}
     if max_queries:
         queries = dict(list(queries.items())[:max_queries])
     return corpus, queries, qrels
@@ -175,7 +168,7 @@ def main() -> int:
 
         expert_path = args.expert_path or shipped_experts().get("relevance")
     if args.heldout_only or (expert_path and saw_msmarco(Path(expert_path))):
-        from expertrag.training.data import msmarco_part
+        from expertrag.datasets import msmarco_part
 
         # the relevance expert trained on the other half of the queries: score it only here
         queries = {q: t for q, t in queries.items() if msmarco_part(q) == "heldout"}
