@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from expertrag.evaluation.answer_sets import PerQuestionRetriever
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,22 +36,10 @@ def fmt(v: float) -> str:
 
 
 # ---------------------------------------------------------------------------- chain set-ups
-class Routed:
-    """One retriever per question (each HotpotQA item searches its own paragraphs)."""
-
-    def __init__(self, retrievers: dict[str, Any]) -> None:
-        self.retrievers = retrievers
-
-    def retrieve(self, query: str, k: int = 4) -> list[Any]:
-        return self.retrievers[query.strip()].retrieve(query, k)
-
-    def query(self, text: str, k: int = 4) -> list[Any]:  # RAGPipeline's interface
-        return self.retrieve(text, k)
-
-
 def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int,
-                 start: int = 120) -> tuple[list[Any], Routed, Any, list[bool]]:
+                 start: int = 120) -> tuple[list[Any], PerQuestionRetriever, Any, list[bool]]:
     from expertrag.datasets import HOTPOT_TEST, load_hotpot_test
+    from expertrag.evaluation.answer_sets import PerQuestionRetriever
     from expertrag.evaluation.datasets import hotpot_items
     from expertrag.retrieval.hybrid import HybridRetriever
 
@@ -68,7 +59,7 @@ def hotpot_setup(data_dir: Path, n: int, embedder: Any, k: int,
     others = hotpot_items(rows[300:400])
     pool += [d for it in others for d in it.gold + it.distractors]
     external = HybridRetriever(pool, embedder=embedder, k=k)
-    return items, Routed(retrievers), external, has_answer
+    return items, PerQuestionRetriever(retrievers), external, has_answer
 
 
 def musique_setup(data_dir: Path, n: int, embedder: Any, k: int) -> tuple[list[Any], Any]:
