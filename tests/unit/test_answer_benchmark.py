@@ -228,6 +228,8 @@ def test_per_question_retriever_routes_by_question_text():
 
 # ---------------------------------------------------------------------------- scoring
 def _bench():
+    if str(BENCH) not in sys.path:  # the script imports its shared helpers from _common
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location("bench_answers", BENCH / "bench_answers.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_answers"] = module  # its dataclasses look their module up
