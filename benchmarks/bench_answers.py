@@ -15,6 +15,11 @@ chains (CRAG, Self-RAG) retrieve for themselves from the same retriever with the
   too): answers are generated with the refusal barred and P(refusal) recorded, and the gate
   (the expert's own threshold, or ``--gate NAME=T``) is applied afterwards, which gives the
   same answers as gating while generating (the gate only bars the refusal's first token).
+- ``grounded-qa+evidence`` (any ``EXPERT+evidence``): the same answers behind the evidence
+  gate of ``RAGPipeline(evidence_gate="auto")``: the ``relevance`` expert scores every
+  passage (one batched forward pass, scores cached) and the answer is the refusal when the
+  best passage scores below the expert card's floor (or ``--evidence-gate NAME=T``); past the
+  gate the expert's own refusal is barred (the card's ``refusal_threshold`` 1.0) or gated.
 - ``crag``, ``self-rag``: the chains with their shipped defaults (k as above).
 
 Per system and set: exact match, token F1 and answer contained over the answerable questions
@@ -28,6 +33,8 @@ excludes 0.
     python benchmarks/bench_answers.py --data-dir ../shared/data --split test
     python benchmarks/bench_answers.py --data-dir ../shared/data --split calibration \\
         --systems base-plain,base-plain-brief,base-project,grounded-qa --calibrate-gate grounded-qa
+    python benchmarks/bench_answers.py --data-dir ../shared/data --split calibration \\
+        --systems base-plain,grounded-qa+evidence --calibrate-evidence grounded-qa
 """
 
 from __future__ import annotations
@@ -80,6 +87,17 @@ def project_prompt(question: str, passages: Sequence[Any]) -> list[dict[str, str
 
 
 # ------------------------------------------------------------------------------ systems
+@dataclass(frozen=True)
+class Evidence:
+    """An evidence gate as the benchmark applies it: refuse when the best passage's
+    P(relevant) is below ``threshold``; past it, the expert's own gate applies only when
+    ``refusal_threshold`` is None (1.0 bars the refusal, as ``RAGPipeline`` does)."""
+
+    threshold: float
+    refusal_threshold: float | None = 1.0
+    scorer: str = "relevance"
+
+
 @dataclass
 class System:
     """One answerer: a prompt and an expert over given passages, or a chain."""
@@ -90,6 +108,7 @@ class System:
     expert: str | None = None
     chain: str | None = None  # "crag" / "self-rag"
     gate: float | None = None  # applied afterwards to forced answers (experts with a gate)
+    evidence: Evidence | None = None  # the evidence gate in front of the expert
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,7 +121,8 @@ def expert_fingerprint(folder: Path) -> str:
 
 
 def build_systems(names: list[str], llm: Any, candidates: dict[str, Path],
-                  gates: dict[str, float]) -> list[System]:
+                  gates: dict[str, float], evidence: dict[str, float] | None = None
+                  ) -> list[System]:
     from expertrag.experts import shipped_experts
 
     folders = {**shipped_experts(), **candidates}  # a candidate may stand in for a shipped one
@@ -120,14 +140,34 @@ def build_systems(names: list[str], llm: Any, candidates: dict[str, Path],
             out.append(System(name, f"{name}-{prints}", chain=name))
         else:
             expert = name.split(":", 1)[1] if name.startswith("expert:") else name
+            expert, plus, rest = expert.partition("+")
+            if plus and rest != "evidence":
+                raise SystemExit(f"error: unknown system {name!r} (EXPERT+evidence is the one "
+                                 "variant)")
             if expert not in getattr(llm, "experts", []):
                 raise SystemExit(f"error: no expert named {expert!r} (attached: "
                                  f"{', '.join(folders)}; add one with --expert NAME=PATH)")
             folder = folders[expert]
             threshold = gates.get(expert, _own_gate(llm, expert))
-            out.append(System(expert, f"expert-{expert}-{expert_fingerprint(folder)}",
-                              project_prompt, expert=expert, gate=threshold))
+            gate = _evidence_gate(llm, expert, (evidence or {}).get(expert)) if plus else None
+            if plus and gate is None:
+                raise SystemExit(f"error: {expert} has no evidence gate on its card; give one "
+                                 f"with --evidence-gate {expert}=T")
+            out.append(System(name if plus else expert,
+                              f"expert-{expert}-{expert_fingerprint(folder)}",
+                              project_prompt, expert=expert, gate=threshold, evidence=gate))
     return out
+
+
+def _evidence_gate(llm: Any, expert: str, threshold: float | None) -> Evidence | None:
+    """The card's evidence gate, its floor replaced by ``threshold`` when given."""
+    from expertrag.experts.card import EVIDENCE_GATE_KEY
+
+    spec = (llm.expert_info(expert).get("metadata") or {}).get(EVIDENCE_GATE_KEY) or {}
+    if threshold is None and "threshold" not in spec:
+        return None
+    return Evidence(float(spec["threshold"]) if threshold is None else threshold,
+                    spec.get("refusal_threshold", 1.0), str(spec.get("expert", "relevance")))
 
 
 def _own_gate(llm: Any, expert: str) -> float | None:
@@ -160,6 +200,38 @@ class AnswerCache:
                 self.records[r["id"]] = r
             handle.flush()
             os.fsync(handle.fileno())
+
+
+class EvidenceCache(AnswerCache):
+    """Per scorer, set and split, each case's passage scores (P(relevant), in passage order)."""
+
+    def __init__(self, folder: Path, llm: Any, scorer: str, set_name: str, split: str) -> None:
+        from expertrag.experts import shipped_experts
+
+        source = llm.expert_info(scorer).get("path") or shipped_experts()[scorer]
+        key = f"evidence-{scorer}-{expert_fingerprint(Path(source))}"
+        super().__init__(folder, System(scorer, key), set_name, split)
+
+
+def run_evidence(aset: Any, llm: Any, scorer: str, cache: EvidenceCache,
+                 batch: int) -> list[list[float]]:
+    """Every case's passage scores from the relevance expert, scoring what the cache lacks."""
+    from tqdm import tqdm
+
+    from expertrag.chains.naive import EvidenceGate
+    from expertrag.rerank.llm import LLMReranker
+
+    cases = aset.cases
+    todo = [i for i, c in enumerate(cases) if c.id not in cache.records]
+    if todo:
+        gate = EvidenceGate(LLMReranker.with_relevance_expert(llm, expert=scorer), 0.5)
+        passages = aset.passages()
+        for s in tqdm(range(0, len(todo), batch), desc=f"evidence / {aset.name}", unit="batch"):
+            chunk = todo[s:s + batch]
+            scores = gate.scores([cases[i].question for i in chunk], [passages[i] for i in chunk])
+            cache.add([{"id": cases[i].id, "scores": sc}
+                       for i, sc in zip(chunk, scores, strict=True)])
+    return [cache.records[c.id]["scores"] for c in cases]
 
 
 def run_system(system: System, aset: Any, llm: Any, cache: AnswerCache,
@@ -205,10 +277,22 @@ def _chain(system: System, llm: Any, aset: Any) -> Any:
     return SelfRAG(llm, aset.retriever, config=SelfRAGConfig(k=aset.k))
 
 
-def final_answer(record: dict[str, Any], gate: float | None) -> str:
-    """The answer the system gives: with a gate, the refusal where P(refusal) reaches it."""
+def final_answer(record: dict[str, Any], gate: float | None,
+                 evidence: Evidence | None = None) -> str:
+    """The answer the system gives: with a gate, the refusal where P(refusal) reaches it;
+    with an evidence gate (``record["evidence"]``: its passages' P(relevant)), the refusal
+    where no passage reaches the floor, and the own gate past it only when the evidence gate
+    keeps it."""
     from expertrag.rag import REFUSAL
 
+    if evidence is not None:
+        scores = record.get("evidence")
+        if scores is None:
+            raise ValueError(f"{record['id']}: no evidence scores for the evidence gate")
+        if not scores or max(scores) < evidence.threshold:
+            return REFUSAL
+        if evidence.refusal_threshold is not None:
+            gate = evidence.refusal_threshold
     p = record.get("p_refusal")
     if gate is not None and p is not None and p >= gate:
         return REFUSAL
@@ -216,7 +300,8 @@ def final_answer(record: dict[str, Any], gate: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------ scoring
-def score(records: list[dict[str, Any]], aset: Any, gate: float | None) -> dict[str, Any]:
+def score(records: list[dict[str, Any]], aset: Any, gate: float | None,
+          evidence: Evidence | None = None) -> dict[str, Any]:
     """Per-question scores and the set's figures for one system."""
     from expertrag.evaluation.metrics import contains, exact_match, token_f1
     from expertrag.rag import is_refusal, strip_citations
@@ -224,7 +309,7 @@ def score(records: list[dict[str, Any]], aset: Any, gate: float | None) -> dict[
     present = aset.present()
     per = []
     for case, record, here in zip(aset.cases, records, present, strict=True):
-        text = final_answer(record, gate)
+        text = final_answer(record, gate, evidence)
         refused = is_refusal(text)
         plain = strip_citations(text)
         ok = case.answerable and not refused
@@ -278,6 +363,60 @@ def calibrate_gate(records_by_set: dict[str, list[dict[str, Any]]], sets: dict[s
             refuse.append(not here)
             groups.append(name)
     return pick_threshold(probs, refuse, max_false_refusals=cap, groups=groups)
+
+
+def calibrate_evidence(records_by_set: dict[str, list[dict[str, Any]]], sets: dict[str, Any],
+                       cap: float, own_gate: float | None) -> dict[str, Any]:
+    """The evidence gate's relevance floor of best balanced accuracy over the calibration
+    sets pooled, false refusals within ``cap`` on every set; chosen for both ways past the
+    gate (the expert's refusal barred, or kept under its own gate) and the better one kept."""
+    from expertrag.training.gate import pick_threshold
+
+    rows = [(name, record, here) for name, records in records_by_set.items()
+            for record, here in zip(records, sets[name].present(), strict=True)]
+    refuse = [not here for _, _, here in rows]
+    groups = [name for name, _, _ in rows]
+    best = [max(r["evidence"]) if r["evidence"] else 0.0 for _, r, _ in rows]
+    options = {}
+    for mode, refusal_threshold in (("barred", 1.0), ("own gate", None)):
+        if mode == "own gate" and own_gate is None:
+            continue
+        # refused when the score reaches the cut: 1 - best, or 1.0 where the own gate refuses
+        own = [mode == "own gate" and (r.get("p_refusal") or 0.0) >= own_gate
+               for _, r, _ in rows]
+        if any(sum(o for o, g, x in zip(own, groups, refuse, strict=True) if g == name and not x)
+               > cap * sum(g == name and not x for g, x in zip(groups, refuse, strict=True))
+               for name in records_by_set):
+            continue  # the own gate alone refuses too many answerable rows somewhere
+        scores = [1.0 if o else 1.0 - b for o, b in zip(own, best, strict=True)]
+        pick = pick_threshold(scores, refuse, max_false_refusals=cap, groups=groups)
+        pick["threshold"] = round(1.0 - pick["threshold"], 4)
+        pick.pop("at_0.5", None)
+        pick["refusal_threshold"] = refusal_threshold
+        pick["past_the_gate"] = mode
+        options[mode] = pick
+    from expertrag.training.trainer import roc_auc
+
+    chosen = max(options.values(), key=lambda o: (o["at_threshold"]["balanced_accuracy"],
+                                                  o["refusal_threshold"] is not None))
+    chosen = dict(chosen)
+    chosen["auc"] = roc_auc([1.0 - b for b in best], [int(r) for r in refuse])
+    own = [r.get("p_refusal") for _, r, _ in rows]
+    if all(p is not None for p in own):
+        chosen["own_gate_auc"] = roc_auc(own, [int(r) for r in refuse])
+    chosen["options"] = {k: {"threshold": v["threshold"], "at_threshold": v["at_threshold"]}
+                         for k, v in options.items()}
+    return chosen
+
+
+def _calibration_source(records_by_set: dict[str, Any], sets: dict[str, Any],
+                        args: argparse.Namespace) -> str:
+    """Where a calibrated gate comes from, for its card: the sets, their sizes, the cap."""
+    sizes = ", ".join(f"{name} {len(sets[name].cases)}" for name in records_by_set)
+    sample = f"`--sample {args.sample}`, " if args.sample else ""
+    return (f"bench_answers calibration split ({sample}{sizes} questions), top-{args.k} "
+            f"hybrid-retrieved passages; false refusals capped at "
+            f"{args.max_false_refusals:.0%} on every set")
 
 
 # ------------------------------------------------------------------------------ output
@@ -378,6 +517,9 @@ def main(argv: list[str] | None = None) -> None:
                              "expert everywhere, the chains included; repeatable")
     parser.add_argument("--gate", action="append", default=[], metavar="NAME=THRESHOLD",
                         help="apply this refusal threshold to expert NAME's answers")
+    parser.add_argument("--evidence-gate", action="append", default=[],
+                        metavar="NAME=THRESHOLD",
+                        help="the relevance floor of NAME+evidence (default: NAME's card)")
     parser.add_argument("--reference", default=REFERENCE)
     parser.add_argument("--limit", type=int, help="first N questions of each set (a smoke run)")
     parser.add_argument("--sample", type=int,
@@ -393,6 +535,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-false-refusals", type=float, default=0.05)
     parser.add_argument("--write-gate", type=Path, metavar="FOLDER",
                         help="record the calibrated threshold in this expert folder")
+    parser.add_argument("--calibrate-evidence", metavar="EXPERT",
+                        help="pick EXPERT's evidence gate floor on these sets (calibration "
+                             "split; list EXPERT or EXPERT+evidence in --systems)")
+    parser.add_argument("--write-evidence", type=Path, metavar="FOLDER",
+                        help="record the calibrated evidence gate in this expert folder")
     args = parser.parse_args(argv)
 
     from expertrag import ExpertLLM
@@ -400,8 +547,9 @@ def main(argv: list[str] | None = None) -> None:
     from expertrag.evaluation.answer_sets import check_manifest, load_answer_set
     from expertrag.experts import attach_shipped
 
-    if args.calibrate_gate and args.split != "calibration":
-        raise SystemExit("error: --calibrate-gate chooses on the calibration split only")
+    if (args.calibrate_gate or args.calibrate_evidence) and args.split != "calibration":
+        raise SystemExit("error: --calibrate-gate / --calibrate-evidence choose on the "
+                         "calibration split only")
     check_manifest(args.data_dir)
     candidates = {k: Path(v) for k, v in _pairs(args.expert, "--expert").items()}
     gates = {k: float(v) for k, v in _pairs(args.gate, "--gate").items()}
@@ -410,7 +558,12 @@ def main(argv: list[str] | None = None) -> None:
         llm.add_expert(name, folder)
     attach_shipped(llm)  # the shipped experts not replaced by a candidate
     names = args.systems.split(",")
-    systems = build_systems(names, llm, candidates, gates)
+    floors = {k: float(v) for k, v in _pairs(args.evidence_gate, "--evidence-gate").items()}
+    systems = build_systems(names, llm, candidates, gates, floors)
+    if args.calibrate_evidence and not any(
+            s.expert == args.calibrate_evidence for s in systems):
+        raise SystemExit(f"error: --calibrate-evidence {args.calibrate_evidence} needs it in "
+                         "--systems")
     print(f"model dtype {llm.base_model.dtype}; split {args.split}; k={args.k}; "
           f"systems {', '.join(f'{s.name} [{s.key}]' for s in systems)}", flush=True)
     embedder = MemoEmbedder(Embedder())
@@ -429,12 +582,23 @@ def main(argv: list[str] | None = None) -> None:
     report = [f"Split: {args.split}; k={args.k}; dtype {llm.base_model.dtype}; "
               f"`python benchmarks/bench_answers.py {' '.join(argv or sys.argv[1:])}`", ""]
     gate_records: dict[str, list[dict[str, Any]]] = {}
+    evidence_records: dict[str, list[dict[str, Any]]] = {}
     for set_name, aset in sets.items():
         scored, compared = {}, {}
         for system in systems:
             records = run_system(system, aset, llm, AnswerCache(args.cache, system, set_name,
                                                                 args.split), args.batch)
-            scored[system.name] = score(records, aset, system.gate)
+            wants = system.evidence is not None or (
+                args.calibrate_evidence is not None and system.expert == args.calibrate_evidence
+                and set_name not in evidence_records)
+            if wants:
+                scorer = system.evidence.scorer if system.evidence else "relevance"
+                evidence = run_evidence(aset, llm, scorer, EvidenceCache(
+                    args.cache, llm, scorer, set_name, args.split), args.batch)
+                records = [{**r, "evidence": e} for r, e in zip(records, evidence, strict=True)]
+                if system.expert == args.calibrate_evidence:
+                    evidence_records[set_name] = records
+            scored[system.name] = score(records, aset, system.gate, system.evidence)
             if system.name == args.calibrate_gate:
                 gate_records[set_name] = records
         ref = scored.get(args.reference)
@@ -451,9 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         report += [text, ""]
     if args.calibrate_gate:
         gate = calibrate_gate(gate_records, sets, args.max_false_refusals)
-        gate["source"] = (f"bench_answers calibration split ({', '.join(gate_records)}), "
-                          f"top-{args.k} hybrid-retrieved passages; false refusals capped at "
-                          f"{args.max_false_refusals:.0%} on every set")
+        gate["source"] = _calibration_source(gate_records, sets, args)
         print(f"\nrefusal gate for {args.calibrate_gate}: {json.dumps(gate, indent=1)}")
         report += [f"Refusal gate for {args.calibrate_gate}: {json.dumps(gate)}", ""]
         if args.write_gate:
@@ -461,6 +623,19 @@ def main(argv: list[str] | None = None) -> None:
 
             record_gate(args.write_gate, gate["threshold"], gate)
             print(f"recorded in {args.write_gate}")
+    if args.calibrate_evidence:
+        expert = args.calibrate_evidence
+        gate = calibrate_evidence(evidence_records, sets, args.max_false_refusals,
+                                  gates.get(expert, _own_gate(llm, expert)))
+        gate["source"] = _calibration_source(evidence_records, sets, args)
+        print(f"\nevidence gate for {expert}: {json.dumps(gate, indent=1)}")
+        report += [f"Evidence gate for {expert}: {json.dumps(gate)}", ""]
+        if args.write_evidence:
+            from expertrag.training.gate import record_evidence_gate
+
+            record_evidence_gate(args.write_evidence, "relevance", gate["threshold"], gate,
+                                 refusal_threshold=gate["refusal_threshold"])
+            print(f"recorded in {args.write_evidence}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False),

@@ -287,3 +287,48 @@ def test_gate_calibrated_on_the_answer_sets_caps_false_refusals_per_set(data, tm
     (folder / sets_mod.MUSIQUE_CORPUS).write_text("[]")
     with pytest.raises(ManifestError):
         calibrate_on_answer_sets(llm, "qa", folder, embedder=MemoEmbedder(HashEmbedder()))
+
+
+def test_evidence_gate_refuses_below_its_floor_and_then_bars_or_keeps_the_own_gate():
+    bench = _bench()
+    cases = [AnswerCase("a", "q", ["Paris"]), AnswerCase("b", "q", ["Rome"]),
+             AnswerCase("c", "q", [])]
+    records = [{"id": "a", "answer": "Paris [1].", "p_refusal": 0.9, "seconds": 1.0,
+                "evidence": [0.2, 0.8]},
+               {"id": "b", "answer": "Rome [1].", "p_refusal": 0.1, "seconds": 1.0,
+                "evidence": [0.1, 0.3]},
+               {"id": "c", "answer": "Oslo [2].", "p_refusal": 0.1, "seconds": 1.0,
+                "evidence": []}]
+    aset = _Set(cases, [True, True, False])
+    barred = bench.Evidence(0.5, refusal_threshold=1.0)
+    per = bench.score(records, aset, 0.5, barred)["per_question"]
+    assert [p["refused"] for p in per] == [False, True, True]  # "a": own refusal barred
+    kept = bench.Evidence(0.5, refusal_threshold=None)  # past the floor the own gate (0.5)
+    per = bench.score(records, aset, 0.5, kept)["per_question"]
+    assert [p["refused"] for p in per] == [True, True, True]
+    with pytest.raises(ValueError, match="no evidence scores"):
+        bench.final_answer({"id": "x", "answer": "y"}, None, barred)
+
+
+def test_evidence_floor_calibrated_per_set_with_the_better_way_past_the_gate():
+    bench = _bench()
+    # set "s": absent rows score low and the own gate sees nothing; set "t" likewise
+    def rows(prefix, n):
+        out, present = [], []
+        for i in range(n):
+            here = i % 2 == 0
+            out.append({"id": f"{prefix}{i}", "answer": "x", "p_refusal": 0.1,
+                        "evidence": [0.9 if here else 0.2 + 0.01 * i]})
+            present.append(here)
+        return out, present
+    (rs, ps), (rt, pt) = rows("s", 20), rows("t", 20)
+    sets = {"s": _Set([None] * 20, ps), "t": _Set([None] * 20, pt)}
+    gate = bench.calibrate_evidence({"s": rs, "t": rt}, sets, cap=0.0, own_gate=0.5)
+    assert gate["at_threshold"]["refusal_accuracy"] == 1.0
+    assert gate["at_threshold"]["false_refusal_rate"] == 0.0
+    assert 0.39 < gate["threshold"] <= 0.9 and gate["auc"] == 1.0
+    assert set(gate["options"]) == {"barred", "own gate"} and set(gate["groups"]) == {"s", "t"}
+    # the own gate refusing an answerable row would break the cap: "barred" is chosen
+    rs[0]["p_refusal"] = 0.9
+    gate = bench.calibrate_evidence({"s": rs, "t": rt}, sets, cap=0.0, own_gate=0.5)
+    assert gate["past_the_gate"] == "barred" and gate["refusal_threshold"] == 1.0
