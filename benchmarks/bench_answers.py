@@ -137,7 +137,8 @@ def build_systems(names: list[str], llm: Any, candidates: dict[str, Path],
         elif name in ("crag", "self-rag"):
             prints = "-".join(expert_fingerprint(folders[e])
                               for e in ("grounded-qa", "relevance", "critic"))
-            out.append(System(name, f"{name}-{prints}", chain=name))
+            out.append(System(name, f"{name}-{prints}-{chain_config_digest(name)}",
+                              chain=name))
         else:
             expert = name.split(":", 1)[1] if name.startswith("expert:") else name
             expert, plus, rest = expert.partition("+")
@@ -168,6 +169,16 @@ def _evidence_gate(llm: Any, expert: str, threshold: float | None) -> Evidence |
         return None
     return Evidence(float(spec["threshold"]) if threshold is None else threshold,
                     spec.get("refusal_threshold", 1.0), str(spec.get("expert", "relevance")))
+
+
+def chain_config_digest(chain: str) -> str:
+    """A short hash of the chain's default settings: new defaults, new cache entries."""
+    from expertrag.chains.corrective import CRAGConfig
+    from expertrag.chains.self_reflective import SelfRAGConfig
+
+    config = CRAGConfig() if chain == "crag" else SelfRAGConfig()
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _own_gate(llm: Any, expert: str) -> float | None:
