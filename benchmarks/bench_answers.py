@@ -381,38 +381,31 @@ def calibrate_evidence(records_by_set: dict[str, list[dict[str, Any]]], sets: di
     """The evidence gate's relevance floor of best balanced accuracy over the calibration
     sets pooled, false refusals within ``cap`` on every set; chosen for both ways past the
     gate (the expert's refusal barred, or kept under its own gate) and the better one kept."""
-    from expertrag.training.gate import pick_threshold
+    from expertrag.errors import InputError
+    from expertrag.training.gate import pick_evidence_threshold
+    from expertrag.training.trainer import roc_auc
 
     rows = [(name, record, here) for name, records in records_by_set.items()
             for record, here in zip(records, sets[name].present(), strict=True)]
     refuse = [not here for _, _, here in rows]
     groups = [name for name, _, _ in rows]
     best = [max(r["evidence"]) if r["evidence"] else 0.0 for _, r, _ in rows]
+    own = [r.get("p_refusal") for _, r, _ in rows]
+    ways = {"barred": None}
+    if own_gate is not None:
+        ways["own gate"] = [(p or 0.0) >= own_gate for p in own]
     options = {}
-    for mode, refusal_threshold in (("barred", 1.0), ("own gate", None)):
-        if mode == "own gate" and own_gate is None:
+    for way, anyway in ways.items():
+        try:
+            pick = pick_evidence_threshold(best, refuse, cap, groups=groups,
+                                           refused_anyway=anyway)
+        except InputError:  # the own gate alone refuses too many answerable rows somewhere
             continue
-        # refused when the score reaches the cut: 1 - best, or 1.0 where the own gate refuses
-        own = [mode == "own gate" and (r.get("p_refusal") or 0.0) >= own_gate
-               for _, r, _ in rows]
-        if any(sum(o for o, g, x in zip(own, groups, refuse, strict=True) if g == name and not x)
-               > cap * sum(g == name and not x for g, x in zip(groups, refuse, strict=True))
-               for name in records_by_set):
-            continue  # the own gate alone refuses too many answerable rows somewhere
-        scores = [1.0 if o else 1.0 - b for o, b in zip(own, best, strict=True)]
-        pick = pick_threshold(scores, refuse, max_false_refusals=cap, groups=groups)
-        pick["threshold"] = round(1.0 - pick["threshold"], 4)
-        pick.pop("at_0.5", None)
-        pick["refusal_threshold"] = refusal_threshold
-        pick["past_the_gate"] = mode
-        options[mode] = pick
-    from expertrag.training.trainer import roc_auc
-
+        options[way] = {**pick, "refusal_threshold": 1.0 if anyway is None else None,
+                        "past_the_gate": way}
     chosen = max(options.values(), key=lambda o: (o["at_threshold"]["balanced_accuracy"],
                                                   o["refusal_threshold"] is not None))
-    chosen = dict(chosen)
     chosen["auc"] = roc_auc([1.0 - b for b in best], [int(r) for r in refuse])
-    own = [r.get("p_refusal") for _, r, _ in rows]
     if all(p is not None for p in own):
         chosen["own_gate_auc"] = roc_auc(own, [int(r) for r in refuse])
     chosen["options"] = {k: {"threshold": v["threshold"], "at_threshold": v["at_threshold"]}
@@ -433,8 +426,6 @@ def _calibration_source(records_by_set: dict[str, Any], sets: dict[str, Any],
 # ------------------------------------------------------------------------------ output
 def _f(v: Any, digits: int = 3) -> str:
     return "-" if v is None or v != v else f"{v:.{digits}f}"
-
-
 
 
 def set_tables(name: str, scored: dict[str, dict[str, Any]], reference: str,

@@ -342,3 +342,16 @@ def test_recorded_decoding_is_served(tmp_path):
     assert llm.expert_info("gq")["num_beams"] == 3
     with pytest.raises(InputError, match="num_beams"):
         record_decoding(folder, 0)
+
+
+def test_evidence_floor_counts_rows_refused_anyway_and_says_when_no_floor_fits():
+    from expertrag.errors import InputError
+    from expertrag.training.gate import pick_evidence_threshold
+
+    best, refuse = [0.9, 0.8, 0.2, 0.1], [False, False, True, True]
+    got = pick_evidence_threshold(best, refuse, 0.0, refused_anyway=[False, False, False, True])
+    assert got["at_threshold"]["refusal_accuracy"] == 1.0 and 0.2 < got["threshold"] <= 0.8
+    with pytest.raises(InputError, match="no threshold keeps false refusals"):
+        pick_evidence_threshold(best, refuse, 0.0, refused_anyway=[True, False, False, False])
+    with pytest.raises(InputError, match="one entry per row"):
+        pick_evidence_threshold(best, refuse, refused_anyway=[True])

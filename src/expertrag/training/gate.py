@@ -80,7 +80,10 @@ def pick_threshold(probabilities: Sequence[float], refuse: Sequence[bool],
     if max_false_refusals is not None and not 0 <= max_false_refusals <= 1:
         raise InputError(f"max_false_refusals must lie in [0, 1], got {max_false_refusals!r}")
     scored = [(figures(t)["balanced_accuracy"], t) for t in cuts if within_cap(t)]
-    best = max(b for b, _ in scored)  # never empty: 1.0 refuses nothing
+    if not scored:  # rows at probability 1.0 are refused at every threshold
+        raise InputError(f"no threshold keeps false refusals within {max_false_refusals} "
+                         "in every group")
+    best = max(b for b, _ in scored)
     threshold = max(t for b, t in scored if b == best)
     out = {"threshold": round(threshold, 4), "at_threshold": figures(threshold),
            "at_0.5": figures(0.5), "auc": roc_auc([p for p, _ in pairs],
@@ -197,10 +200,18 @@ def evidence_scores(scorer: Any, rows: Sequence[dict[str, Any]]) -> list[list[fl
 
 
 def pick_evidence_threshold(best_scores: Sequence[float], refuse: Sequence[bool],
-                            max_false_refusals: float | None = None) -> dict[str, Any]:
+                            max_false_refusals: float | None = None,
+                            groups: Sequence[str] | None = None,
+                            refused_anyway: Sequence[bool] | None = None) -> dict[str, Any]:
     """The evidence gate's relevance floor: :func:`pick_threshold` on 1 - the best passage's
-    P(relevant) (a row is refused when its best passage scores below the floor)."""
-    result = pick_threshold([1.0 - float(s) for s in best_scores], refuse, max_false_refusals)
+    P(relevant) (a row is refused when its best passage scores below the floor).
+    ``refused_anyway`` marks rows refused past the gate too (the expert's own refusal gate),
+    so the floor is chosen for the two together; ``groups`` as in :func:`pick_threshold`."""
+    anyway = list(refused_anyway) if refused_anyway is not None else [False] * len(best_scores)
+    if len(anyway) != len(best_scores):
+        raise InputError("refused_anyway must have one entry per row")
+    probs = [1.0 if a else 1.0 - float(s) for s, a in zip(best_scores, anyway, strict=True)]
+    result = pick_threshold(probs, refuse, max_false_refusals, groups=groups)
     result["threshold"] = round(1.0 - result.pop("threshold"), 4)
     result.pop("at_0.5", None)
     return result
