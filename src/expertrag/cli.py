@@ -58,16 +58,36 @@ def make_store(db: str, collection: str, *, read_only: bool = False,
     return open_store(db, collection, read_only=read_only, embedding_model=embedding_model)
 
 
-def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> ExpertModel:
-    """Build the LLM: in-process (loaded now, so a missing model fails before any work;
-    ``dtype`` None picks bf16 on a CPU with native bf16, else fp32), or a client of the
-    multi-LoRA server at ``server`` (or ``$EXPERTRAG_SERVER_URL``)."""
+BACKENDS = ("inprocess", "server", "llamacpp")
+
+
+def make_llm(model: str, server: str | None = None, dtype: str | None = None,
+             backend: str | None = None) -> ExpertModel:
+    """Build the LLM for ``backend``: ``inprocess`` (loaded now, so a missing model fails
+    before any work; ``dtype`` None picks bf16 on a CPU with native bf16, else fp32),
+    ``server`` (a client of the multi-LoRA server at ``server`` or ``$EXPERTRAG_SERVER_URL``;
+    the default whenever a URL is given), or ``llamacpp`` (llama-server: the one at
+    ``server`` if given, else one started now on ``model`` with the shipped experts)."""
     import os
 
     from expertrag.models.server import ENV_URL
 
+    if backend not in (None, *BACKENDS):
+        raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "llamacpp":
+        from expertrag.models.llamacpp import LlamaCppLLM
+
+        if server:
+            return LlamaCppLLM(server)
+        weights = {None: "gguf", "auto": "gguf", "float32": "f32", "float16": "f16"}.get(dtype)
+        if weights is None:
+            raise InputError(f"--backend llamacpp serves the GGUF as it is (default), float32 "
+                             f"or float16, not {dtype!r}")
+        return LlamaCppLLM.start(model=model, weights=weights)
     url = server or os.environ.get(ENV_URL)
-    if url:
+    if backend == "server" and not url:
+        raise InputError(f"--backend server needs --server URL (or ${ENV_URL})")
+    if url and backend != "inprocess":
         from expertrag.models.server import ServerLLM
 
         return ServerLLM(url)
@@ -302,7 +322,8 @@ def _print_results(results: Sequence[QuestionResult], as_json: bool) -> None:
 def _pipeline(args: argparse.Namespace, store: Any) -> Any:
     from expertrag.rag import RAGPipeline
 
-    llm = make_llm(args.model, getattr(args, "server", None), dtype=getattr(args, "dtype", None))
+    llm = make_llm(args.model, getattr(args, "server", None), dtype=getattr(args, "dtype", None),
+                   backend=getattr(args, "backend", None))
     expert = choose_expert(llm, args.expert)
     return RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens,
                        evidence_gate="auto" if getattr(args, "evidence_gate", False) else None)
@@ -459,9 +480,15 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_LLM, metavar="MODEL",
                    help="base LLM: an embedded alias (default: %(default)s), a .gguf file, "
                         "a local transformers folder or a HuggingFace id")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="inprocess (transformers + peft; the default), server (the vLLM "
+                        "server at --server), or llamacpp (llama-server: the one at --server, "
+                        "else one started here with the shipped experts; build it once with "
+                        "scripts/setup_llamacpp.sh). On a CPU, llamacpp decodes fastest")
     p.add_argument("--server", default=None, metavar="URL",
                    help="answer through an OpenAI-compatible multi-LoRA server (vLLM) at URL "
-                        "instead of in-process (default: $EXPERTRAG_SERVER_URL if set)")
+                        "instead of in-process (default: $EXPERTRAG_SERVER_URL if set), or the "
+                        "llama-server at URL with --backend llamacpp")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="weight dtype (default auto: bfloat16 on a CPU with native bf16 or a "
                         "GPU, else float32)")
