@@ -64,6 +64,11 @@ class Fake(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Fake.requests.append({"path": self.path, **body})
         if body.get("n_probs", 0) > 1:  # a one-token probability request
+            if "probs_by_prompt" in Fake.script:
+                probs = Fake.script["probs_by_prompt"](body["prompt"])
+                return self._send(200, {"content": "x", "completion_probabilities": [
+                    {"id": 1, "logprob": -0.1, "top_logprobs": [
+                        {"id": t, "logprob": math.log(p)} for t, p in probs.items()]}]})
             if Fake.script.get("no_probs"):
                 return self._send(200, {"content": "x", "completion_probabilities": []})
             probs = Fake.script.get("probs", {})
@@ -117,7 +122,7 @@ def test_it_is_an_expert_model_with_experts_named_by_their_files(llm):
 
 def test_prompts_are_token_ids_and_the_expert_is_a_per_request_lora(llm):
     res = llm.generate(HELLO, expert="grounded-qa", max_new_tokens=8, stop=["\n"],
-                       refusal_gate=False)
+                       refusal_gate=False, num_beams=1)  # its card's 3 beams: below
     assert res.text == "Paris [1]." and (res.prompt_tokens, res.completion_tokens) == (7, 2)
     assert res.finish_reason == "stop" and res.expert == "grounded-qa"
     sent = Fake.requests[-1]
@@ -134,7 +139,8 @@ def test_prompts_are_token_ids_and_the_expert_is_a_per_request_lora(llm):
 
 
 def test_a_batch_mixes_experts_in_concurrent_requests(llm):
-    out = llm.generate([HELLO] * 3, expert=["grounded-qa", None, "critic"], refusal_gate=False)
+    out = llm.generate([HELLO] * 3, expert=["grounded-qa", None, "critic"], refusal_gate=False,
+                       num_beams=1)
     assert [r.expert for r in out] == ["grounded-qa", None, "critic"]
     assert sorted([a["scale"] for a in r["lora"]] for r in Fake.requests) == [
         [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
@@ -220,11 +226,6 @@ def test_refusal_gate_reads_then_bans_the_refusal_token(llm):
     Fake.script["probs"] = {first: 0.2}
     answered = llm.generate(HELLO, refusal_threshold=0.5)
     assert answered.text == "Paris [1]." and Fake.requests[-1]["logit_bias"] == [[first, False]]
-
-
-def test_beam_search_is_a_capability_error(llm):
-    with pytest.raises(ServerCapabilityError, match="in-process only"):
-        llm.generate(HELLO, num_beams=2)
 
 
 def test_streaming_and_async(llm):
@@ -414,3 +415,72 @@ def test_the_cli_chooses_the_backend(monkeypatch):
     assert isinstance(client, LlamaCppLLM) and client.base_url == "http://127.0.0.1:9"
     args = cli.build_parser().parse_args(["ask", "q", "--backend", "llamacpp"])
     assert args.backend == "llamacpp"
+
+
+# ---------------------------------------------------------------------------- beam search
+def _oracle(table: dict[tuple[int, ...], dict[int, float]]):
+    calls: list[list[int]] = []
+
+    def step(prefixes: list[list[int]]) -> list[dict[int, float]]:
+        calls.extend(prefixes)
+        return [{t: math.log(p) for t, p in table.get(tuple(pre), {0: 1.0}).items()}
+                for pre in prefixes]
+
+    return step, calls
+
+
+TABLE = {(): {1: 0.6, 2: 0.4}, (1,): {3: 0.1, 4: 0.1, 0: 0.1}, (1, 3): {0: 0.2},
+         (1, 4): {0: 0.2}, (2,): {0: 0.9, 5: 0.05}}
+
+
+def test_beam_search_finds_what_greedy_misses():
+    from expertrag.models.decoding import beam_search
+
+    step, calls = _oracle(TABLE)
+    tokens, score = beam_search(step, 2, 8, eos={0})
+    assert tokens == [2] and score == pytest.approx(math.log(0.4) + math.log(0.9))
+    assert [1] in calls and [2] in calls  # both beams were followed
+    greedy, _ = beam_search(_oracle(TABLE)[0], 1, 8, eos={0})
+    assert greedy[:1] == [1]  # one beam keeps the locally best first token
+
+
+def test_beam_search_bans_the_first_token_and_stops_at_the_budget():
+    from expertrag.models.decoding import beam_search
+
+    tokens, _ = beam_search(_oracle(TABLE)[0], 2, 8, eos={0}, banned_first={2})
+    assert tokens[0] == 1
+    loop = {(): {7: 0.9, 8: 0.1}}
+    step, _ = _oracle({**loop, **{(7,) * n: {7: 0.9, 8: 0.1} for n in range(1, 5)},
+                       **{(7,) * n + (8,): {7: 0.9, 8: 0.1} for n in range(0, 4)}})
+    tokens, _ = beam_search(step, 2, 3, eos={0})
+    assert len(tokens) == 3  # never ended: the best running beam at the budget
+
+
+def test_an_experts_beam_width_runs_over_one_token_requests(llm, monkeypatch):
+    tok = llm.tokenizer
+    prompt_ids = tok(llm.render(HELLO), add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    answer = tok("Paris", add_special_tokens=False)["input_ids"]
+
+    def next_probs(ids: list[int]) -> dict[int, float]:
+        done = len(ids) - len(prompt_ids)
+        if done < len(answer):
+            return {answer[done]: 0.9, eos: 0.05}
+        return {eos: 0.95}
+
+    Fake.script["probs_by_prompt"] = next_probs
+    res = llm.generate(HELLO, expert="grounded-qa", num_beams=2, refusal_gate=False)
+    assert res.text == "Paris" and res.completion_tokens == len(answer)
+    beam_calls = [r for r in Fake.requests if r.get("n_probs") == 5]
+    assert beam_calls and all(r["prompt"][:len(prompt_ids)] == prompt_ids for r in beam_calls)
+    assert max(len(r["prompt"]) for r in beam_calls) == len(prompt_ids) + len(answer)
+    assert all(r["lora"][0]["scale"] == 1.0 for r in beam_calls)
+    # a card's width applies to plain greedy calls, as in-process
+    card = type("Card", (), {"num_beams": 3, "gate": None})()
+    monkeypatch.setitem(llm._cards(), "critic", card)
+    Fake.requests.clear()
+    assert llm.generate(HELLO, expert="critic").text == "Paris"
+    assert {r.get("n_probs") for r in Fake.requests} == {7}
+    Fake.requests.clear()
+    llm.generate(HELLO, expert="critic", temperature=0.5)  # sampled: no beams
+    assert not any(r.get("n_probs") for r in Fake.requests)

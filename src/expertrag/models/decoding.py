@@ -221,3 +221,47 @@ def chosen_logprobs(output: Any, width: int) -> list[list[float]]:
                             dim=1)
         chosen = output.sequences[:, width:width + steps.shape[1]]
         return steps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
+
+
+def beam_search(step: Any, width: int, max_new: int, eos: set[int],
+                banned_first: set[int] | None = None) -> tuple[list[int], float]:
+    """Beam search over a next-token oracle, for backends that return top-k log-probabilities
+    but have no beam search of their own (llama-server). ``step(prefixes)`` gives, for each
+    prefix of generated tokens, ``{token: log-probability}`` of at least ``2 * width`` likely
+    next tokens. Scores are length-normalised sums (length penalty 1, as in-process); a
+    hypothesis ends at an ``eos`` token; the search stops when no running beam can beat the
+    ``width`` finished ones, or at ``max_new`` tokens. ``banned_first``: tokens the first step
+    may not take (the refusal gate's). Returns the best tokens (without the end token) and
+    their normalised score."""
+    running: list[tuple[list[int], float]] = [([], 0.0)]
+    finished: list[tuple[float, list[int]]] = []
+    for length in range(max_new):
+        candidates = []
+        for (tokens, total), options in zip(running, step([t for t, _ in running]),
+                                            strict=True):
+            for token, logprob in options.items():
+                if length == 0 and banned_first and token in banned_first:
+                    continue
+                candidates.append((total + logprob, tokens, token))
+        candidates.sort(key=lambda c: -c[0])
+        running = []
+        for rank, (total, tokens, token) in enumerate(candidates[:2 * width]):
+            if token in eos:
+                if rank < width:  # an end token counts only among the best `width`
+                    finished.append((total / max(1, len(tokens)), tokens))
+            else:
+                running.append(([*tokens, token], total))
+            if len(running) == width:
+                break
+        finished = sorted(finished, key=lambda f: -f[0])[:width]
+        if not running:
+            break
+        best_running = max(total for _, total in running) / (length + 1)
+        if len(finished) == width and best_running <= finished[-1][0]:
+            break
+    else:
+        finished += [(total / max(1, len(tokens)), tokens) for tokens, total in running]
+    if not finished:  # every candidate ended at once beyond the best `width`: end here
+        return [], 0.0
+    score, tokens = max(finished, key=lambda f: f[0])
+    return tokens, score

@@ -19,9 +19,13 @@ native API:
   probabilities of one one-token request (a full softmax of the logits; a label outside the
   top ``label_top_n`` reads as 0).
 
-What the server cannot do is a :class:`ServerCapabilityError`: beam search, and attaching an
-expert to a server this object did not start (llama-server loads adapters at start only; one
-it started is restarted with the adapter added).
+- beam search (``num_beams``, or an expert's own width from its card, as in-process) runs
+  here over one-token requests with the top log-probabilities, each reusing the slot's
+  cached prompt.
+
+What the server cannot do is a :class:`ServerCapabilityError`: attaching an expert to a
+server this object did not start (llama-server loads adapters at start only; one it started
+is restarted with the adapter added).
 
 ``LlamaCppLLM.start(...)`` builds nothing: ``scripts/setup_llamacpp.sh`` builds
 ``llama-server`` once (or point ``$EXPERTRAG_LLAMA_SERVER`` at one). ``LlamaCppLLM(url)``
@@ -610,6 +614,59 @@ class LlamaCppLLM(ServerLLM):
 
     def _native_prompt_len(self, body: dict[str, Any]) -> list[int]:
         return list(self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ beam search
+    def _check_beams(self, opts: Any) -> None:
+        """Beam search runs here, over the server's top-n log-probabilities."""
+
+    def _beams_for(self, expert: str | None, opts: Any) -> int:
+        """The call's beam width, else the expert's own for a plain greedy call (its card's
+        ``decoding``), as in-process."""
+        if opts.num_beams is not None:
+            return int(opts.num_beams)
+        if expert is None or opts.temperature > 0 or opts.constrained or opts.logprobs:
+            return 1
+        card = self._cards().get(expert)
+        return int(card.num_beams or 1) if card is not None else 1
+
+    def _beam_generate(self, prompt: str, model: str, expert: str | None, opts: Any,
+                       beams: int, banned: int | None) -> GenerationResult:
+        """Beam search with length-normalised scores (as in-process), one one-token request
+        per live beam and step, sent in turn so that each reuses the slot's cached prompt
+        (only the beam's own tokens are new to the server)."""
+        from expertrag.models.decoding import beam_search, first_stop
+
+        tok = self.tokenizer
+        ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
+        lora = self._lora(model)
+        eos = {int(t) for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
+               if isinstance(t, int) and t >= 0}
+
+        def step(prefixes: list[list[int]]) -> list[dict[int, float]]:
+            out = []
+            for prefix in prefixes:
+                body = {"prompt": ids + prefix, "n_predict": 1, "n_probs": 2 * beams + 1,
+                        "temperature": 0.0, "samplers": ["temperature"], "lora": lora,
+                        "cache_prompt": True}
+                probs = self._request("POST", "/completion", body).get(
+                    "completion_probabilities") or []
+                top = probs[0].get("top_logprobs") if probs else None
+                if not top:
+                    raise ServerCapabilityError(f"{self.base_url} returned no token "
+                                                "probabilities for beam search")
+                out.append({int(t["id"]): float(t["logprob"]) for t in top})
+            return out
+
+        tokens, _ = beam_search(step, beams, opts.max_new_tokens, eos,
+                                {banned} if banned is not None else None)
+        text = tok.decode(tokens, skip_special_tokens=True)
+        cut = first_stop(text, opts.stop)
+        if cut is not None:
+            text = text[:cut]
+        finish = "length" if len(tokens) >= opts.max_new_tokens else "stop"
+        return GenerationResult(text=text, prompt_tokens=len(ids), completion_tokens=len(tokens),
+                                finish_reason=finish, model_name=self.model_name,
+                                expert=expert)
 
     def _first_probability(self, prompt: str, model: str, token_ids: list[int]
                            ) -> list[float]:

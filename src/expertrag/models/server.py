@@ -304,9 +304,7 @@ class ServerLLM:
         ignores the logit bias the refusal gate needs)."""
         req = request.build_request(messages, expert, options, self._model_for)
         opts = req.options
-        if (opts.num_beams or 1) > 1:
-            raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
-                                        "(ExpertLLM); the server client decodes greedily")
+        self._check_beams(opts)
         models = [self._model_for(e) for e in req.experts]
 
         def one(i: int) -> GenerationResult:
@@ -320,6 +318,20 @@ class ServerLLM:
 
         results = self._map(one, list(range(len(req.convs))))
         return results if req.is_batch else results[0]
+
+    def _check_beams(self, opts: Options) -> None:
+        """vLLM's beam search ignores the logit bias the refusal gate needs: refused here."""
+        if (opts.num_beams or 1) > 1:
+            raise ServerCapabilityError("beam search (num_beams > 1) runs in-process only "
+                                        "(ExpertLLM); the server client decodes greedily")
+
+    def _beams_for(self, expert: str | None, opts: Options) -> int:
+        """The beam width of one plain-text request (1: greedy or sampled)."""
+        return 1
+
+    def _beam_generate(self, prompt: str, model: str, expert: str | None, opts: Options,
+                       beams: int, banned: int | None) -> GenerationResult:
+        raise ServerCapabilityError("this server client has no beam search")
 
     def _card_gate(self, expert: str | None) -> tuple[str, float] | None:
         """The refusal gate a served expert's card ships (a shipped expert, or one this
@@ -363,6 +375,12 @@ class ServerLLM:
                                         model_name=self.model_name, expert=expert,
                                         refusal_probability=refusal_p)
             body["logit_bias"] = {str(first): -100}
+        beams = 1 if schema is not None else self._beams_for(expert, opts)
+        if beams > 1:
+            banned = int(next(iter(body["logit_bias"]))) if body.get("logit_bias") else None
+            result = self._beam_generate(prompt, model, expert, opts, beams, banned)
+            result.refusal_probability = refusal_p
+            return result
         if opts.logprobs:
             body["logprobs"] = 1
         out = self._complete(body)
@@ -429,6 +447,7 @@ class ServerLLM:
             raise InputError("stream takes one conversation, not a batch")
         plain = not (opts.constrained or opts.logprobs or (opts.num_beams or 1) > 1)
         if not plain or isinstance(expert, list | tuple) or \
+                self._beams_for(req.experts[0], opts) > 1 or \
                 request.gate_for(self._card_gate(req.experts[0]), opts) is not None:
             result = self.generate(messages, expert=expert, **kwargs)
             yield StreamChunk(result.text)

@@ -1,0 +1,343 @@
+"""In-process ExpertLLM vs LlamaCppLLM (llama-server with the experts as GGUF LoRA) vs the
+llama.cpp a user would otherwise run (``llama-bench``; a bare ``llama-server`` with no
+adapters, called over plain HTTP), one run, one machine, the same GGUF and prompts.
+
+    bash scripts/setup_llamacpp.sh            # once: builds llama-server and llama-bench
+    python benchmarks/bench_backends.py --data-dir ../shared/data
+
+Speed: single-stream decode tok/s (bare base, one expert), 8 concurrent requests (bare base,
+one expert, the three experts and the base mixed), first-token latency (streamed), label
+probabilities pairs/s (the relevance expert), CRAG seconds per question with the stage that
+dominates. Every figure is the median of ``--reps`` rounds taken side by side (round-robin),
+so a busy spell hits every side alike. Quality: grounded-qa's answers through llama.cpp
+against in-process answers on the answer benchmark's test split (the same questions,
+passages and prompts as bench_answers.py; in-process answers come from its cache when there),
+with the paired bootstrap 95% interval of each difference and the share of identical answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import CRAG_QUESTIONS, crag_chain, fmt
+from _common import print_table as _print
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Count from 1 to 200, separated by commas.",
+    "List the numbers from 500 to 700, one per line.",
+    "Write the alphabet from A to Z, then again in lower case.",
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Count backwards from 300 to 1, separated by spaces.",
+    "Describe every planet of the solar system in detail.",
+    "Write a long poem about the sea.",
+]
+PASSAGES = ["Paris is the capital and largest city of France.",
+            "Bread is made from flour, water and yeast.",
+            "The Eiffel Tower was designed by the company of Gustave Eiffel.",
+            "Mount Everest is the highest mountain above sea level."]
+QUERIES = ["What is the capital of France?", "Who designed the Eiffel Tower?",
+           "How is bread made?", "What is the highest mountain?"]
+
+
+# ---------------------------------------------------------------------------- sides
+class BareServer:
+    """llama.cpp's llama-server with no adapters, called the way a user's HTTP client or the
+    LangChain / LlamaIndex llama.cpp wrappers call it: one ``/completion`` request per
+    prompt (the same token ids expertrag sends), concurrent requests on threads."""
+
+    def __init__(self, url: str, tokenizer: Any, render: Callable[[Any], str]) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=600)
+        self.tokenizer, self.render = tokenizer, render
+
+    def _ids(self, conv: Any) -> list[int]:
+        return self.tokenizer(self.render(conv), add_special_tokens=False)["input_ids"]
+
+    def complete(self, conv: Any, tokens: int) -> int:
+        body = {"prompt": self._ids(conv), "n_predict": tokens, "temperature": 0.0,
+                "samplers": ["temperature"], "cache_prompt": False}
+        out = self.client.post("/completion", json=body).json()
+        return int(out["tokens_predicted"])
+
+    def generate(self, convs: list[Any], tokens: int) -> int:
+        with ThreadPoolExecutor(max_workers=len(convs)) as pool:
+            return sum(pool.map(lambda c: self.complete(c, tokens), convs))
+
+    def first_token(self, conv: Any) -> float:
+        body = {"prompt": self._ids(conv), "n_predict": 8, "temperature": 0.0,
+                "samplers": ["temperature"], "cache_prompt": False, "stream": True}
+        started = time.perf_counter()
+        with self.client.stream("POST", "/completion", json=body,
+                                headers={"Connection": "close"}) as response:
+            took = float("nan")
+            for line in response.iter_lines():  # read to the end: the server finishes cleanly
+                if took != took and line.startswith("data: ") and json.loads(
+                        line[6:]).get("content"):
+                    took = time.perf_counter() - started
+        return took
+
+
+def peer_rate(peer: BareServer, n: int, tokens: int) -> float:
+    """The bare server's tokens/s: ``n`` concurrent requests (n=1: two prompts in turn, as
+    :func:`single_stream`)."""
+    done, started = 0, time.perf_counter()
+    if n == 1:
+        for conv in convs_for(2):
+            done += peer.complete(conv, tokens)
+    else:
+        done = peer.generate(convs_for(n), tokens)
+    return done / (time.perf_counter() - started)
+
+
+def convs_for(n: int) -> list[Any]:
+    return [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+
+
+def tok_per_s(llm: Any, n: int, experts: list[str | None], tokens: int) -> float:
+    """Completion tokens per second for ``n`` requests at once (one batched call)."""
+    convs = convs_for(n)
+    rows = [experts[i % len(experts)] for i in range(n)]
+    started = time.perf_counter()
+    out = llm.generate(convs, expert=rows, max_new_tokens=tokens, refusal_gate=False)
+    return sum(r.completion_tokens for r in out) / (time.perf_counter() - started)
+
+
+def single_stream(llm: Any, expert: str | None, tokens: int, prompts: int = 2) -> float:
+    done, took = 0, 0.0
+    for conv in convs_for(prompts):
+        started = time.perf_counter()
+        done += llm.generate(conv, expert=expert, max_new_tokens=tokens,
+                             refusal_gate=False).completion_tokens
+        took += time.perf_counter() - started
+    return done / took
+
+
+def first_token(llm: Any, expert: str | None, reps: int) -> float:
+    times = []
+    for conv in convs_for(reps):
+        started = time.perf_counter()
+        for chunk in llm.stream(conv, expert=expert, max_new_tokens=8, refusal_gate=False):
+            if chunk.text:
+                times.append(time.perf_counter() - started)
+                break
+    return statistics.median(times)
+
+
+def label_pairs_per_s(llm: Any, n: int) -> float:
+    from expertrag.rerank.llm import RELEVANCE_PROMPT
+
+    convs = [[{"role": "user", "content": RELEVANCE_PROMPT.format(
+        passage=PASSAGES[i % 4], query=QUERIES[(i // 4) % 4])}] for i in range(n)]
+    started = time.perf_counter()
+    llm.label_probabilities(convs, expert="relevance")
+    return n / (time.perf_counter() - started)
+
+
+def crag_stages(llm: Any, n: int) -> tuple[float, dict[str, float]]:
+    chain = crag_chain(llm)
+    questions = (CRAG_QUESTIONS * (n // len(CRAG_QUESTIONS) + 1))[:n]
+    started = time.perf_counter()
+    results = chain.answer_many(questions)
+    per_q = (time.perf_counter() - started) / n
+    stages: dict[str, float] = {}
+    for r in results:
+        for stage, s in (r.seconds or {}).items():
+            stages[stage] = stages.get(stage, 0.0) + s / n
+    return per_q, stages
+
+
+def llama_bench(binary: Path, gguf: str, threads: int) -> dict[str, float]:
+    out = subprocess.run([str(binary), "-m", gguf, "-t", str(threads), "-p", "512", "-n", "64",
+                          "-r", "3", "-o", "json"], capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    return {("pp512" if r["n_prompt"] else "tg64"): float(r["avg_ts"]) for r in rows}
+
+
+# ---------------------------------------------------------------------------- quality
+def quality(args: argparse.Namespace, local: Any, remote: Any, tag: str) -> list[list[str]]:
+    """grounded-qa through llama.cpp against in-process on the answer sets' test split."""
+    import bench_answers as ba
+
+    from expertrag.embeddings import Embedder, MemoEmbedder
+    from expertrag.evaluation.answer_sets import check_manifest, load_answer_set
+
+    check_manifest(args.data_dir)
+    (inproc,) = ba.build_systems(["grounded-qa"], local, {}, {})
+    theirs = ba.System(f"grounded-qa@{tag}", f"{inproc.key}@{tag}", inproc.prompt,
+                       expert="grounded-qa", gate=inproc.gate)
+    embedder = MemoEmbedder(Embedder())
+    rows = []
+    for name in args.quality_sets.split(","):
+        aset = load_answer_set(name, "test", args.data_dir, embedder=embedder, k=5, check=False)
+        if args.quality_sample and args.quality_sample < len(aset.cases):
+            keep = sorted(random.Random(f"{name}-test").sample(range(len(aset.cases)),
+                                                                args.quality_sample))
+            aset.cases = [aset.cases[i] for i in keep]
+        scored = {}
+        for system, llm in ((inproc, local), (theirs, remote)):
+            records = ba.run_system(system, aset, llm, ba.AnswerCache(
+                args.cache, system, name, "test"), args.batch)
+            scored[system.name] = ba.score(records, aset, system.gate)
+        a, b = scored[theirs.name], scored[inproc.name]
+        diff = ba.comparisons(a, b)
+        same = sum(x["answer"] == y["answer"] for x, y in zip(
+            a["per_question"], b["per_question"], strict=True)) / len(a["per_question"])
+        fa, fb = a["figures"], b["figures"]
+        for metric in ("em", "f1", "contained"):
+            d = diff[metric]
+            verdict = "tie" if d["low"] <= 0 <= d["high"] else ("win" if d["low"] > 0 else
+                                                                 "loss")
+            rows.append([name, str(fa["n"]), metric, fmt(fb[metric]), fmt(fa[metric]),
+                         f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {verdict}",
+                         f"{same:.2f}", f"{fb['seconds']:.2f} / {fa['seconds']:.2f}"])
+    return rows
+
+
+# ---------------------------------------------------------------------------- main
+def median_rounds(reps: int, jobs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each job ``reps`` times, round-robin; the median of each."""
+    got: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(reps):
+        for key, job in jobs.items():
+            got[key].append(job())
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--parallel", type=int, default=8, help="server slots = concurrency")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--latency-reps", type=int, default=8)
+    parser.add_argument("--label-pairs", type=int, default=32)
+    parser.add_argument("--crag-questions", type=int, default=8)
+    parser.add_argument("--weights", default="gguf", help="LlamaCppLLM's weights (gguf, f16, "
+                        "f32); the peers always serve the GGUF file")
+    parser.add_argument("--quality-sets", default="squad2,hotpotqa-distractor,hotpotqa-open,"
+                        "musique-open", help="answer-benchmark sets ('' for none)")
+    parser.add_argument("--quality-sample", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
+    args = parser.parse_args(argv)
+
+    from expertrag import ExpertLLM
+    from expertrag.experts import attach_shipped
+    from expertrag.models.llamacpp import (
+        LlamaCppLLM,
+        LlamaCppServer,
+        _base_files,
+        find_llama_server,
+    )
+
+    binary = find_llama_server()
+    gguf, _ = _base_files("smollm2-135m-instruct")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}; `python benchmarks/bench_backends.py "
+          f"{' '.join(argv or sys.argv[1:])}`; {args.threads} threads, {args.parallel} slots, "
+          f"{args.tokens} new tokens per request", flush=True)
+    bench = llama_bench(binary.parent / "llama-bench", gguf, args.threads)
+    local = ExpertLLM().load()
+    attach_shipped(local)
+    ours = LlamaCppLLM.start(parallel=args.parallel, threads=args.threads, weights=args.weights)
+    peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads).start()
+    peer = BareServer(peer_server.url, ours.tokenizer, ours.render)
+    one, mixed, n = ["grounded-qa"], ["grounded-qa", "critic", "relevance", None], args.parallel
+    try:
+        for llm in (local, ours):  # warm-up
+            llm.generate(convs_for(2), max_new_tokens=4, refusal_gate=False)
+        peer.generate(convs_for(2), 4)
+        t = args.tokens
+        speed = median_rounds(args.reps, {
+            "peer 1": lambda: peer_rate(peer, 1, t),
+            "ours 1 base": lambda: single_stream(ours, None, t),
+            "ours 1 expert": lambda: single_stream(ours, "grounded-qa", t),
+            "local 1 base": lambda: single_stream(local, None, t),
+            "local 1 expert": lambda: single_stream(local, "grounded-qa", t),
+            "peer n": lambda: peer_rate(peer, n, t),
+            "ours n base": lambda: tok_per_s(ours, n, [None], t),
+            "ours n expert": lambda: tok_per_s(ours, n, one, t),
+            "ours n mixed": lambda: tok_per_s(ours, n, mixed, t),
+            "local n base": lambda: tok_per_s(local, n, [None], t),
+            "local n expert": lambda: tok_per_s(local, n, one, t),
+            "local n mixed": lambda: tok_per_s(local, n, mixed, t),
+            "peer ttft": lambda: statistics.median(
+                peer.first_token(c) for c in convs_for(args.latency_reps)),
+            "ours ttft": lambda: first_token(ours, "grounded-qa", args.latency_reps),
+            "local ttft": lambda: first_token(local, "grounded-qa", args.latency_reps),
+            "ours labels": lambda: label_pairs_per_s(ours, args.label_pairs),
+            "local labels": lambda: label_pairs_per_s(local, args.label_pairs),
+        })
+        crag = {side: crag_stages(llm, args.crag_questions)
+                for side, llm in (("in-process", local), ("llama.cpp", ours))}
+    finally:
+        peer_server.stop()
+    s = speed
+    print(f"\nllama-bench, same GGUF, {args.threads} threads: tg64 {bench['tg64']:.1f} tok/s, "
+          f"pp512 {bench['pp512']:.1f} tok/s")
+    rows = [
+        ["single stream, bare base", f"{s['local 1 base']:.1f}", f"{s['peer 1']:.1f}",
+         f"{s['ours 1 base']:.1f}", _x(s["ours 1 base"], s["local 1 base"]),
+         _x(s["ours 1 base"], s["peer 1"])],
+        ["single stream, grounded-qa", f"{s['local 1 expert']:.1f}", "-",
+         f"{s['ours 1 expert']:.1f}", _x(s["ours 1 expert"], s["local 1 expert"]),
+         _x(s["ours 1 expert"], s["peer 1"])],
+        [f"{n} concurrent, bare base", f"{s['local n base']:.1f}", f"{s['peer n']:.1f}",
+         f"{s['ours n base']:.1f}", _x(s["ours n base"], s["local n base"]),
+         _x(s["ours n base"], s["peer n"])],
+        [f"{n} concurrent, grounded-qa", f"{s['local n expert']:.1f}", "-",
+         f"{s['ours n expert']:.1f}", _x(s["ours n expert"], s["local n expert"]),
+         _x(s["ours n expert"], s["peer n"])],
+        [f"{n} concurrent, 3 experts + base mixed", f"{s['local n mixed']:.1f}", "-",
+         f"{s['ours n mixed']:.1f}", _x(s["ours n mixed"], s["local n mixed"]),
+         _x(s["ours n mixed"], s["peer n"])],
+    ]
+    print(f"\ndecode tok/s ({args.tokens} new tokens per request; median of {args.reps} rounds)")
+    _print(["load", "in-process", "bare llama-server", "LlamaCppLLM",
+            "LlamaCppLLM / in-process", "LlamaCppLLM / bare server"], rows)
+    print(f"\none expert against the bare base through LlamaCppLLM: single stream "
+          f"{_x(s['ours 1 expert'], s['ours 1 base'])}, {n} concurrent "
+          f"{_x(s['ours n expert'], s['ours n base'])}")
+    print("\nlatency, scoring and CRAG")
+    _print(["measure", "in-process", "bare llama-server", "LlamaCppLLM"], [
+        ["first token, s (median, streamed)", f"{s['local ttft']:.3f}", f"{s['peer ttft']:.3f}",
+         f"{s['ours ttft']:.3f}"],
+        [f"label probabilities, pairs/s ({args.label_pairs} pairs)", f"{s['local labels']:.1f}",
+         "-", f"{s['ours labels']:.1f}"],
+        [f"CRAG, s / question ({args.crag_questions} questions)",
+         f"{crag['in-process'][0]:.2f}", "-", f"{crag['llama.cpp'][0]:.2f}"],
+    ])
+    for side, (_per_q, stages) in crag.items():
+        top = sorted(stages.items(), key=lambda kv: -kv[1])
+        print(f"CRAG stages, {side}: " + ", ".join(f"{k} {v:.2f} s" for k, v in top))
+    if args.quality_sets:
+        print("\ngrounded-qa answers: LlamaCppLLM against in-process, test split "
+              "(difference and paired bootstrap 95% interval)")
+        _print(["set", "questions", "metric", "in-process", "LlamaCppLLM", "difference",
+                "identical answers", "s / question (in-process / llama.cpp)"],
+               quality(args, local, ours, f"llamacpp-{args.weights}"))
+    ours.close()
+
+
+def _x(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+if __name__ == "__main__":
+    main()
