@@ -9,8 +9,9 @@ Speed: single-stream decode tok/s (bare base, one expert), 8 concurrent requests
 one expert, the three experts and the base mixed), first-token latency (streamed), label
 probabilities pairs/s (the relevance expert), CRAG seconds per question with the stage that
 dominates. Every figure is the median of ``--reps`` rounds taken side by side (round-robin),
-so a busy spell hits every side alike. Quality: grounded-qa's answers through llama.cpp
-against in-process answers on the answer benchmark's test split (the same questions,
+so a busy spell hits every side alike; every request's prompt is new to the servers (a
+numbered request), so no prompt cache favours a side. Quality: grounded-qa's answers through
+llama.cpp against in-process answers on the answer benchmark's test split (the same questions,
 passages and prompts as bench_answers.py; in-process answers come from its cache when there),
 with the paired bootstrap 95% interval of each difference and the share of identical answers.
 """
@@ -71,7 +72,7 @@ class BareServer:
 
     def complete(self, conv: Any, tokens: int) -> int:
         body = {"prompt": self._ids(conv), "n_predict": tokens, "temperature": 0.0,
-                "samplers": ["temperature"], "cache_prompt": False}
+                "samplers": ["temperature"]}
         out = self.client.post("/completion", json=body).json()
         return int(out["tokens_predicted"])
 
@@ -81,7 +82,7 @@ class BareServer:
 
     def first_token(self, conv: Any) -> float:
         body = {"prompt": self._ids(conv), "n_predict": 8, "temperature": 0.0,
-                "samplers": ["temperature"], "cache_prompt": False, "stream": True}
+                "samplers": ["temperature"], "stream": True}
         started = time.perf_counter()
         with self.client.stream("POST", "/completion", json=body,
                                 headers={"Connection": "close"}) as response:
@@ -98,10 +99,10 @@ def peer_rate(peer: BareServer, n: int, tokens: int) -> float:
     :func:`single_stream`)."""
     done, started = 0, time.perf_counter()
     if n == 1:
-        for conv in convs_for(2):
+        for conv in fresh_convs(2):
             done += peer.complete(conv, tokens)
     else:
-        done = peer.generate(convs_for(n), tokens)
+        done = peer.generate(fresh_convs(n), tokens)
     return done / (time.perf_counter() - started)
 
 
@@ -109,30 +110,45 @@ def convs_for(n: int) -> list[Any]:
     return [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
 
 
+_SEEN = [0]
+
+
+def fresh_convs(n: int) -> list[Any]:
+    """Prompts never sent before (a numbered request), so no server's prompt cache helps:
+    first-token latency is measured cold on every side."""
+    out = []
+    for conv in convs_for(n):
+        _SEEN[0] += 1
+        out.append([{"role": "user", "content": f"Request {_SEEN[0]}. {conv[0]['content']}"}])
+    return out
+
+
 def tok_per_s(llm: Any, n: int, experts: list[str | None], tokens: int) -> float:
     """Completion tokens per second for ``n`` requests at once (one batched call)."""
-    convs = convs_for(n)
+    convs = fresh_convs(n)
     rows = [experts[i % len(experts)] for i in range(n)]
     started = time.perf_counter()
-    out = llm.generate(convs, expert=rows, max_new_tokens=tokens, refusal_gate=False)
+    out = llm.generate(convs, expert=rows, max_new_tokens=tokens, refusal_gate=False,
+                       num_beams=1)
     return sum(r.completion_tokens for r in out) / (time.perf_counter() - started)
 
 
 def single_stream(llm: Any, expert: str | None, tokens: int, prompts: int = 2) -> float:
     done, took = 0, 0.0
-    for conv in convs_for(prompts):
+    for conv in fresh_convs(prompts):
         started = time.perf_counter()
-        done += llm.generate(conv, expert=expert, max_new_tokens=tokens,
-                             refusal_gate=False).completion_tokens
+        done += llm.generate(conv, expert=expert, max_new_tokens=tokens, refusal_gate=False,
+                             num_beams=1).completion_tokens
         took += time.perf_counter() - started
     return done / took
 
 
 def first_token(llm: Any, expert: str | None, reps: int) -> float:
     times = []
-    for conv in convs_for(reps):
+    for conv in fresh_convs(reps):
         started = time.perf_counter()
-        for chunk in llm.stream(conv, expert=expert, max_new_tokens=8, refusal_gate=False):
+        for chunk in llm.stream(conv, expert=expert, max_new_tokens=8, refusal_gate=False,
+                                num_beams=1):
             if chunk.text:
                 times.append(time.perf_counter() - started)
                 break
@@ -278,9 +294,11 @@ def main(argv: list[str] | None = None) -> None:
             "local n expert": lambda: tok_per_s(local, n, one, t),
             "local n mixed": lambda: tok_per_s(local, n, mixed, t),
             "peer ttft": lambda: statistics.median(
-                peer.first_token(c) for c in convs_for(args.latency_reps)),
-            "ours ttft": lambda: first_token(ours, "grounded-qa", args.latency_reps),
-            "local ttft": lambda: first_token(local, "grounded-qa", args.latency_reps),
+                peer.first_token(c) for c in fresh_convs(args.latency_reps)),
+            "ours ttft": lambda: first_token(ours, None, args.latency_reps),
+            "ours ttft expert": lambda: first_token(ours, "grounded-qa", args.latency_reps),
+            "local ttft": lambda: first_token(local, None, args.latency_reps),
+            "local ttft expert": lambda: first_token(local, "grounded-qa", args.latency_reps),
             "ours labels": lambda: label_pairs_per_s(ours, args.label_pairs),
             "local labels": lambda: label_pairs_per_s(local, args.label_pairs),
         })
@@ -316,8 +334,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{_x(s['ours n expert'], s['ours n base'])}")
     print("\nlatency, scoring and CRAG")
     _print(["measure", "in-process", "bare llama-server", "LlamaCppLLM"], [
-        ["first token, s (median, streamed)", f"{s['local ttft']:.3f}", f"{s['peer ttft']:.3f}",
-         f"{s['ours ttft']:.3f}"],
+        ["first token, s (median, streamed, bare base)", f"{s['local ttft']:.3f}",
+         f"{s['peer ttft']:.3f}", f"{s['ours ttft']:.3f}"],
+        ["first token, s (median, streamed, grounded-qa)", f"{s['local ttft expert']:.3f}", "-",
+         f"{s['ours ttft expert']:.3f}"],
         [f"label probabilities, pairs/s ({args.label_pairs} pairs)", f"{s['local labels']:.1f}",
          "-", f"{s['ours labels']:.1f}"],
         [f"CRAG, s / question ({args.crag_questions} questions)",
