@@ -71,7 +71,7 @@ class Fake(BaseHTTPRequestHandler):
                         {"id": t, "logprob": math.log(p)} for t, p in probs.items()]}]})
             if Fake.script.get("no_probs"):
                 return self._send(200, {"content": "x", "completion_probabilities": []})
-            probs = Fake.script.get("probs", {})
+            probs = Fake.script.get("probs", {1: 0.5})
             top = [{"id": t, "logprob": math.log(p)} for t, p in probs.items()]
             return self._send(200, {"content": "x", "completion_probabilities": [
                 {"id": 1, "logprob": -0.1, "top_logprobs": top}]})

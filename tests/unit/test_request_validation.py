@@ -1,8 +1,8 @@
 """The same request-validation cases against every backend: the in-process ExpertLLM (tiny
-random model) and the ServerLLM client (fake OpenAI-compatible server on loopback). Both
-build their requests with ``expertrag.models.request``, so both refuse the same bad
-arguments with the same typed error, and the server client refuses them before it sends
-any completion request."""
+random model), the ServerLLM client (fake OpenAI-compatible server on loopback) and the
+LlamaCppLLM client (fake llama-server). All build their requests with
+``expertrag.models.request``, so all refuse the same bad arguments with the same typed
+error, and the server clients refuse them before they send any completion request."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from test_llamacpp import Fake as FakeLlamaCpp
 from test_server_llm import Fake
 from tiny_models import tiny_llm, tiny_tokenizer
 
@@ -91,21 +92,39 @@ def on_server() -> Any:
     httpd.shutdown()
 
 
-@pytest.fixture(params=["in-process", "server"])
+@pytest.fixture(scope="module")
+def on_llamacpp() -> Any:
+    from expertrag.models.llamacpp import LlamaCppLLM
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeLlamaCpp)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    llm = LlamaCppLLM(f"http://127.0.0.1:{httpd.server_address[1]}",
+                      tokenizer=tiny_tokenizer())
+    yield llm
+    llm.close()
+    httpd.shutdown()
+
+
+BACKENDS = {"in-process": "in_process", "server": "on_server", "llamacpp": "on_llamacpp"}
+
+
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Any:
-    Fake.requests.clear()
-    Fake.script.clear()
-    return request.getfixturevalue("in_process" if request.param == "in-process"
-                                   else "on_server")
+    for fake in (Fake, FakeLlamaCpp):
+        fake.requests.clear()
+        fake.script.clear()
+    return request.getfixturevalue(BACKENDS[request.param])
 
 
 def _sent() -> list[str]:
-    """The completion requests the fake server received (none may follow a refusal)."""
-    return [r["path"] for r in Fake.requests if r["path"] == "/v1/completions"]
+    """The completion requests the fake servers received (none may follow a refusal)."""
+    return [r["path"] for r in Fake.requests + FakeLlamaCpp.requests
+            if r["path"] in ("/v1/completions", "/completion")]
 
 
-def test_both_backends_implement_the_model_interface(in_process, on_server) -> None:
-    assert isinstance(in_process, ExpertModel) and isinstance(on_server, ExpertModel)
+def test_every_backend_implements_the_model_interface(in_process, on_server,
+                                                      on_llamacpp) -> None:
+    assert all(isinstance(b, ExpertModel) for b in (in_process, on_server, on_llamacpp))
 
 
 @pytest.mark.parametrize(("kwargs", "error", "fragment"),
@@ -157,7 +176,7 @@ def test_label_probabilities_refuses_the_same_labels(backend) -> None:
     assert _sent() == []
 
 
-def test_valid_requests_pass_on_both(backend) -> None:
+def test_valid_requests_pass_on_every_backend(backend) -> None:
     """The same options that are refused above in a bad form are taken in a good one."""
     res = backend.generate(HELLO, max_new_tokens=4, stop="\n", temperature=0.0, top_p=1.0,
                            refusal_threshold=0.0, num_beams=1)

@@ -2,14 +2,16 @@
 
 :class:`ExpertModel` is what the rest of expertrag asks of a model: the chat skins, the
 rerankers, the CRAG / Self-RAG graders and critics, GraphRAG extraction, the evaluators and
-the command line take any object that has it. Two backends implement it today:
+the command line take any object that has it. Three backends implement it:
 
 - :class:`~expertrag.models.llm.ExpertLLM`: in-process (transformers + peft), one base
   model carrying named LoRA experts;
 - :class:`~expertrag.models.server.ServerLLM`: a client of an OpenAI-compatible multi-LoRA
-  server (vLLM).
+  server (vLLM);
+- :class:`~expertrag.models.llamacpp.LlamaCppLLM`: llama.cpp's ``llama-server`` with the
+  experts as GGUF LoRA adapters.
 
-A new backend (a llama.cpp server, say) implements the same members, builds each request
+A new backend implements the same members, builds each request
 with :mod:`expertrag.models.request` (so it accepts and refuses exactly the arguments the
 others do) and returns :class:`GenerationResult` / :class:`StreamChunk`. ``docs/architecture.md``
 walks through it.
