@@ -65,6 +65,8 @@ def test_the_server_serves_the_shipped_experts(server: Any) -> None:
     assert isinstance(server, ExpertModel)
     assert server.experts == sorted(shipped_experts())
     assert server.context_window == 2048
+    info = server.expert_info("grounded-qa")
+    assert info["path"] == str(shipped_experts()["grounded-qa"]) and info["gate"]
 
 
 def test_greedy_answers_agree_with_in_process(server: Any, local: Any) -> None:
@@ -192,6 +194,20 @@ def test_attaching_an_expert_restarts_the_owned_server(built: None, tmp_path: Pa
         res = llm.generate([{"role": "user", "content": CONTEXT}], expert="my-qa",
                            max_new_tokens=16, refusal_gate=False)
         assert "Eiffel" in res.text
+
+
+def test_the_llama_index_llm_takes_it(server: Any) -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.llms import ChatMessage
+
+    from expertrag.llama_index.llms import ExpertLlamaLLM
+
+    llm = ExpertLlamaLLM.from_core(server, expert="grounded-qa", max_new_tokens=24)
+    assert "Eiffel" in llm.complete(CONTEXT).text
+    reply = llm.chat([ChatMessage(role="user", content=CONTEXT)])
+    assert "Eiffel" in reply.message.content
+    streamed = "".join(c.delta for c in llm.stream_complete(PROMPTS[2][0]["content"]))
+    assert streamed
 
 
 def test_the_cli_answers_with_the_llamacpp_backend(built: None, tmp_path: Path) -> None:

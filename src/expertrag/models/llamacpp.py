@@ -463,6 +463,7 @@ class LlamaCppLLM(ServerLLM):
                       timeout=timeout, tokenizer=config_dir, label_top_n=label_top_n,
                       adapter_folders=folders)
             llm._base_source = model
+            llm._paths.update(folders)
             llm.models()  # fail now, not at the first question, when the server is wrong
         except BaseException:
             server.stop()
