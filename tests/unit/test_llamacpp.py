@@ -484,3 +484,15 @@ def test_an_experts_beam_width_runs_over_one_token_requests(llm, monkeypatch):
     Fake.requests.clear()
     llm.generate(HELLO, expert="critic", temperature=0.5)  # sampled: no beams
     assert not any(r.get("n_probs") for r in Fake.requests)
+
+
+def test_a_prompt_that_fills_the_slot_window_is_refused_before_sending(llm):
+    from expertrag.errors import ContextWindowExceededError
+
+    long = [{"role": "user", "content": "word " * 1100}]  # the fake's slots hold 1024
+    for call in (lambda: llm.generate(long, refusal_gate=False),
+                 lambda: llm.label_probabilities([long]),
+                 lambda: list(llm.stream(long, refusal_gate=False))):
+        with pytest.raises(ContextWindowExceededError, match="context window of 1024"):
+            call()
+    assert not [r for r in Fake.requests if r["path"] == "/completion"]

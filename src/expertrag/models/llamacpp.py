@@ -49,7 +49,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from expertrag.errors import ExpertError, ExpertRAGError, InputError, UnknownExpertError
+from expertrag.errors import (
+    ContextWindowExceededError,
+    ExpertError,
+    ExpertRAGError,
+    InputError,
+    UnknownExpertError,
+)
 from expertrag.experts import shipped_experts
 from expertrag.experts.card import ExpertCard
 from expertrag.models.interface import GenerationResult, StreamChunk
@@ -437,13 +443,16 @@ class LlamaCppLLM(ServerLLM):
     @classmethod
     def start(cls, model: str = "smollm2-135m-instruct",
               experts: Mapping[str, str | os.PathLike[str]] | list[str] | str | None = "shipped",
-              *, parallel: int = 8, ctx_per_slot: int = 2048, threads: int | None = None,
+              *, parallel: int = 8, ctx_per_slot: int | None = None,
+              threads: int | None = None,
               port: int | None = None, binary: str | os.PathLike[str] | None = None,
               timeout: float | None = None, label_top_n: int = 100,
               weights: str = "gguf") -> LlamaCppLLM:
         """Start llama-server on ``model`` (a GGUF alias or file) with ``experts`` attached:
         ``"shipped"`` (all shipped experts), a list of shipped names, or ``{name: folder}``;
-        each converted to GGUF LoRA once (cached). ``weights``: ``gguf`` serves the file as
+        each converted to GGUF LoRA once (cached). Each of the ``parallel`` slots holds
+        ``ctx_per_slot`` tokens (default: the model's own window, as in-process; SmolLM2's
+        8192 cost ~23 KB of KV cache per token). ``weights``: ``gguf`` serves the file as
         it is (fastest decoding); ``f32`` / ``f16`` serve its de-quantized weights, the
         numbers the in-process backend computes with (faster prompt processing, slower
         decoding; see benchmarks/RESULTS.md). The returned client owns the server
@@ -452,6 +461,8 @@ class LlamaCppLLM(ServerLLM):
             raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
         folders = _expert_folders(experts)
         gguf, config_dir = _base_files(model)
+        if ctx_per_slot is None:
+            ctx_per_slot = _model_window(config_dir)
         if weights != "gguf":
             gguf = str(convert_base(config_dir, weights))
         loras = [convert_adapter(folder, config_dir, name=name)
@@ -577,6 +588,7 @@ class LlamaCppLLM(ServerLLM):
         ``/completion`` body: token-id prompt, per-request LoRA, greedy or sampled with no
         other sampler, GBNF grammar, banned tokens."""
         ids = self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
+        self._check_window(len(ids))
         temperature = float(body.get("temperature") or 0.0)
         native: dict[str, Any] = {
             "prompt": ids, "n_predict": int(body.get("max_tokens") or 16),
@@ -600,6 +612,16 @@ class LlamaCppLLM(ServerLLM):
         if body.get("stream"):
             native["stream"] = True
         return native
+
+    def _check_window(self, n: int) -> None:
+        """A prompt that fills a slot's window is refused here, as in-process (the server
+        would cut it or stop at once)."""
+        window = self.context_window
+        if n >= window:
+            raise ContextWindowExceededError(
+                f"the prompt has {n} tokens; {self.base_url} has a context window of "
+                f"{window} tokens per slot (leave room for the answer; start it with a "
+                f"larger ctx_per_slot)")
 
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         out = self._request("POST", "/completion", self._native(body))
@@ -649,6 +671,7 @@ class LlamaCppLLM(ServerLLM):
                 body = {"prompt": ids + prefix, "n_predict": 1, "n_probs": 2 * beams + 1,
                         "temperature": 0.0, "samplers": ["temperature"], "lora": lora,
                         "cache_prompt": True}
+                self._check_window(len(body["prompt"]))
                 probs = self._request("POST", "/completion", body).get(
                     "completion_probabilities") or []
                 top = probs[0].get("top_logprobs") if probs else None
@@ -743,6 +766,16 @@ class LlamaCppLLM(ServerLLM):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _model_window(config_dir: str, cap: int = 8192) -> int:
+    """The model's context window (its config's ``max_position_embeddings``, at most
+    ``cap``), the in-process backend's too."""
+    try:
+        config = json.loads((Path(config_dir) / "config.json").read_text(encoding="utf-8"))
+        return min(cap, int(config.get("max_position_embeddings") or cap))
+    except (OSError, ValueError):
+        return 2048
 
 
 def _base_name(listed: dict[str, Any]) -> str:
