@@ -6,14 +6,16 @@ adapters, called over plain HTTP), one run, one machine, the same GGUF and promp
     python benchmarks/bench_backends.py --data-dir ../shared/data
 
 Speed: single-stream decode tok/s (bare base, one expert), 8 concurrent requests (bare base,
-one expert, the three experts and the base mixed), first-token latency (streamed), label
-probabilities pairs/s (the relevance expert), CRAG seconds per question with the stage that
-dominates. Every figure is the median of ``--reps`` rounds taken side by side (round-robin),
-so a busy spell hits every side alike; every request's prompt is new to the servers (a
-numbered request), so no prompt cache favours a side. Quality: grounded-qa's answers through
-llama.cpp against in-process answers on the answer benchmark's test split (the same questions,
-passages and prompts as bench_answers.py; in-process answers come from its cache when there),
-with the paired bootstrap 95% interval of each difference and the share of identical answers.
+one expert, the three experts and the base mixed; the first two on prompts every side
+answers to the token limit, so tok/s compares decoding, not answer lengths), first-token
+latency (streamed), label probabilities pairs/s (the relevance expert), CRAG seconds per
+question with the stage that dominates. Every figure is the median of ``--reps`` rounds
+taken side by side (round-robin), so a busy spell hits every side alike; every request's
+prompt is new to the servers (a numbered request), so no prompt cache favours a side.
+Quality: grounded-qa's answers through llama.cpp against in-process answers on the answer
+benchmark's test split (the same questions, passages and prompts as bench_answers.py;
+in-process answers come from its cache when there), with the paired bootstrap 95% interval
+of each difference and the share of identical answers.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ PROMPTS = [
     "Describe every planet of the solar system in detail.",
     "Write a long poem about the sea.",
 ]
+#: prompts every side answers to the token limit with the bare base and with grounded-qa (a
+#: grounded answer is otherwise a few words, and tok/s would measure answer length)
+LONG = [0, 1, 5]
 PASSAGES = ["Paris is the capital and largest city of France.",
             "Bread is made from flour, water and yeast.",
             "The Eiffel Tower was designed by the company of Gustave Eiffel.",
@@ -99,25 +104,26 @@ def peer_rate(peer: BareServer, n: int, tokens: int) -> float:
     :func:`single_stream`)."""
     done, started = 0, time.perf_counter()
     if n == 1:
-        for conv in fresh_convs(2):
+        for conv in fresh_convs(2, long=True):
             done += peer.complete(conv, tokens)
     else:
-        done = peer.generate(fresh_convs(n), tokens)
+        done = peer.generate(fresh_convs(n, long=True), tokens)
     return done / (time.perf_counter() - started)
 
 
-def convs_for(n: int) -> list[Any]:
-    return [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+def convs_for(n: int, long: bool = False) -> list[Any]:
+    pool = [PROMPTS[i] for i in LONG] if long else PROMPTS
+    return [[{"role": "user", "content": pool[i % len(pool)]}] for i in range(n)]
 
 
 _SEEN = [0]
 
 
-def fresh_convs(n: int) -> list[Any]:
+def fresh_convs(n: int, long: bool = False) -> list[Any]:
     """Prompts never sent before (a numbered request), so no server's prompt cache helps:
     first-token latency is measured cold on every side."""
     out = []
-    for conv in convs_for(n):
+    for conv in convs_for(n, long):
         _SEEN[0] += 1
         out.append([{"role": "user", "content": f"Request {_SEEN[0]}. {conv[0]['content']}"}])
     return out
@@ -125,7 +131,7 @@ def fresh_convs(n: int) -> list[Any]:
 
 def tok_per_s(llm: Any, n: int, experts: list[str | None], tokens: int) -> float:
     """Completion tokens per second for ``n`` requests at once (one batched call)."""
-    convs = fresh_convs(n)
+    convs = fresh_convs(n, long=len(experts) == 1)
     rows = [experts[i % len(experts)] for i in range(n)]
     started = time.perf_counter()
     out = llm.generate(convs, expert=rows, max_new_tokens=tokens, refusal_gate=False,
@@ -135,7 +141,7 @@ def tok_per_s(llm: Any, n: int, experts: list[str | None], tokens: int) -> float
 
 def single_stream(llm: Any, expert: str | None, tokens: int, prompts: int = 2) -> float:
     done, took = 0, 0.0
-    for conv in fresh_convs(prompts):
+    for conv in fresh_convs(prompts, long=True):
         started = time.perf_counter()
         done += llm.generate(conv, expert=expert, max_new_tokens=tokens, refusal_gate=False,
                              num_beams=1).completion_tokens
@@ -272,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     local = ExpertLLM().load()
     attach_shipped(local)
     ours = LlamaCppLLM.start(parallel=args.parallel, threads=args.threads, weights=args.weights)
-    peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads).start()
+    peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads,
+                                 ctx_per_slot=ours.server.ctx_per_slot).start()  # same slots
     peer = BareServer(peer_server.url, ours.tokenizer, ours.render)
     one, mixed, n = ["grounded-qa"], ["grounded-qa", "critic", "relevance", None], args.parallel
     try:

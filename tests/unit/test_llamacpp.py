@@ -205,6 +205,9 @@ def test_label_probabilities_from_the_top_n(llm):
     sent = Fake.requests[-1]
     assert sent["n_predict"] == 1 and sent["n_probs"] == 100
     assert sent["lora"] == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}]
+    # sampling pinned to the end token: the server drops the figures of a sampled token
+    # that is half of a UTF-8 character
+    assert sent["logit_bias"] == [[tok.eos_token_id, 1.0e4]]
     (raw,) = llm.label_probabilities([HELLO], normalize=False)
     assert raw == pytest.approx({"yes": 0.6, "no": 0.2})
     Fake.script["probs"] = {yes: 0.6}  # "no" outside the top n: read as 0

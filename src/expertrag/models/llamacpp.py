@@ -668,17 +668,9 @@ class LlamaCppLLM(ServerLLM):
         def step(prefixes: list[list[int]]) -> list[dict[int, float]]:
             out = []
             for prefix in prefixes:
-                body = {"prompt": ids + prefix, "n_predict": 1, "n_probs": 2 * beams + 1,
-                        "temperature": 0.0, "samplers": ["temperature"], "lora": lora,
-                        "cache_prompt": True}
-                self._check_window(len(body["prompt"]))
-                probs = self._request("POST", "/completion", body).get(
-                    "completion_probabilities") or []
-                top = probs[0].get("top_logprobs") if probs else None
-                if not top:
-                    raise ServerCapabilityError(f"{self.base_url} returned no token "
-                                                "probabilities for beam search")
-                out.append({int(t["id"]): float(t["logprob"]) for t in top})
+                self._check_window(len(ids) + len(prefix))
+                top = self._next_token_logprobs(ids + prefix, lora, 2 * beams + 1)
+                out.append(top)
             return out
 
         tokens, _ = beam_search(step, beams, opts.max_new_tokens, eos,
@@ -692,21 +684,32 @@ class LlamaCppLLM(ServerLLM):
                                 finish_reason=finish, model_name=self.model_name,
                                 expert=expert)
 
-    def _first_probability(self, prompt: str, model: str, token_ids: list[int]
-                           ) -> list[float]:
-        """Probabilities of ``token_ids`` as the next token, from the server's top
-        ``label_top_n`` (a full softmax of the logits; a token outside them reads 0)."""
-        body = self._native({"model": model, "prompt": prompt, "max_tokens": 1,
-                             "temperature": 0.0})
-        body["n_probs"] = max(self.label_top_n, len(token_ids))
-        out = self._request("POST", "/completion", body)
-        probs = out.get("completion_probabilities") or []
+    def _next_token_logprobs(self, ids: list[int], lora: list[dict[str, Any]], n: int
+                             ) -> dict[int, float]:
+        """The ``n`` likeliest next tokens after ``ids`` and their log-probabilities: one
+        one-token request. The server reads them from the raw logits (a full softmax), but
+        leaves them out when the token it samples is half of a UTF-8 character; so sampling
+        is pinned to the end token (a logit bias, which the reported figures do not see)."""
+        eos = self.tokenizer.eos_token_id
+        body = {"prompt": ids, "n_predict": 1, "n_probs": n, "temperature": 0.0,
+                "samplers": ["temperature"], "lora": lora, "cache_prompt": True,
+                "logit_bias": [[int(eos), 1.0e4]] if eos is not None else []}
+        probs = self._request("POST", "/completion", body).get("completion_probabilities") or []
         top = probs[0].get("top_logprobs") if probs else None
         if not top:
             raise ServerCapabilityError(f"{self.base_url} returned no token probabilities "
                                         "(is it llama.cpp's llama-server?)")
-        by_id = {int(t["id"]): math.exp(float(t["logprob"])) for t in top}
-        return [by_id.get(t, 0.0) for t in token_ids]
+        return {int(t["id"]): float(t["logprob"]) for t in top}
+
+    def _first_probability(self, prompt: str, model: str, token_ids: list[int]
+                           ) -> list[float]:
+        """Probabilities of ``token_ids`` as the next token, from the server's top
+        ``label_top_n`` (a full softmax of the logits; a token outside them reads 0)."""
+        ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        self._check_window(len(ids))
+        top = self._next_token_logprobs(ids, self._lora(model),
+                                        max(self.label_top_n, len(token_ids)))
+        return [math.exp(top[t]) if t in top else 0.0 for t in token_ids]
 
     def _stream_plain(self, conv: Any, expert: str | None, opts: Any
                       ) -> Iterator[StreamChunk]:
