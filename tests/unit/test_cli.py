@@ -61,9 +61,10 @@ class FakeLLM:
 def fakes(monkeypatch):
     llms: list[FakeLLM] = []
 
-    def make_llm(model: str, server: str | None = None, dtype: str | None = None) -> FakeLLM:
+    def make_llm(model: str, server: str | None = None, dtype: str | None = None,
+                 backend: str | None = None) -> FakeLLM:
         llms.append(FakeLLM())
-        llms[-1].dtype = dtype
+        llms[-1].dtype, llms[-1].backend = dtype, backend
         return llms[-1]
 
     def make_store(db: str, collection: str, *, read_only: bool = False,
@@ -144,6 +145,9 @@ def test_ingest_then_ask(tmp_path, capsys, corpus, fakes):
 
     assert cli.main(["ask", "fee?", "--db", db, "--dtype", "float32"]) == 0
     assert fakes[-1].dtype == "float32"  # --dtype reaches the model
+    assert fakes[-1].backend is None
+    assert cli.main(["ask", "fee?", "--db", db, "--backend", "llamacpp"]) == 0
+    assert fakes[-1].backend == "llamacpp"  # --backend reaches make_llm
 
 
 def test_unknown_expert_exits_2(tmp_path, capsys, corpus, fakes):
