@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
                         "musique-open", help="answer-benchmark sets ('' for none)")
     parser.add_argument("--quality-sample", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--skip-speed", action="store_true",
+                        help="answer quality only (the speed tables come from a full run)")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
     args = parser.parse_args(argv)
 
@@ -274,10 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}; `python benchmarks/bench_backends.py "
           f"{' '.join(argv or sys.argv[1:])}`; {args.threads} threads, {args.parallel} slots, "
           f"{args.tokens} new tokens per request", flush=True)
-    bench = llama_bench(binary.parent / "llama-bench", gguf, args.threads)
     local = ExpertLLM().load()
     attach_shipped(local)
     ours = LlamaCppLLM.start(parallel=args.parallel, threads=args.threads, weights=args.weights)
+    if args.skip_speed:
+        report_quality(args, local, ours)
+        ours.close()
+        return
+    bench = llama_bench(binary.parent / "llama-bench", gguf, args.threads)
     peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads,
                                  ctx_per_slot=ours.server.ctx_per_slot).start()  # same slots
     peer = BareServer(peer_server.url, ours.tokenizer, ours.render)
@@ -353,13 +359,17 @@ def main(argv: list[str] | None = None) -> None:
     for side, (_per_q, stages) in crag.items():
         top = sorted(stages.items(), key=lambda kv: -kv[1])
         print(f"CRAG stages, {side}: " + ", ".join(f"{k} {v:.2f} s" for k, v in top))
+    report_quality(args, local, ours)
+    ours.close()
+
+
+def report_quality(args: argparse.Namespace, local: Any, ours: Any) -> None:
     if args.quality_sets:
         print("\ngrounded-qa answers: LlamaCppLLM against in-process, test split "
-              "(difference and paired bootstrap 95% interval)")
+              "(difference and paired bootstrap 95% interval)", flush=True)
         _print(["set", "questions", "metric", "in-process", "LlamaCppLLM", "difference",
                 "identical answers", "s / question (in-process / llama.cpp)"],
                quality(args, local, ours, f"llamacpp-{args.weights}"))
-    ours.close()
 
 
 def _x(a: float, b: float) -> str:
