@@ -134,6 +134,19 @@ CRAG_CORPUS = [
     "Bread is baked from flour, water, salt and yeast.",
     "The foghorn sounds two blasts every thirty seconds in poor visibility.",
 ]
+#: chat prompts whose answers run long (the speed benchmarks: bench_serving.py,
+#: bench_backends.py), so every side decodes up to its token limit
+SPEED_PROMPTS = [
+    "Count from 1 to 200, separated by commas.",
+    "List the numbers from 500 to 700, one per line.",
+    "Write the alphabet from A to Z, then again in lower case.",
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Count backwards from 300 to 1, separated by spaces.",
+    "Describe every planet of the solar system in detail.",
+    "Write a long poem about the sea.",
+]
+
 CRAG_QUESTIONS = ["When was the Saltmere Head lighthouse built?",
                   "What is the annual membership fee for adults?",
                   "When is Lantern Night held?", "Who won the 1998 World Cup?"]

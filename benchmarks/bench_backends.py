@@ -33,22 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import CRAG_QUESTIONS, crag_chain, fmt
+from _common import CRAG_QUESTIONS, SPEED_PROMPTS, crag_chain, fmt
 from _common import print_table as _print
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [
-    "Count from 1 to 200, separated by commas.",
-    "List the numbers from 500 to 700, one per line.",
-    "Write the alphabet from A to Z, then again in lower case.",
-    "Write a long story about a lighthouse keeper and a storm.",
-    "Explain in detail how a steam engine works, step by step.",
-    "Count backwards from 300 to 1, separated by spaces.",
-    "Describe every planet of the solar system in detail.",
-    "Write a long poem about the sea.",
-]
 #: prompts every side answers to the token limit with the bare base and with grounded-qa (a
 #: grounded answer is otherwise a few words, and tok/s would measure answer length)
 LONG = [0, 1, 5]
@@ -112,7 +102,7 @@ def peer_rate(peer: BareServer, n: int, tokens: int) -> float:
 
 
 def convs_for(n: int, long: bool = False) -> list[Any]:
-    pool = [PROMPTS[i] for i in LONG] if long else PROMPTS
+    pool = [SPEED_PROMPTS[i] for i in LONG] if long else SPEED_PROMPTS
     return [[{"role": "user", "content": pool[i % len(pool)]}] for i in range(n)]
 
 

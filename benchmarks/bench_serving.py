@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CRAG_QUESTIONS, crag_chain
+from _common import CRAG_QUESTIONS, SPEED_PROMPTS, crag_chain
 from _common import print_table as _print
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,20 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PROMPTS = [
-    "Count from 1 to 200, separated by commas.",
-    "List the numbers from 500 to 700, one per line.",
-    "Write the alphabet from A to Z, then again in lower case.",
-    "Write a long story about a lighthouse keeper and a storm.",
-    "Explain in detail how a steam engine works, step by step.",
-    "Count backwards from 300 to 1, separated by spaces.",
-    "Describe every planet of the solar system in detail.",
-    "Write a long poem about the sea.",
-]
-
-
 def throughput(llm: Any, n: int, experts: list[str | None], tokens: int) -> float:
-    convs = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+    convs = [[{"role": "user", "content": SPEED_PROMPTS[i % len(SPEED_PROMPTS)]}]
+             for i in range(n)]
     rows = [experts[i % len(experts)] for i in range(n)]
     started = time.perf_counter()
     out = llm.generate(convs, expert=rows, max_new_tokens=tokens, refusal_gate=False)
@@ -54,7 +43,7 @@ def throughput(llm: Any, n: int, experts: list[str | None], tokens: int) -> floa
 def first_token(llm: Any, expert: str | None, reps: int) -> tuple[float, float]:
     times = []
     for i in range(reps):
-        conv = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        conv = [{"role": "user", "content": SPEED_PROMPTS[i % len(SPEED_PROMPTS)]}]
         started = time.perf_counter()
         for chunk in llm.stream(conv, expert=expert, max_new_tokens=8, refusal_gate=False):
             if chunk.text:

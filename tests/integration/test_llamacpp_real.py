@@ -222,24 +222,9 @@ def test_the_cli_answers_with_the_llamacpp_backend(built: None, tmp_path: Path) 
 
 pytest.importorskip("langchain_tests")
 
-from langchain_capabilities import ExpertChatCapabilities  # noqa: E402
+from langchain_capabilities import ServedChatSuite  # noqa: E402
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 
 
-class TestChatExpertLLMOnLlamaCpp(ExpertChatCapabilities, ChatModelIntegrationTests):
-    @pytest.fixture(autouse=True)
-    def _server(self, server: Any) -> None:
-        self._core = server
-
-    @property
-    def model_override_value(self) -> str:
-        return "grounded-qa"  # an expert the server serves
-
-    @property
-    def chat_model_params(self) -> dict:
-        return {"client": self._core, "base_model": self._core.model_name, "max_tokens": 64}
-
-    @pytest.mark.xfail(reason="model knowledge: SmolLM2-135M omits the requested key in "
-                       "JSON mode (see test_langchain_standard.py)", strict=False)
-    def test_json_mode(self, model: Any) -> None:
-        super().test_json_mode(model)
+class TestChatExpertLLMOnLlamaCpp(ServedChatSuite, ChatModelIntegrationTests):
+    """The standard chat-model suite with this module's server as the client."""

@@ -166,24 +166,9 @@ def test_failure_modes(server: Any, server_url: str) -> None:
 
 pytest.importorskip("langchain_tests")
 
-from langchain_capabilities import ExpertChatCapabilities  # noqa: E402
+from langchain_capabilities import ServedChatSuite  # noqa: E402
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 
 
-class TestChatExpertLLMOnTheServer(ExpertChatCapabilities, ChatModelIntegrationTests):
-    @pytest.fixture(autouse=True)
-    def _server(self, server: Any) -> None:
-        self._core = server
-
-    @property
-    def model_override_value(self) -> str:
-        return "grounded-qa"  # an expert the server serves
-
-    @property
-    def chat_model_params(self) -> dict:
-        return {"client": self._core, "base_model": self._core.model_name, "max_tokens": 64}
-
-    @pytest.mark.xfail(reason="model knowledge: SmolLM2-135M omits the requested key in "
-                       "JSON mode (see test_langchain_standard.py)", strict=False)
-    def test_json_mode(self, model: Any) -> None:
-        super().test_json_mode(model)
+class TestChatExpertLLMOnTheServer(ServedChatSuite, ChatModelIntegrationTests):
+    """The standard chat-model suite with this module's server as the client."""

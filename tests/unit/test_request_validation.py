@@ -7,6 +7,7 @@ error, and the server clients refuse them before they send any completion reques
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -79,30 +80,29 @@ def in_process() -> Any:
     llm.close()
 
 
+def _served(handler: Any, client: Any, path: str = "") -> Iterator[Any]:
+    """``client`` on a fake server (``handler``) on a free loopback port, then both closed."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    llm = client(f"http://127.0.0.1:{httpd.server_address[1]}{path}",
+                 tokenizer=tiny_tokenizer())
+    yield llm
+    llm.close()
+    httpd.shutdown()
+
+
 @pytest.fixture(scope="module")
 def on_server() -> Any:
     from expertrag.models.server import ServerLLM
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    llm = ServerLLM(f"http://127.0.0.1:{httpd.server_address[1]}/v1",
-                    tokenizer=tiny_tokenizer())
-    yield llm
-    llm.close()
-    httpd.shutdown()
+    yield from _served(Fake, ServerLLM, "/v1")
 
 
 @pytest.fixture(scope="module")
 def on_llamacpp() -> Any:
     from expertrag.models.llamacpp import LlamaCppLLM
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeLlamaCpp)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    llm = LlamaCppLLM(f"http://127.0.0.1:{httpd.server_address[1]}",
-                      tokenizer=tiny_tokenizer())
-    yield llm
-    llm.close()
-    httpd.shutdown()
+    yield from _served(FakeLlamaCpp, LlamaCppLLM)
 
 
 BACKENDS = {"in-process": "in_process", "server": "on_server", "llamacpp": "on_llamacpp"}

@@ -37,7 +37,7 @@ SHIPPED_NAMES: tuple[str, ...] = (CRITIC, GROUNDED_QA, RELEVANCE)
 _REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 
 __all__ = ["CRITIC", "EXPERT_METADATA", "GROUNDED_QA", "RELEVANCE", "SHIPPED_NAMES",
-           "ExpertCard", "attach_shipped", "ensure_attached", "experts_dir",
+           "ExpertCard", "attach_shipped", "check_shipped", "ensure_attached", "experts_dir",
            "shipped_experts"]
 
 
@@ -64,7 +64,7 @@ def attach_shipped(llm: Any, names: Iterable[str] | str | None = None) -> list[s
     all of them; already attached ones are left as they are. Returns the attached names."""
     available = shipped_experts()
     wanted = [names] if isinstance(names, str) else list(names or available)
-    return [ensure_attached(llm, name, available) for name in _known(wanted, available)]
+    return [ensure_attached(llm, name, available) for name in check_shipped(wanted, available)]
 
 
 def ensure_attached(llm: Any, name: str, available: Mapping[str, Any] | None = None) -> str:
@@ -75,12 +75,14 @@ def ensure_attached(llm: Any, name: str, available: Mapping[str, Any] | None = N
     if name in (getattr(llm, "experts", None) or []):
         return name
     available = shipped_experts() if available is None else available
-    _known([name], available)
+    check_shipped([name], available)
     llm.add_expert(name, available[name])
     return name
 
 
-def _known(wanted: list[str], available: Mapping[str, Any]) -> list[str]:
+def check_shipped(wanted: list[str], available: Mapping[str, Any]) -> list[str]:
+    """``wanted``, when every name is in ``available`` (``{name: folder}`` of shipped
+    experts); else an UnknownExpertError naming the missing ones and what is shipped."""
     unknown = [n for n in wanted if n not in available]
     if unknown:
         have = ", ".join(available) or "none shipped"

@@ -56,7 +56,7 @@ from expertrag.errors import (
     InputError,
     UnknownExpertError,
 )
-from expertrag.experts import shipped_experts
+from expertrag.experts import check_shipped, shipped_experts
 from expertrag.experts.card import ExpertCard
 from expertrag.models.interface import GenerationResult, StreamChunk
 from expertrag.models.server import (
@@ -162,19 +162,9 @@ def convert_adapter(folder: str | os.PathLike[str], base_config_dir: str | os.Pa
     target = cache / _adapter_digest(folder) / f"{stem}.gguf"
     if target.is_file():
         return target
-    script = _converter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gguf.part", dir=target.parent)
-    os.close(fd)
-    try:
-        _run_converter([str(script), "--base", str(base_config_dir), "--outfile", tmp,
-                        "--outtype", outtype, str(folder)], f"could not convert {folder}",
-                       LlamaCppConversionError)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return _run_converter(_converter(), target,
+                          ["--base", str(base_config_dir), "--outtype", outtype, str(folder)],
+                          f"could not convert {folder}", LlamaCppConversionError)
 
 
 #: what ``weights`` may name: the GGUF file as it is, or its de-quantized copy re-written
@@ -194,35 +184,36 @@ def convert_base(model_dir: str | os.PathLike[str], outtype: str,
     target = cache / f"{folder.name}-{outtype}.gguf"
     if target.is_file():
         return target
-    script = _converter().parent / "convert_hf_to_gguf.py"
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gguf.part", dir=cache)
+    return _run_converter(_converter().parent / "convert_hf_to_gguf.py", target,
+                          ["--outtype", outtype, str(folder)],
+                          f"could not convert {folder} to a {outtype} GGUF", LlamaCppSetupError)
+
+
+def _run_converter(script: Path, target: Path, args: list[str], what: str,
+                   error: type[ExpertRAGError]) -> Path:
+    """Write ``target`` with one of llama.cpp's converters (its own gguf-py first on the
+    path) through a temporary file published atomically; a failure is ``error`` with the
+    converter's last line, and leaves nothing behind."""
+    home = script.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(home / "gguf-py"), str(home), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1"}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".gguf.part", dir=target.parent)
     os.close(fd)
     try:
-        _run_converter([str(script), "--outfile", tmp, "--outtype", outtype, str(folder)],
-                       f"could not convert {folder} to a {outtype} GGUF",
-                       LlamaCppSetupError)
+        done = subprocess.run([sys.executable, str(script), "--outfile", tmp, *args],
+                              capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+            hint = (" (pip install sentencepiece: llama.cpp's converter imports it)"
+                    if any("sentencepiece" in ln for ln in lines[-3:]) else "")
+            raise error(f"llama.cpp {what}: {lines[-1] if lines else 'no output'}{hint}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
-
-
-def _run_converter(args: list[str], what: str, error: type[ExpertRAGError]) -> None:
-    """Run one of llama.cpp's converters with its own gguf-py first on the path; a failure
-    is ``error`` with the converter's last line."""
-    home = _converter().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(home / "gguf-py"), str(home), os.environ.get("PYTHONPATH", "")]),
-        "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                          check=False)
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        hint = (" (pip install sentencepiece: llama.cpp's converter imports it)"
-                if any("sentencepiece" in ln for ln in lines[-3:]) else "")
-        raise error(f"llama.cpp {what}: {lines[-1] if lines else 'no output'}{hint}")
 
 
 # ---------------------------------------------------------------------------- grammar
@@ -259,44 +250,37 @@ def ebnf_to_gbnf(ebnf: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _literal_end(line: str, i: int) -> int:
+    """Where the quoted string or character class opening at ``line[i]`` ends (exclusive),
+    stepping over escapes."""
+    close = '"' if line[i] == '"' else "]"
+    j = i + 1
+    while j < len(line) and line[j] != close:
+        j += 2 if line[j] == "\\" else 1
+    return j + 1
+
+
 def _rewrite_line(line: str) -> str:
     """One rule: rename identifiers and rewrite repeats outside quoted strings and classes,
-    drop a trailing lookahead, fix escapes inside character classes."""
+    drop a trailing lookahead, fix escapes inside literals."""
     pieces: list[str] = []
     i, n = 0, len(line)
     while i < n:
-        ch = line[i]
-        if ch == '"':
-            j = i + 1
-            while j < n and line[j] != '"':
-                j += 2 if line[j] == "\\" else 1
-            pieces.append(_ESCAPE.sub(_escape, line[i:j + 1]))
-            i = j + 1
-        elif ch == "[":
-            j = i + 1
-            while j < n and line[j] != "]":
-                j += 2 if line[j] == "\\" else 1
-            pieces.append(_ESCAPE.sub(_escape, line[i:j + 1]))
-            i = j + 1
+        if line[i] in '"[':
+            j = _literal_end(line, i)
+            pieces.append(_ESCAPE.sub(_escape, line[i:j]))
+            i = j
         elif line.startswith("(=", i):
             depth, j = 0, i
             while j < n:
-                if line[j] == '"':  # skip a quoted literal inside the lookahead
-                    j += 1
-                    while j < n and line[j] != '"':
-                        j += 2 if line[j] == "\\" else 1
-                elif line[j] == "[":
-                    j += 1
-                    while j < n and line[j] != "]":
-                        j += 2 if line[j] == "\\" else 1
-                elif line[j] == "(":
-                    depth += 1
-                elif line[j] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
+                if line[j] in '"[':  # a literal inside the lookahead
+                    j = _literal_end(line, j)
+                    continue
+                depth += {"(": 1, ")": -1}.get(line[j], 0)
                 j += 1
-            i = j + 1
+                if depth == 0:
+                    break
+            i = j
         else:
             j = i
             while j < n and line[j] not in '"[' and not line.startswith("(=", j):
@@ -539,7 +523,7 @@ class LlamaCppLLM(ServerLLM):
         lora = convert_adapter(path, config_dir, name=name)
         names = dict(self._names_given)
         names[name] = len(self.server.loras)
-        self.close_client()
+        ServerLLM.close(self)  # the HTTP client only: its connections die with the server
         self.server.stop()
         self.server.loras.append(lora)
         self.server.start()
@@ -624,19 +608,16 @@ class LlamaCppLLM(ServerLLM):
                 f"larger ctx_per_slot)")
 
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        out = self._request("POST", "/completion", self._native(body))
+        native = self._native(body)
+        out = self._request("POST", "/completion", native)
         probs = out.get("completion_probabilities") or []
         choice = {"text": str(out.get("content") or ""),
                   "finish_reason": "length" if out.get("stop_type") == "limit" else "stop",
                   "logprobs": {"token_logprobs": [float(p.get("logprob", 0.0))
                                                   for p in probs]}}
-        usage = {"prompt_tokens": int(out.get("tokens_evaluated") or len(
-            self._native_prompt_len(body))), "completion_tokens": int(
-            out.get("tokens_predicted") or 0)}
+        usage = {"prompt_tokens": int(out.get("tokens_evaluated") or len(native["prompt"])),
+                 "completion_tokens": int(out.get("tokens_predicted") or 0)}
         return {"choice": choice, "usage": usage}
-
-    def _native_prompt_len(self, body: dict[str, Any]) -> list[int]:
-        return list(self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"])
 
     # ------------------------------------------------------------------ beam search
     def _check_beams(self, opts: Any) -> None:
@@ -754,10 +735,6 @@ class LlamaCppLLM(ServerLLM):
         yield StreamChunk("", final=result)
 
     # ------------------------------------------------------------------ lifetime
-    def close_client(self) -> None:
-        """Close the HTTP client only (the server keeps running)."""
-        super().close()
-
     def close(self) -> None:
         """Close the HTTP client and stop the server this client started."""
         super().close()
@@ -811,10 +788,6 @@ def _expert_folders(experts: Mapping[str, str | os.PathLike[str]] | list[str] | 
         experts = [experts]
     if isinstance(experts, Mapping):
         return {str(n): str(Path(p).expanduser()) for n, p in experts.items()}
-    unknown = [n for n in experts if n not in shipped]
-    if unknown:
-        raise UnknownExpertError(f"no shipped expert named {unknown} (shipped: "
-                                 f"{', '.join(shipped) or 'none'}); pass {{name: folder}}")
-    return {n: str(shipped[n]) for n in experts}
+    return {n: str(shipped[n]) for n in check_shipped(list(experts), shipped)}
 
 
