@@ -159,3 +159,89 @@ def test_llama_index_retriever_engines_and_events():
     response = self_rag.query("What is the capital of France?")
     assert response.response == "Paris [1]." and response.metadata["retrieved"]
     assert "SelfRAGRetrieveEvent" in seen
+
+
+# ------------------------------------------------------------------------------ multi-hop
+from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
+from test_multihop import DOCS, QUESTION, FakeHopLLM, overlap_retriever  # noqa: E402
+
+from expertrag.chains.multihop import MultiHopConfig  # noqa: E402
+from expertrag.langchain.chains import MultiHopRAGChain, MultiHopRetriever  # noqa: E402
+
+
+class OverlapLC(BaseRetriever):
+    """The multi-hop fixture corpus as a LangChain retriever (top 2 by shared words)."""
+
+    def _get_relevant_documents(self, query: str, *,
+                                run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
+        return [LCDocument(page_content=d.text, id=d.id, metadata={"src": d.id})
+                for d in overlap_retriever()(query, 2)]
+
+
+async def test_multihop_runnable_invoke_batch_stream_and_events():
+    chain = MultiHopRAGChain(FakeHopLLM(), OverlapLC(), config={"k": 2, "fill": False})
+    out = chain.invoke(QUESTION)
+    assert out["answer"] == "Lyon [3]." and out["citations"][0].id == "roe"
+    assert [h["query"] for h in out["hops"]] == [QUESTION, "Jane Roe"]
+    assert out["hops"][1]["kept"] == ["roe"] and out["stopped"] == "enough"
+    assert [o["answer"] for o in chain.batch([QUESTION, {"question": QUESTION}])] == \
+        ["Lyon [3]."] * 2
+    chunks = list(chain.stream(QUESTION))
+    assert "hops" in chunks[0] and "answer" not in chunks[0]
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    assert total["answer"] == "Lyon [3]." and total["citations"][0].id == "roe"
+    events = [e async for e in chain.astream_events(QUESTION, version="v2")]
+    custom = {e["name"] for e in events if e["event"] == "on_custom_event"}
+    assert {"expertrag_keep_end", "expertrag_next_end", "expertrag_generate_end"} <= custom
+
+
+def test_multihop_retriever_returns_the_context_in_hop_order():
+    retriever = MultiHopRetriever(retriever=OverlapLC(), llm=FakeHopLLM(), k=5,
+                                  config=MultiHopConfig(k=2, fill=False))
+    docs = retriever.invoke(QUESTION)
+    assert [d.id for d in docs] == ["film", "prize", "roe"]
+    assert [d.metadata["hop"] for d in docs] == [1, 1, 2]
+    assert docs[2].metadata["keep_score"] == 0.9 and docs[2].metadata["src"] == "roe"
+    assert len(retriever.invoke(QUESTION, k=1)) == 1
+
+
+class TestMultiHopRetrieverStandard(RetrieversIntegrationTests):
+    """langchain-tests standard retriever suite (fake hop model, 4-passage corpus)."""
+
+    @property
+    def retriever_constructor(self) -> type[MultiHopRetriever]:
+        return MultiHopRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"retriever": lambda q, k: overlap_retriever()(q, k), "llm": FakeHopLLM(),
+                "config": {"k": 4, "fill": True, "context_size": 4}}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTION
+
+
+def test_llama_index_multihop_retriever_and_engine():
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.retrievers import BaseRetriever as LIRetriever
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from expertrag.llama_index.chains import MultiHopQueryEngine
+    from expertrag.llama_index.chains import MultiHopRetriever as LIMultiHop
+
+    class Nodes(LIRetriever):
+        def _retrieve(self, query_bundle):
+            return [NodeWithScore(node=TextNode(text=d.text, id_=d.id), score=1.0)
+                    for d in overlap_retriever()(query_bundle.query_str, 2)]
+
+    cfg = {"k": 2, "fill": False}
+    nodes = LIMultiHop(Nodes(), FakeHopLLM(), k=5, config=cfg).retrieve(QUESTION)
+    assert [n.node.node_id for n in nodes] == ["film", "prize", "roe"]
+    assert nodes[2].node.metadata["hop"] == 2 and nodes[2].score == 0.9
+    response = MultiHopQueryEngine(FakeHopLLM(), Nodes(), config=cfg).query(QUESTION)
+    assert response.response == "Lyon [3]." and response.source_nodes[0].node.node_id == "roe"
+    assert [h["query"] for h in response.metadata["hops"]] == [QUESTION, "Jane Roe"]
+    assert len(DOCS) == 4

@@ -1,5 +1,6 @@
-"""Retriever chains built on the expert LLM: naive (``chains.naive``), corrective (CRAG)
-and self-reflective (Self-RAG), framework-free. The LangChain and LlamaIndex skins wrap them
+"""Retriever chains built on the expert LLM: naive (``chains.naive``), corrective (CRAG),
+self-reflective (Self-RAG) and multi-hop (``chains.multihop``), framework-free. The
+LangChain and LlamaIndex skins wrap them
 (``expertrag.langchain.chains``, ``expertrag.llama_index.chains``).
 """
 
@@ -14,6 +15,13 @@ from expertrag.chains.corrective import (
     CRAGResult,
     calibrate_thresholds,
     split_strips,
+)
+from expertrag.chains.multihop import (
+    Hop,
+    MultiHopConfig,
+    MultiHopContext,
+    MultiHopRAG,
+    MultiHopResult,
 )
 from expertrag.chains.naive import Answer, EvidenceGate, RAGPipeline
 from expertrag.chains.self_reflective import (
@@ -36,6 +44,11 @@ __all__ = [
     "CorrectedContext",
     "CorrectiveRAG",
     "EvidenceGate",
+    "Hop",
+    "MultiHopConfig",
+    "MultiHopContext",
+    "MultiHopRAG",
+    "MultiHopResult",
     "NativeCritic",
     "RAGPipeline",
     "SelfRAG",

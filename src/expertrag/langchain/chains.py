@@ -4,8 +4,12 @@
   stream of the final answer, async) that drop into LCEL. Input: a question string or a dict
   with ``question`` (or ``input`` / ``query``). Output: a dict with ``answer``, ``citations``
   (LangChain Documents) and the chain's evidence.
+- :class:`MultiHopRAGChain`: iterative multi-hop retrieval with the ``hop`` expert, then a
+  grounded answer, as a ``Runnable`` (stream: the gathered context, the answer's text, the
+  citations).
 - :class:`CorrectedContextRetriever`: CRAG's corrected-context stage as a ``BaseRetriever``
-  around any LangChain retriever (or expertrag source).
+  around any LangChain retriever (or expertrag source); :class:`MultiHopRetriever`: the
+  multi-hop context alone, the same way.
 - :func:`lc_source`: a LangChain retriever or tool as a document source for the core chains
   (e.g. a web-search tool as CRAG's external knowledge).
 
@@ -34,6 +38,12 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, PrivateAttr
 
 from expertrag.chains.corrective import CorrectedContext, CorrectiveRAG, CRAGConfig, CRAGResult
+from expertrag.chains.multihop import (
+    MultiHopConfig,
+    MultiHopContext,
+    MultiHopRAG,
+    MultiHopResult,
+)
 from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResult
 from expertrag.config import as_config
 from expertrag.errors import InputError
@@ -42,7 +52,8 @@ from expertrag.langchain.rerankers import from_lc_document, to_lc_document
 from expertrag.models.worker import iterate_in_thread
 from expertrag.types import Document
 
-__all__ = ["CorrectedContextRetriever", "CorrectiveRAGChain", "SelfRAGChain", "lc_source"]
+__all__ = ["CorrectedContextRetriever", "CorrectiveRAGChain", "MultiHopRAGChain",
+           "MultiHopRetriever", "SelfRAGChain", "lc_source"]
 
 
 def lc_source(source: Any) -> Any:
@@ -155,6 +166,15 @@ def _selfrag_output(res: SelfRAGResult) -> dict[str, Any]:
                             "passages": [to_lc_document(d) for d in c.passages]}
                            for c in res.candidates],
             "refused": res.refused, "seconds": res.seconds, "calls": res.calls}
+
+
+def _multihop_output(res: MultiHopResult) -> dict[str, Any]:
+    ctx = res.context
+    return {"question": res.question, "answer": res.answer,
+            "citations": [to_lc_document(d) for d in res.citations],
+            "context": [to_lc_document(d) for d in ctx.passages], "hops": ctx.records(),
+            "stopped": ctx.stopped, "refused": res.refused, "seconds": res.seconds,
+            "calls": res.calls}
 
 
 class _ChainRunnable(Runnable[Any, dict[str, Any]]):
@@ -295,6 +315,80 @@ class SelfRAGChain(_ChainRunnable):
 
     def _convert(self, result: Any) -> dict[str, Any]:
         return _selfrag_output(result)
+
+
+class MultiHopRAGChain(_ChainRunnable):
+    """Multi-hop RAG as an LCEL ``Runnable`` (:class:`~expertrag.chains.MultiHopRAG`).
+    ``stream`` yields the gathered context and its hops first, then the answer text as it
+    is generated, then the citations (chunks add up to the ``invoke`` output). ``config``: a
+    :class:`MultiHopConfig`, a dict of its settings or a saved one's path.
+
+    >>> chain = MultiHopRAGChain(llm, retriever)
+    >>> chain.invoke("Where was the director of Blue Film born?")["hops"]
+    """
+
+    def __init__(self, llm: Any, retriever: Any,
+                 config: MultiHopConfig | dict[str, Any] | str | None = None,
+                 core: MultiHopRAG | None = None) -> None:
+        self.core = core or MultiHopRAG(llm, lc_source(retriever),
+                                        config=as_config(MultiHopConfig, config))
+
+    def _convert(self, result: Any) -> dict[str, Any]:
+        return _multihop_output(result)
+
+    def _chunks(self, question: str, listener: Any) -> Iterator[dict[str, Any]]:
+        for part in self.core.stream(question, listener):
+            if isinstance(part, MultiHopContext):
+                yield AddableDict(question=part.question,
+                                  context=[to_lc_document(d) for d in part.passages],
+                                  hops=part.records(), stopped=part.stopped)
+            elif isinstance(part, str):
+                yield AddableDict(answer=part)
+            else:
+                out = _multihop_output(part)
+                yield AddableDict({k: out[k] for k in ("citations", "refused", "seconds",
+                                                       "calls")})
+
+
+class MultiHopRetriever(BaseRetriever):
+    """The multi-hop context as a ``BaseRetriever``: the passages the ``hop`` expert kept
+    over up to ``max_hops`` retrieval steps from the wrapped retriever, in hop order (filled
+    from the first hop when the config says so), at most ``k``. ``metadata`` gains
+    ``hop`` (the step that found it, 1-based) and ``keep_score``. ``config``: a
+    :class:`MultiHopConfig`, a dict of its settings or a saved one's path."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    retriever: Any
+    llm: Any
+    k: int = 5
+    config: Any = None
+    _core: MultiHopRAG | None = PrivateAttr(default=None)
+
+    @property
+    def core(self) -> MultiHopRAG:
+        if self._core is None:
+            self._core = MultiHopRAG(self.llm, lc_source(self.retriever),
+                                     config=as_config(MultiHopConfig, self.config))
+        return self._core
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None) -> list[LCDocument]:
+        return [_hop_document(d, h, s) for d, h, s in
+                self.core.retrieve(query).found(k or self.k)]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+    ) -> list[LCDocument]:
+        ctx = await asyncio.to_thread(self.core.retrieve, query)
+        return [_hop_document(d, h, s) for d, h, s in ctx.found(k or self.k)]
+
+
+def _hop_document(doc: Document, hop: int, score: float) -> LCDocument:
+    lc = to_lc_document(doc)
+    lc.metadata = {**lc.metadata, "hop": hop, "keep_score": score}
+    return lc
 
 
 class CorrectedContextRetriever(BaseRetriever):

@@ -2,6 +2,8 @@
 
 - :class:`CorrectedContextRetriever`: CRAG's corrected-context stage as a ``BaseRetriever``
   around any LlamaIndex retriever (or expertrag source).
+- :class:`MultiHopRetriever`: the multi-hop context (``hop`` expert, up to ``max_hops``
+  retrieval steps) as a ``BaseRetriever``; :class:`MultiHopQueryEngine`: with its answer.
 - :class:`CorrectiveRAGQueryEngine` / :class:`SelfRAGQueryEngine`: the chains where a
   ``BaseQueryEngine`` goes; ``Response.source_nodes`` are the cited passages,
   ``Response.metadata`` holds the chain's evidence.
@@ -27,6 +29,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.tools.types import BaseTool
 
 from expertrag.chains.corrective import CorrectiveRAG, CRAGConfig, CRAGResult
+from expertrag.chains.multihop import MultiHopConfig, MultiHopRAG, MultiHopResult
 from expertrag.chains.self_reflective import SelfRAG, SelfRAGConfig, SelfRAGResult
 from expertrag.config import as_config
 from expertrag.llama_index.retrievers import _to_document, _to_node
@@ -37,6 +40,8 @@ __all__ = [
     "ChainStageEvent",
     "CorrectedContextRetriever",
     "CorrectiveRAGQueryEngine",
+    "MultiHopQueryEngine",
+    "MultiHopRetriever",
     "SelfRAGQueryEngine",
     "SelfRAGRetrieveEvent",
     "llama_source",
@@ -185,6 +190,48 @@ class CorrectedContextRetriever(BaseRetriever):
         return await asyncio.to_thread(self._nodes, query_bundle.query_str)
 
 
+def multihop_response(result: MultiHopResult) -> Response:
+    """A multi-hop result as a ``Response``: the cited passages as ``source_nodes``, every
+    hop and the context in ``metadata``."""
+    ctx = result.context
+    return Response(response=result.answer,
+                    source_nodes=[_node(d) for d in result.citations],
+                    metadata={"hops": ctx.records(), "stopped": ctx.stopped,
+                              "refused": result.refused, "seconds": result.seconds,
+                              "calls": result.calls,
+                              "context": [d.text for d in ctx.passages]})
+
+
+class MultiHopRetriever(BaseRetriever):
+    """The multi-hop context as a LlamaIndex retriever: the passages the ``hop`` expert kept
+    over up to ``max_hops`` retrieval steps, in hop order, at most ``k``; each node's score
+    is its keep score and ``metadata["hop"]`` the step that found it. ``config``: a
+    :class:`MultiHopConfig`, a dict of its settings or a saved one's path."""
+
+    def __init__(self, retriever: Any, llm: Any, k: int = 5,
+                 config: MultiHopConfig | dict[str, Any] | str | None = None,
+                 callback_manager: CallbackManager | None = None, **kwargs: Any) -> None:
+        self.core = MultiHopRAG(llm, llama_source(retriever),
+                                config=as_config(MultiHopConfig, config))
+        self.k = k
+        super().__init__(callback_manager=callback_manager, **kwargs)
+
+    def _nodes(self, query: str) -> list[NodeWithScore]:
+        nodes = []
+        for doc, hop, score in self.core.retrieve(query, _listener("multihop")).found(self.k):
+            node = _node(doc)
+            node.node.metadata["hop"] = hop
+            node.score = score
+            nodes.append(node)
+        return nodes
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return self._nodes(query_bundle.query_str)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._nodes, query_bundle.query_str)
+
+
 class _ChainQueryEngine(BaseQueryEngine):
     chain_name = "chain"
 
@@ -227,6 +274,27 @@ class CorrectiveRAGQueryEngine(_ChainQueryEngine):
 
     def _response(self, result: CRAGResult) -> Response:
         return crag_response(result)
+
+
+class MultiHopQueryEngine(_ChainQueryEngine):
+    """Multi-hop RAG as a LlamaIndex query engine (``config``: a :class:`MultiHopConfig`, a
+    dict of its settings or a saved one's path).
+
+    >>> engine = MultiHopQueryEngine(llm, index.as_retriever(similarity_top_k=5))
+    >>> engine.query("Where was the director of Blue Film born?").metadata["hops"]
+    """
+
+    chain_name = "multihop"
+
+    def __init__(self, llm: Any, retriever: Any,
+                 config: MultiHopConfig | dict[str, Any] | str | None = None,
+                 callback_manager: CallbackManager | None = None) -> None:
+        super().__init__(MultiHopRAG(llm, llama_source(retriever),
+                                     config=as_config(MultiHopConfig, config)),
+                         callback_manager)
+
+    def _response(self, result: MultiHopResult) -> Response:
+        return multihop_response(result)
 
 
 class SelfRAGQueryEngine(_ChainQueryEngine):

@@ -156,6 +156,40 @@ RECIPES: dict[str, dict[str, Any]] = {
                  "`expertrag.reflection`.",
         "licence": ADAPTER_LICENCE,
     },
+    "hop": {
+        "name": "hop",
+        "task": "multi-hop retrieval steps: keep a passage, stop, name the next query",
+        "description": (
+            "Given a question and the evidence kept so far: whether a retrieved passage holds "
+            "a step toward the answer (keep, yes/no), whether the evidence is enough (stop, "
+            "yes/no), both as label probabilities from one forward pass, and what to look up "
+            "next (a title or short query, one JSON string under a grammar). Prompts: "
+            "`expertrag.experts.hop`; used by `expertrag.chains.MultiHopRAG`."
+        ),
+        "base": DEFAULT_BASE,
+        "builders": [
+            {"builder": "hop", "source": "hotpotqa",
+             "params": {"caps": {"keep": 900, "stop": 900}}},
+        ],
+        "data": [{**_HOTPOT, "use": "per item: keep rows (first-hop paragraph for the "
+                  "question, second-hop paragraph for the bridge title: yes; distractors: "
+                  "no), stop rows (both gold paragraphs, with or without a distractor: yes; "
+                  "one hop: no), next-query rows (the first hop's paragraph -> the second's "
+                  "title)"}],
+        # warm start from relevance: it already reads a passage against a question, which
+        # keep and stop are variations of (the critic's recipe found the same)
+        "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
+                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
+                                      "gate_proj", "up_proj", "down_proj"],
+                   "learning_rate": 4e-4, "epochs": 1, "batch_size": 8, "grad_accum": 1,
+                   "max_length": 768, "warmup_ratio": 0.05, "eval_fraction": 0.05,
+                   "eval_generate": 24, "eval_max_new_tokens": 24, "save_every": 20,
+                   "save_dtype": "float16", "seed": 42, "init_adapter": "shipped:relevance"},
+        "timing": "see the model card (measured wall time and hardware of the shipped run)",
+        "usage": "`MultiHopRAG(llm, retriever)` attaches it; the prompts are in "
+                 "`expertrag.experts.hop`.",
+        "licence": ADAPTER_LICENCE,
+    },
     "relevance": {
         "name": "relevance",
         "version": 2,
@@ -257,6 +291,10 @@ def build_recipe_rows(recipe: dict[str, Any], data: str | os.PathLike[str] | Non
                                         **params)
         elif kind == "critic":
             built = build_critic(folder, seed=seed, **params)
+        elif kind == "hop":
+            from expertrag.training.hop_data import build_hop
+
+            built = build_hop(load_hotpot(folder / HOTPOT_TRAIN), seed=seed, **params)
         elif kind == "relevance":
             msmarco = (load_msmarco(folder / MSMARCO_DIR, part=spec.get("msmarco_part"))
                        if "msmarco" in spec["source"] else None)

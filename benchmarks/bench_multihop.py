@@ -1,0 +1,236 @@
+"""Multi-hop answers: MultiHopRAG against naive RAG, CRAG and Self-RAG, same answerer, same
+questions, paired 95% intervals.
+
+Sets (the answer benchmark's, :mod:`expertrag.evaluation.answer_sets`, split once in code
+with a manifest): ``hotpotqa-open`` (HotpotQA test, every test paragraph pooled, the hybrid
+retriever), ``hotpotqa-distractor`` (each question over its own 10 paragraphs; only the items
+that keep their gold paragraphs, the standard distractor setting), ``musique-open`` (MuSiQue
+over its 1,890-passage corpus). Systems, all answering with the shipped ``grounded-qa``:
+
+- ``naive``: top-``k`` hybrid passages (``RAGPipeline``; the answer benchmark's cached
+  ``grounded-qa`` answers are the same answers);
+- ``crag``, ``self-rag``: shipped defaults, retrieving from the same retriever;
+- ``multihop``: :class:`~expertrag.chains.MultiHopRAG`, shipped defaults (or ``--config``).
+
+Per system and set: EM, token F1, answer contained (a refusal scores 0), both-gold recall of
+the final context (every supporting paragraph among the passages the answerer read; naive
+and multihop), hops, model calls and seconds per question, and the paired bootstrap 95%
+interval of each system's difference from naive RAG with McNemar's p (a win or a loss only
+when the interval excludes 0). Answers are cached per system, set and split
+(``benchmarks/.cache/answers``), so an interrupted run goes on where it stopped.
+
+    python benchmarks/bench_multihop.py --data-dir ../shared/data --split test
+    python benchmarks/bench_multihop.py --data-dir ../shared/data --split calibration \\
+        --systems naive,multihop --config '{"fill": false}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import table
+from bench_answers import (
+    AnswerCache,
+    System,
+    build_systems,
+    comparisons,
+    expert_fingerprint,
+    plot,
+    run_system,
+    score,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("hotpotqa-open", "hotpotqa-distractor", "musique-open")
+DEFAULT_SYSTEMS = "naive,crag,self-rag,multihop"
+
+
+def multihop_key(config: Any) -> str:
+    """Cache key: the hop and answer experts' weights and the chain's settings."""
+    from expertrag.experts import shipped_experts
+
+    folders = shipped_experts()
+    prints = "-".join(expert_fingerprint(folders[e]) for e in ("hop", "grounded-qa"))
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return f"multihop-{prints}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
+                 batch: int) -> list[dict[str, Any]]:
+    """Every case's record (answer, context ids, hops, calls, seconds), running what the
+    cache lacks. A set whose questions each search their own paragraphs runs one chain per
+    question (its source is that question's retriever); an open set runs batches."""
+    from tqdm import tqdm
+
+    from expertrag.chains.multihop import MultiHopRAG
+
+    cases = aset.cases
+    todo = [i for i, c in enumerate(cases) if c.id not in cache.records]
+    per_question = getattr(aset.retriever, "retrievers", None)
+    step = 1 if per_question is not None else batch
+    bar = tqdm(total=len(todo), desc=f"multihop / {aset.name}", unit="q")
+    for s in range(0, len(todo), step):
+        chunk = todo[s:s + step]
+        source = (per_question[cases[chunk[0]].question] if per_question is not None
+                  else aset.retriever)
+        chain = MultiHopRAG(llm, source, chain_config)
+        started = time.perf_counter()
+        results = chain.answer_many([cases[i].question for i in chunk])
+        took = (time.perf_counter() - started) / len(chunk)
+        cache.add([{"id": cases[i].id, "answer": r.answer, "p_refusal": None, "seconds": took,
+                    "hops": len(r.hops), "calls": r.forward_calls,
+                    "stopped": r.context.stopped, "queries": [h.query for h in r.hops],
+                    "context": [d.text for d in r.context.passages]}
+                   for i, r in zip(chunk, results, strict=True)])
+        bar.update(len(chunk))
+    bar.close()
+    return [cache.records[c.id] for c in cases]
+
+
+def both_gold(case: Any, texts: list[str]) -> bool:
+    """Every supporting paragraph of ``case`` is among ``texts``."""
+    have = {t.strip() for t in texts}
+    return bool(case.gold) and all(g.text.strip() in have for g in case.gold)
+
+
+def answerable_only(aset: Any) -> Any:
+    """The set restricted to questions whose gold paragraphs are in their pool."""
+    from dataclasses import replace
+
+    return replace(aset, cases=[c for c in aset.cases if c.answerable], _passages=None)
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--split", choices=("calibration", "test"), default="test")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
+    parser.add_argument("--config", default=None,
+                        help="MultiHopConfig settings as JSON (default: the shipped ones)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--limit", type=int, help="first N questions of each set")
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
+    parser.add_argument("--out", type=Path, help="write results.json and tables.md here")
+    args = parser.parse_args(argv)
+
+    from expertrag import ExpertLLM
+    from expertrag.chains.multihop import MultiHopConfig
+    from expertrag.embeddings import Embedder, MemoEmbedder
+    from expertrag.evaluation.answer_sets import check_manifest, load_answer_set
+    from expertrag.experts import attach_shipped, shipped_experts
+
+    if "hop" not in shipped_experts():
+        sys.exit("error: the hop expert is not shipped (expertrag/data/experts/hop)")
+    check_manifest(args.data_dir)
+    llm = ExpertLLM().load()
+    attach_shipped(llm)
+    config = MultiHopConfig.from_dict({"k": args.k, **json.loads(args.config or "{}")})
+    names = args.systems.split(",")
+    chains = build_systems([n if n != "naive" else "grounded-qa" for n in names
+                            if n != "multihop"], llm, {}, {})
+    systems: dict[str, System | None] = {("naive" if s.name == "grounded-qa" else s.name): s
+                                         for s in chains}
+    if "multihop" in names:
+        systems["multihop"] = None
+    embedder = MemoEmbedder(Embedder())
+    command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
+    report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "
+              f"{json.dumps(config.to_dict())}", ""]
+    results: dict[str, Any] = {}
+    for set_name in args.sets.split(","):
+        aset = load_answer_set(set_name, args.split, args.data_dir, embedder=embedder,
+                               k=args.k, check=False)
+        if set_name == "hotpotqa-distractor":
+            aset = answerable_only(aset)
+        if args.limit:
+            aset.cases = aset.cases[:args.limit]
+        scored, extra = {}, {}
+        for name, system in systems.items():
+            if system is None:
+                key = multihop_key(config)
+                records = run_multihop(config, aset, llm, AnswerCache(
+                    args.cache, System(name, key), set_name, args.split), args.batch)
+                gate = None
+                contexts = [r["context"] for r in records]
+                extra[name] = {
+                    "hops": sum(r["hops"] for r in records) / len(records),
+                    "calls": sum(r["calls"] for r in records) / len(records)}
+            else:
+                records = run_system(system, aset, llm, AnswerCache(args.cache, system,
+                                                                    set_name, args.split),
+                                     args.batch)
+                gate = system.gate
+                contexts = ([[d.text for d in p] for p in aset.passages()]
+                            if name == "naive" else None)
+                extra[name] = {"hops": 1.0 if name == "naive" else None,
+                               "calls": 1.0 if name == "naive" else None}
+            scored[name] = score(records, aset, gate)
+            extra[name]["recall"] = (None if contexts is None else sum(
+                both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True))
+                / len(aset.cases))
+            extra[name]["recall_per"] = (None if contexts is None else [
+                both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True)])
+        compared = {f"{n} vs naive": comparisons(s, scored["naive"])
+                    for n, s in scored.items() if n != "naive" and "naive" in scored}
+        if "naive" in scored and "multihop" in scored and extra["multihop"]["recall_per"]:
+            from expertrag.evaluation.stats import compare
+
+            compared["multihop vs naive"]["both_gold_recall"] = compare(
+                extra["multihop"]["recall_per"], extra["naive"]["recall_per"],
+                binary=True).to_dict()
+        rows = []
+        for name, s in scored.items():
+            f, e = s["figures"], extra[name]
+            rows.append([name, _f(f["em"]), _f(f["f1"]), _f(f["contained"]),
+                         _f(e["recall"]), _f(e["hops"], 2), _f(e["calls"], 1),
+                         _f(f["seconds"], 2)])
+        first = next(iter(scored.values()))["figures"]
+        text = [f"### {set_name} ({first['n']} questions, {args.split})", "",
+                table(["system", "EM", "F1", "contained", "both-gold recall", "hops / q",
+                       "model calls / q", "s / q"], rows), ""]
+        crows = []
+        for label, per in compared.items():
+            row = [label]
+            for metric in ("contained", "em", "f1", "both_gold_recall"):
+                c = per.get(metric)
+                if c is None:
+                    row.append("-")
+                    continue
+                p = "" if c["p_mcnemar"] is None else f", p={c['p_mcnemar']:.3g}"
+                row.append(f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{p} "
+                           f"**{c['verdict']}**")
+            crows.append(row)
+        if crows:
+            text.append(table(["difference (95% CI)", "contained", "EM", "F1",
+                               "both-gold recall"], crows))
+        print("\n" + "\n".join(text), flush=True)
+        report += [*text, ""]
+        results[set_name] = {"figures": {n: {**s["figures"], **{k: v for k, v in
+                                                                 extra[n].items()
+                                                                 if k != "recall_per"}}
+                                         for n, s in scored.items()},
+                             "compared": compared}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (args.out / "tables.md").write_text("\n".join(report))
+        plot(args.out / "multihop.png", results, "naive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""Iterative multi-hop retrieval with the ``hop`` expert, then a grounded answer.
+
+A bridge question's second paragraph is named only by its first, so one retrieval step with
+the question cannot find it, and a per-passage relevance judgement scores it low. The chain
+moves that work into retrieval, one bounded loop per question (IRCoT's interleaving, with the
+decisions of EfficientRAG as single forward passes of a small expert):
+
+1. retrieve ``k`` passages for the hop's query (the question itself at hop 1) from any
+   source (:mod:`expertrag.chains.base`: a vector store, hybrid, BM25, a graph retriever,
+   a LangChain or LlamaIndex retriever), skipping passages already seen;
+2. keep the passages the ``hop`` expert rates as a step toward the answer, P(yes) of
+   :func:`~expertrag.experts.hop.keep_messages`, at most ``keep_per_hop`` of them (at hop 1
+   the best one is kept even below the threshold: the answer needs somewhere to start);
+3. stop when P(yes) of :func:`~expertrag.experts.hop.stop_messages` reaches
+   ``stop_threshold`` or after ``max_hops`` hops (a hard bound), else generate the next
+   query under a grammar (one JSON string of at most 80 characters, never free text) and go
+   on; a query asked before ends the loop too.
+
+Then ``grounded-qa`` answers from the kept evidence in hop order (filled up to
+``context_size`` with the first hop's other passages when ``fill``), citing it. Every step of
+every question is recorded (:class:`Hop`). :meth:`MultiHopRAG.answer_many` batches each
+step across the questions still going: one keep pass, one stop pass, one query generation
+per hop, one answer generation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertrag.chains.base import (
+    Listener,
+    Retrieve,
+    Trace,
+    as_retrieve,
+    call_source,
+    check_question,
+)
+from expertrag.config import ConfigMixin
+from expertrag.errors import InputError
+from expertrag.experts import GROUNDED_QA, ensure_attached
+from expertrag.experts.grounded_qa import (
+    REFUSAL,
+    build_messages,
+    is_refusal,
+    select_citations,
+    tidy_citations,
+)
+from expertrag.experts.hop import (
+    LABELS,
+    NEXT_QUERY_SCHEMA,
+    keep_messages,
+    next_messages,
+    parse_query,
+    stop_messages,
+)
+from expertrag.experts.hop import (
+    NAME as HOP,
+)
+from expertrag.types import Document
+
+__all__ = ["Hop", "MultiHopConfig", "MultiHopContext", "MultiHopRAG", "MultiHopResult"]
+
+
+@dataclass
+class MultiHopConfig(ConfigMixin):
+    """Settings of a :class:`MultiHopRAG` chain; saved and loaded as JSON.
+
+    The thresholds and ``fill`` are chosen for answer accuracy on the multi-hop benchmark's
+    calibration parts (``benchmarks/bench_multihop.py --tune``; figures in
+    benchmarks/RESULTS.md)."""
+
+    k: int = 5  # passages retrieved per hop
+    max_hops: int = 3  # hard bound on retrieval steps per question
+    keep_threshold: float = 0.5
+    keep_per_hop: int = 2
+    stop_threshold: float = 0.5
+    context_size: int = 5  # passages the answerer reads at most
+    fill: bool = True  # fill the context with the first hop's unkept passages
+    hop_expert: str | None = HOP  # None: the bare base, prompted the same way
+    expert: str | None = GROUNDED_QA  # the answerer
+    max_new_tokens: int = 64
+    query_tokens: int = 32  # bound on the generated next query
+    source_timeout: float | None = None
+
+    def validate(self) -> MultiHopConfig:
+        for name in ("k", "max_hops", "keep_per_hop", "context_size", "max_new_tokens",
+                     "query_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_hops > 8:
+            raise InputError(f"max_hops must be at most 8, got {self.max_hops}")
+        for name in ("keep_threshold", "stop_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be within [0, 1], got {value!r}")
+        if self.source_timeout is not None and not self.source_timeout > 0:
+            raise InputError(f"source_timeout must be > 0 or None, got {self.source_timeout!r}")
+        return self
+
+
+@dataclass
+class Hop:
+    """One retrieval step of one question."""
+
+    number: int  # 1-based
+    query: str
+    retrieved: list[Document]  # new passages (not seen at an earlier hop), in source order
+    keep_scores: list[float]  # P(step toward the answer) of each retrieved passage
+    kept: list[Document]
+    stop_probability: float | None = None  # None where the bound or the last hop decided
+    next_query: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class MultiHopContext:
+    """What the retrieval loop gathered for one question."""
+
+    question: str
+    hops: list[Hop]
+    evidence: list[Document]  # kept passages in hop order
+    passages: list[Document]  # what the answerer reads (evidence, filled)
+    stopped: str  # "enough" | "max_hops" | "repeated_query" | "no_passages"
+
+    def found(self, k: int | None = None) -> list[tuple[Document, int, float]]:
+        """The answerer's passages (the first ``k``), each with the hop that retrieved it
+        (1-based) and its keep score."""
+        where = {id(d): (h.number, s) for h in self.hops
+                 for d, s in zip(h.retrieved, h.keep_scores, strict=True)}
+        return [(d, *where.get(id(d), (0, float("nan")))) for d in self.passages[:k]]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every hop as plain data: query, retrieved and kept passage ids, scores, seconds."""
+        return [{"hop": h.number, "query": h.query,
+                 "retrieved": [d.id for d in h.retrieved], "keep_scores": list(h.keep_scores),
+                 "kept": [d.id for d in h.kept], "stop_probability": h.stop_probability,
+                 "next_query": h.next_query, "seconds": h.seconds} for h in self.hops]
+
+
+@dataclass
+class MultiHopResult:
+    """An answer with its citations and every hop behind it."""
+
+    question: str
+    answer: str
+    citations: list[Document]
+    context: MultiHopContext
+    refused: bool
+    seconds: dict[str, float]
+    calls: dict[str, int]
+    expert: str | None = None
+
+    @property
+    def hops(self) -> list[Hop]:
+        return self.context.hops
+
+    @property
+    def forward_calls(self) -> int:
+        return sum(v for k, v in self.calls.items() if not k.endswith("_tokens"))
+
+
+def _key(doc: Document) -> str:
+    return f"id:{doc.id}" if doc.id else f"text:{' '.join(doc.text.split())}"
+
+
+@dataclass
+class _State:
+    question: str
+    query: str
+    hops: list[Hop] = field(default_factory=list)
+    evidence: list[Document] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    asked: set[str] = field(default_factory=set)
+    stopped: str | None = None
+
+
+class MultiHopRAG:
+    """Multi-hop retrieval over ``retriever`` (any source) with the ``hop`` expert, answered
+    by ``llm`` with ``config.expert`` (see the module doc)."""
+
+    def __init__(self, llm: Any, retriever: Any, config: MultiHopConfig | None = None) -> None:
+        self.llm = llm
+        self._retrieve: Retrieve = as_retrieve(retriever)
+        self.config = (config or MultiHopConfig()).validate()
+        for name in (self.config.hop_expert, self.config.expert):
+            if name in (HOP, GROUNDED_QA):
+                ensure_attached(llm, name)
+
+    # ------------------------------------------------------------------ the loop
+    def _keep(self, states: list[_State], found: list[list[Document]], hop: int,
+              trace: Trace) -> list[list[float]]:
+        pairs = [keep_messages(s.question, s.query, d.text)
+                 for s, docs in zip(states, found, strict=True) for d in docs]
+        if not pairs:
+            return [[] for _ in states]
+        with trace.stage("keep"):
+            probs = self.llm.label_probabilities(pairs, labels=LABELS,
+                                                 expert=self.config.hop_expert)
+        trace.count("keep", len(pairs))
+        flat = iter(float(p[LABELS[0]]) for p in probs)
+        return [[next(flat) for _ in docs] for docs in found]
+
+    def _stop(self, states: list[_State], trace: Trace) -> list[float]:
+        convs = [stop_messages(s.question, [d.text for d in s.evidence]) for s in states]
+        with trace.stage("stop"):
+            probs = self.llm.label_probabilities(convs, labels=LABELS,
+                                                 expert=self.config.hop_expert)
+        trace.count("stop", len(convs))
+        return [float(p[LABELS[0]]) for p in probs]
+
+    def _next(self, states: list[_State], trace: Trace) -> list[str | None]:
+        convs = [next_messages(s.question, [d.text for d in s.evidence]) for s in states]
+        with trace.stage("next"):
+            results = self.llm.generate(convs, expert=self.config.hop_expert,
+                                        max_new_tokens=self.config.query_tokens,
+                                        temperature=0.0, json_schema=NEXT_QUERY_SCHEMA)
+        trace.count("next", len(convs))
+        queries: list[str | None] = []
+        for r in results:
+            try:
+                queries.append(parse_query(r.parsed if isinstance(r.parsed, str) else r.text))
+            except InputError:  # an empty query: nothing more to look up
+                queries.append(None)
+        return queries
+
+    def _hop(self, states: list[_State], number: int, trace: Trace) -> None:
+        """One hop for every question still going: retrieve, keep, then stop or ask."""
+        cfg = self.config
+        started = time.perf_counter()
+        found: list[list[Document]] = []
+        with trace.stage("retrieve"):
+            for s in states:
+                docs = call_source(self._retrieve, s.query, cfg.k, "retriever",
+                                   cfg.source_timeout)
+                fresh = []
+                for d in docs:
+                    if _key(d) not in s.seen:
+                        s.seen.add(_key(d))
+                        fresh.append(d)
+                found.append(fresh)
+        trace.count("retrieve", len(states))
+        scores = self._keep(states, found, number, trace)
+        for s, docs, sc in zip(states, found, scores, strict=True):
+            ranked = sorted(range(len(docs)), key=lambda i: -sc[i])
+            kept = [i for i in ranked if sc[i] >= cfg.keep_threshold][:cfg.keep_per_hop]
+            if not kept and not s.evidence and ranked:  # somewhere to start
+                kept = ranked[:1]
+            s.hops.append(Hop(number, s.query, docs, sc, [docs[i] for i in sorted(kept)]))
+            s.evidence.extend(docs[i] for i in sorted(kept))
+            s.asked.add(s.query.lower())
+            if not s.evidence:
+                s.stopped = "no_passages"
+            elif number >= cfg.max_hops:
+                s.stopped = "max_hops"
+        going = [s for s in states if s.stopped is None]
+        if going:
+            for s, p in zip(going, self._stop(going, trace), strict=True):
+                s.hops[-1].stop_probability = p
+                if p >= cfg.stop_threshold:
+                    s.stopped = "enough"
+        going = [s for s in going if s.stopped is None]
+        if going:
+            for s, query in zip(going, self._next(going, trace), strict=True):
+                s.hops[-1].next_query = query
+                if query is None or query.lower() in s.asked:
+                    s.stopped = "repeated_query"
+                else:
+                    s.query = query
+        took = (time.perf_counter() - started) / max(1, len(states))
+        for s in states:
+            s.hops[-1].seconds = took
+
+    def _context(self, s: _State) -> MultiHopContext:
+        cfg = self.config
+        passages = list(s.evidence[:cfg.context_size])
+        if cfg.fill and s.hops:
+            have = {_key(d) for d in passages}
+            for d in s.hops[0].retrieved:
+                if len(passages) >= cfg.context_size:
+                    break
+                if _key(d) not in have:
+                    passages.append(d)
+        return MultiHopContext(s.question, s.hops, list(s.evidence), passages,
+                               s.stopped or "max_hops")
+
+    def _gather(self, questions: list[str], trace: Trace) -> list[MultiHopContext]:
+        states = [_State(q, q) for q in questions]
+        for number in range(1, self.config.max_hops + 1):
+            going = [s for s in states if s.stopped is None]
+            if not going:
+                break
+            self._hop(going, number, trace)
+        return [self._context(s) for s in states]
+
+    # ------------------------------------------------------------------ public
+    @staticmethod
+    def _check_many(questions: Sequence[str]) -> list[str]:
+        if isinstance(questions, str):
+            raise InputError("answer_many() takes a list of questions; use answer() for one")
+        return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
+
+    def retrieve(self, question: str, listener: Listener | None = None) -> MultiHopContext:
+        """The retrieval loop alone: the evidence for ``question``, hop by hop."""
+        return self._gather([check_question(question)], Trace(listener=listener))[0]
+
+    def retrieve_many(self, questions: Sequence[str],
+                      listener: Listener | None = None) -> list[MultiHopContext]:
+        """:meth:`retrieve` for several questions, each step batched across them."""
+        checked = self._check_many(questions)
+        return self._gather(checked, Trace(listener=listener)) if checked else []
+
+    def answer(self, question: str, listener: Listener | None = None) -> MultiHopResult:
+        return self.answer_many([check_question(question)], listener)[0]
+
+    def answer_many(self, questions: Sequence[str],
+                    listener: Listener | None = None) -> list[MultiHopResult]:
+        """Answer several questions; every hop's keep, stop and query passes and the final
+        answers are batched across them. Seconds and calls in each result are the batch's
+        shared evenly."""
+        checked = self._check_many(questions)
+        if not checked:
+            return []
+        trace = Trace(listener=listener)
+        contexts = self._gather(checked, trace)
+        todo = [i for i, c in enumerate(contexts) if c.passages]
+        results: dict[int, Any] = {}
+        if todo:
+            convs = [build_messages(contexts[i].question, contexts[i].passages) for i in todo]
+            with trace.stage("generate"):
+                out = self.llm.generate(convs, expert=self.config.expert,
+                                        max_new_tokens=self.config.max_new_tokens,
+                                        temperature=0.0)
+            trace.count("generator", len(convs))
+            trace.count("completion_tokens", sum(r.completion_tokens for r in out))
+            results = dict(zip(todo, out, strict=True))
+        share = trace.share(len(checked))
+        return [self._result(c, results.get(i), share) for i, c in enumerate(contexts)]
+
+    async def aanswer(self, question: str, listener: Listener | None = None) -> MultiHopResult:
+        import asyncio
+
+        return await asyncio.to_thread(self.answer, question, listener)
+
+    def stream(self, question: str, listener: Listener | None = None) -> Iterator[Any]:
+        """The :class:`MultiHopContext`, then the answer's text pieces as they are generated
+        (str), then the :class:`MultiHopResult`."""
+        trace = Trace(listener=listener)
+        ctx = self._gather([check_question(question)], trace)[0]
+        yield ctx
+        if not ctx.passages:
+            yield REFUSAL
+            yield self._result(ctx, None, trace)
+            return
+        final = None
+        with trace.stage("generate"):
+            for chunk in self.llm.stream(build_messages(ctx.question, ctx.passages),
+                                         expert=self.config.expert,
+                                         max_new_tokens=self.config.max_new_tokens,
+                                         temperature=0.0):
+                if chunk.text:
+                    yield chunk.text
+                final = chunk.final or final
+        trace.count("generator")
+        if final is not None:
+            trace.count("completion_tokens", final.completion_tokens)
+        yield self._result(ctx, final, trace)
+
+    def _result(self, ctx: MultiHopContext, generated: Any, trace: Trace) -> MultiHopResult:
+        if generated is not None:
+            text = tidy_citations(generated.text.strip())
+            citations, refused = select_citations(text, ctx.passages), is_refusal(text)
+        else:  # nothing retrieved: nothing to ground an answer on
+            text, citations, refused = REFUSAL, [], True
+        return MultiHopResult(question=ctx.question, answer=text, citations=citations,
+                              context=ctx, refused=refused, seconds=dict(trace.seconds),
+                              calls=dict(trace.calls), expert=self.config.expert)
