@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--limit", type=int, help="first N questions of each set")
+    parser.add_argument("--sample", type=int,
+                        help="the answer benchmark's fixed random N questions of each set "
+                             "(the same draw as bench_answers.py --sample N, so its cached "
+                             "chain answers are reused; the distractor set is then cut to "
+                             "its answerable questions)")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
     parser.add_argument("--out", type=Path, help="write results.json and tables.md here")
     args = parser.parse_args(argv)
@@ -155,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     for set_name in args.sets.split(","):
         aset = load_answer_set(set_name, args.split, args.data_dir, embedder=embedder,
                                k=args.k, check=False)
+        if args.sample and args.sample < len(aset.cases):
+            keep = sorted(random.Random(f"{set_name}-{args.split}").sample(
+                range(len(aset.cases)), args.sample))
+            aset.cases = [aset.cases[i] for i in keep]
         if set_name == "hotpotqa-distractor":
             aset = answerable_only(aset)
         if args.limit:

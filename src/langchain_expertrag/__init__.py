@@ -13,6 +13,8 @@ from expertrag import __version__
 from expertrag.langchain.chains import (
     CorrectedContextRetriever,
     CorrectiveRAGChain,
+    MultiHopRAGChain,
+    MultiHopRetriever,
     SelfRAGChain,
     lc_source,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "ExpertGraphRetriever",
     "ExpertHybridRetriever",
     "ExpertReranker",
+    "MultiHopRAGChain",
+    "MultiHopRetriever",
     "SelfRAGChain",
     "__version__",
     "answer_relevance_evaluator",

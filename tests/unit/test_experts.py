@@ -13,7 +13,9 @@ from expertrag.experts import (
     CRITIC,
     EXPERT_METADATA,
     GROUNDED_QA,
+    HOP,
     RELEVANCE,
+    SHIPPED_NAMES,
     ExpertCard,
     ensure_attached,
     shipped_experts,
@@ -34,8 +36,8 @@ class Attaching:
 
 
 def test_names_are_the_shipped_folders():
-    assert (GROUNDED_QA, RELEVANCE, CRITIC) == ("grounded-qa", "relevance", "critic")
-    assert set(shipped_experts()) <= {GROUNDED_QA, RELEVANCE, CRITIC}
+    assert (GROUNDED_QA, RELEVANCE, CRITIC, HOP) == ("grounded-qa", "relevance", "critic", "hop")
+    assert set(shipped_experts()) <= set(SHIPPED_NAMES) == {GROUNDED_QA, RELEVANCE, CRITIC, HOP}
 
 
 def test_ensure_attached_attaches_once_and_names_the_unknown():

@@ -41,7 +41,7 @@ from expertrag.chains.base import (
 )
 from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
-from expertrag.experts import GROUNDED_QA, ensure_attached
+from expertrag.experts import GROUNDED_QA, HOP, ensure_attached
 from expertrag.experts.grounded_qa import (
     REFUSAL,
     build_messages,
@@ -56,9 +56,6 @@ from expertrag.experts.hop import (
     next_messages,
     parse_query,
     stop_messages,
-)
-from expertrag.experts.hop import (
-    NAME as HOP,
 )
 from expertrag.types import Document
 

@@ -10,8 +10,8 @@ and its card, ``expertrag_expert.json``):
 
 - :mod:`expertrag.experts.card`: :class:`ExpertCard`, the one reader and writer of a card;
 - :mod:`expertrag.experts.grounded_qa`, :mod:`expertrag.experts.relevance`,
-  :mod:`expertrag.experts.critic`: one module per shipped expert (prompt, labels, refusal
-  text, output format);
+  :mod:`expertrag.experts.critic`, :mod:`expertrag.experts.hop`: one module per shipped
+  expert (prompt, labels, refusal text, output format);
 - :func:`ensure_attached`: a component that needs a shipped expert calls it.
 
 This package is on the experts floor: it imports only ``errors`` and ``types``. A new expert
@@ -29,14 +29,15 @@ from expertrag.errors import UnknownExpertError
 from expertrag.experts.card import EXPERT_METADATA, ExpertCard
 from expertrag.experts.critic import NAME as CRITIC
 from expertrag.experts.grounded_qa import NAME as GROUNDED_QA
+from expertrag.experts.hop import NAME as HOP
 from expertrag.experts.relevance import NAME as RELEVANCE
 
 #: the experts expertrag ships, by name
-SHIPPED_NAMES: tuple[str, ...] = (CRITIC, GROUNDED_QA, RELEVANCE)
+SHIPPED_NAMES: tuple[str, ...] = (CRITIC, GROUNDED_QA, HOP, RELEVANCE)
 
 _REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 
-__all__ = ["CRITIC", "EXPERT_METADATA", "GROUNDED_QA", "RELEVANCE", "SHIPPED_NAMES",
+__all__ = ["CRITIC", "EXPERT_METADATA", "GROUNDED_QA", "HOP", "RELEVANCE", "SHIPPED_NAMES",
            "ExpertCard", "attach_shipped", "check_shipped", "ensure_attached", "experts_dir",
            "shipped_experts"]
 

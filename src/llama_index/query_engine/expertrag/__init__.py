@@ -1,7 +1,7 @@
-"""LlamaIndex query-engine integration: Corrective RAG and Self-RAG as ``BaseQueryEngine``s,
-with the instrumentation events they emit and :func:`llama_source`, which turns a LlamaIndex
-retriever or tool into a document source for them; and the same chains as Workflows, with
-their typed events.
+"""LlamaIndex query-engine integration: Corrective RAG, Self-RAG and multi-hop RAG as
+``BaseQueryEngine``s, with the instrumentation events they emit and :func:`llama_source`,
+which turns a LlamaIndex retriever or tool into a document source for them; and CRAG and
+Self-RAG as Workflows, with their typed events.
 
 Re-exports of :mod:`expertrag.llama_index.chains` and :mod:`expertrag.llama_index.workflows`
 (same objects).
@@ -11,6 +11,7 @@ from expertrag.llama_index.chains import (
     ChainStageEvent,
     CorrectiveRAGQueryEngine,
     CRAGActionEvent,
+    MultiHopQueryEngine,
     SelfRAGQueryEngine,
     SelfRAGRetrieveEvent,
     llama_source,
@@ -40,6 +41,7 @@ __all__ = [
     "ChainStageEvent",
     "CorrectiveRAGQueryEngine",
     "CorrectiveRAGWorkflow",
+    "MultiHopQueryEngine",
     "SelfRAGCandidatesEvent",
     "SelfRAGDecisionEvent",
     "SelfRAGQueryEngine",
