@@ -42,6 +42,48 @@ def check_question(question: Any, where: str = "question") -> str:
     return question.strip()
 
 
+def check_questions(questions: Any) -> list[str]:
+    """A batch of questions, each checked; one string is refused (``answer()`` takes one)."""
+    if isinstance(questions, str):
+        raise InputError("answer_many() takes a list of questions; use answer() for one")
+    return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
+
+
+def grounded_outcome(generated: Any, passages: list[Document]
+                     ) -> tuple[str, list[Document], bool]:
+    """(answer text, cited passages, refused) of a grounded answer; ``generated`` None means
+    nothing was generated (no passages to ground on): the refusal, no citations."""
+    from expertrag.experts.grounded_qa import (
+        REFUSAL,
+        is_refusal,
+        select_citations,
+        tidy_citations,
+    )
+
+    if generated is None:
+        return REFUSAL, [], True
+    text = tidy_citations(generated.text.strip())
+    return text, select_citations(text, passages), is_refusal(text)
+
+
+def stream_answer(llm: Any, question: str, passages: list[Document], trace: Trace,
+                  **options: Any) -> Iterator[str]:
+    """The grounded answer's text pieces as ``llm`` streams them, timed and counted in
+    ``trace``; the generator's return value is the final result (``yield from`` gives it)."""
+    from expertrag.experts.grounded_qa import build_messages
+
+    final = None
+    with trace.stage("generate"):
+        for chunk in llm.stream(build_messages(question, passages), **options):
+            if chunk.text:
+                yield chunk.text
+            final = chunk.final or final
+    trace.count("generator")
+    if final is not None:
+        trace.count("completion_tokens", final.completion_tokens)
+    return final
+
+
 def as_retrieve(source: Any, name: str = "retriever") -> Retrieve:
     """A ``fn(query, k) -> list[Document]`` for any supported source (see module doc)."""
     if source is None:

@@ -42,7 +42,10 @@ from expertrag.chains.base import (
     as_retrieve,
     call_source,
     check_question,
+    check_questions,
+    grounded_outcome,
     keywords,
+    stream_answer,
 )
 from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
@@ -50,9 +53,6 @@ from expertrag.experts import GROUNDED_QA, ensure_attached
 from expertrag.experts.grounded_qa import (
     REFUSAL,
     build_messages,
-    is_refusal,
-    select_citations,
-    tidy_citations,
 )
 from expertrag.types import Document
 
@@ -584,16 +584,10 @@ class CorrectiveRAG:
 
     def correct_many(self, questions: Sequence[str],
                      listener: Listener | None = None) -> list[CorrectedContext]:
-        checked = self._check_many(questions)
+        checked = check_questions(questions)
         return self._correct_many(checked, Trace(listener=listener)) if checked else []
 
     # ------------------------------------------------------------------ answers
-    @staticmethod
-    def _check_many(questions: Sequence[str]) -> list[str]:
-        if isinstance(questions, str):
-            raise InputError("answer_many() takes a list of questions; use answer() for one")
-        return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
-
     def answer(self, question: str, listener: Listener | None = None) -> CRAGResult:
         return self.answer_many([check_question(question)], listener)[0]
 
@@ -602,7 +596,7 @@ class CorrectiveRAG:
         """Answer several questions; evaluator and generator calls are batched across them.
         Seconds and calls in each result are the batch's shared evenly. ``listener`` hears
         the stages (see :class:`~expertrag.chains.base.Trace`)."""
-        checked = self._check_many(questions)
+        checked = check_questions(questions)
         if not checked:
             return []
         trace = Trace(listener=listener)
@@ -641,25 +635,14 @@ class CorrectiveRAG:
             yield REFUSAL
             yield self._result(ctx, None, trace)
             return
-        final = None
-        with trace.stage("generate"):
-            for chunk in self.llm.stream(build_messages(ctx.question, ctx.passages),
+        final = yield from stream_answer(self.llm, ctx.question, ctx.passages, trace,
                                          expert=self.config.expert,
-                                         max_new_tokens=self.config.max_new_tokens):
-                if chunk.text:
-                    yield chunk.text
-                final = chunk.final or final
-        trace.count("generator")
-        if final is not None:
-            trace.count("completion_tokens", final.completion_tokens)
+                                         max_new_tokens=self.config.max_new_tokens)
         yield self._result(ctx, final, trace)
 
     def _result(self, ctx: CorrectedContext, generated: Any, trace: Trace) -> CRAGResult:
-        if generated is not None:
-            text = tidy_citations(generated.text.strip())
-            citations, refused = select_citations(text, ctx.passages), is_refusal(text)
-        else:  # Incorrect with nothing external: refuse, never answer from rejects
-            text, citations, refused = REFUSAL, [], True
+        # None: Incorrect with nothing external; refuse, never answer from rejects
+        text, citations, refused = grounded_outcome(generated, ctx.passages)
         return CRAGResult(question=ctx.question, answer=text, citations=citations,
                           action=ctx.action, context=ctx, refused=refused,
                           seconds=dict(trace.seconds), calls=dict(trace.calls),

@@ -38,6 +38,9 @@ from expertrag.chains.base import (
     as_retrieve,
     call_source,
     check_question,
+    check_questions,
+    grounded_outcome,
+    stream_answer,
 )
 from expertrag.config import ConfigMixin
 from expertrag.errors import InputError
@@ -45,9 +48,6 @@ from expertrag.experts import GROUNDED_QA, HOP, ensure_attached
 from expertrag.experts.grounded_qa import (
     REFUSAL,
     build_messages,
-    is_refusal,
-    select_citations,
-    tidy_citations,
 )
 from expertrag.experts.hop import (
     LABELS,
@@ -296,12 +296,6 @@ class MultiHopRAG:
         return [self._context(s) for s in states]
 
     # ------------------------------------------------------------------ public
-    @staticmethod
-    def _check_many(questions: Sequence[str]) -> list[str]:
-        if isinstance(questions, str):
-            raise InputError("answer_many() takes a list of questions; use answer() for one")
-        return [check_question(q, f"questions[{i}]") for i, q in enumerate(questions)]
-
     def retrieve(self, question: str, listener: Listener | None = None) -> MultiHopContext:
         """The retrieval loop alone: the evidence for ``question``, hop by hop."""
         return self._gather([check_question(question)], Trace(listener=listener))[0]
@@ -309,7 +303,7 @@ class MultiHopRAG:
     def retrieve_many(self, questions: Sequence[str],
                       listener: Listener | None = None) -> list[MultiHopContext]:
         """:meth:`retrieve` for several questions, each step batched across them."""
-        checked = self._check_many(questions)
+        checked = check_questions(questions)
         return self._gather(checked, Trace(listener=listener)) if checked else []
 
     def answer(self, question: str, listener: Listener | None = None) -> MultiHopResult:
@@ -320,7 +314,7 @@ class MultiHopRAG:
         """Answer several questions; every hop's keep, stop and query passes and the final
         answers are batched across them. Seconds and calls in each result are the batch's
         shared evenly."""
-        checked = self._check_many(questions)
+        checked = check_questions(questions)
         if not checked:
             return []
         trace = Trace(listener=listener)
@@ -354,26 +348,14 @@ class MultiHopRAG:
             yield REFUSAL
             yield self._result(ctx, None, trace)
             return
-        final = None
-        with trace.stage("generate"):
-            for chunk in self.llm.stream(build_messages(ctx.question, ctx.passages),
+        final = yield from stream_answer(self.llm, ctx.question, ctx.passages, trace,
                                          expert=self.config.expert,
                                          max_new_tokens=self.config.max_new_tokens,
-                                         temperature=0.0):
-                if chunk.text:
-                    yield chunk.text
-                final = chunk.final or final
-        trace.count("generator")
-        if final is not None:
-            trace.count("completion_tokens", final.completion_tokens)
+                                         temperature=0.0)
         yield self._result(ctx, final, trace)
 
     def _result(self, ctx: MultiHopContext, generated: Any, trace: Trace) -> MultiHopResult:
-        if generated is not None:
-            text = tidy_citations(generated.text.strip())
-            citations, refused = select_citations(text, ctx.passages), is_refusal(text)
-        else:  # nothing retrieved: nothing to ground an answer on
-            text, citations, refused = REFUSAL, [], True
+        text, citations, refused = grounded_outcome(generated, ctx.passages)
         return MultiHopResult(question=ctx.question, answer=text, citations=citations,
                               context=ctx, refused=refused, seconds=dict(trace.seconds),
                               calls=dict(trace.calls), expert=self.config.expert)
