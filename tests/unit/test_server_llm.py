@@ -117,6 +117,31 @@ def test_a_batch_is_concurrent_requests_with_mixed_experts(server):
     assert sorted(r["model"] for r in Fake.requests) == ["base", "critic", "grounded-qa"]
 
 
+def test_the_tokenizer_loads_once_when_a_concurrent_batch_first_asks(monkeypatch):
+    """A batch's first requests all ask for the lazily loaded tokenizer at once; a
+    concurrent ``transformers`` import failed with ImportError before the load was locked."""
+    import time
+
+    from expertrag.models import loading
+
+    calls: list[str] = []
+
+    def slow_load(name: str) -> Any:
+        calls.append(name)
+        time.sleep(0.05)
+        return tiny_tokenizer()
+
+    monkeypatch.setattr(loading, "load_tokenizer", slow_load)
+    llm = ServerLLM("http://127.0.0.1:9/v1", tokenizer="my-tokenizer")
+    seen: list[Any] = []
+    threads = [threading.Thread(target=lambda: seen.append(llm.grammars)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["my-tokenizer"] and len({id(g) for g in seen}) == 1
+
+
 def test_structured_output_sends_the_grammar_and_parses(server):
     Fake.script["text"] = '{"answer": "Paris"}'
     schema = {"type": "object", "properties": {"answer": {"type": "string"}},

@@ -90,6 +90,7 @@ class ServerLLM:
         self._client: Any = None
         self._paths: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # tokenizer / grammar load, once across threads
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -168,18 +169,26 @@ class ServerLLM:
 
     @property
     def tokenizer(self) -> Any:
+        """The base's tokenizer, loaded once; locked because the first requests of a
+        concurrent batch all ask for it (a lazy ``transformers`` import is not thread-safe)."""
         if self._tokenizer is None or isinstance(self._tokenizer, str):
-            from expertrag.models.loading import load_tokenizer
+            with self._load_lock:
+                if self._tokenizer is None or isinstance(self._tokenizer, str):
+                    from expertrag.models.loading import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self._tokenizer or "smollm2-135m-instruct")
+                    self._tokenizer = load_tokenizer(self._tokenizer
+                                                     or "smollm2-135m-instruct")
         return self._tokenizer
 
     @property
     def grammars(self) -> Any:
         if self._grammars is None:
-            from expertrag.models.structured import GrammarFactory
+            tok = self.tokenizer
+            with self._load_lock:
+                if self._grammars is None:
+                    from expertrag.models.structured import GrammarFactory
 
-            self._grammars = GrammarFactory(self.tokenizer, len(self.tokenizer))
+                    self._grammars = GrammarFactory(tok, len(tok))
         return self._grammars
 
     def add_expert(self, name: str, path: str, *, check_base: bool = True) -> None:
