@@ -10,7 +10,9 @@ over its 1,890-passage corpus). Systems, all answering with the shipped ``ground
 - ``naive``: top-``k`` hybrid passages (``RAGPipeline``; the answer benchmark's cached
   ``grounded-qa`` answers are the same answers);
 - ``crag``, ``self-rag``: shipped defaults, retrieving from the same retriever;
-- ``multihop``: :class:`~expertrag.chains.MultiHopRAG`, shipped defaults (or ``--config``).
+- ``multihop``: :class:`~expertrag.chains.MultiHopRAG`, shipped defaults (or ``--config``);
+- with ``--graph SET=DIR`` (a GraphRAG index of the set's corpus): ``naive-graph`` and
+  ``multihop-graph``, the same answerers over the graph's PPR paragraphs.
 
 Per system and set: EM, token F1, answer contained (a refusal scores 0), both-gold recall of
 the final context (every supporting paragraph among the passages the answerer read; naive
@@ -21,7 +23,9 @@ when the interval excludes 0). Answers are cached per system, set and split
 
     python benchmarks/bench_multihop.py --data-dir ../shared/data --split test
     python benchmarks/bench_multihop.py --data-dir ../shared/data --split calibration \\
-        --systems naive,multihop --config '{"fill": false}'
+        --systems naive,multihop --config '{"assemble": "evidence"}'
+    python benchmarks/bench_multihop.py --data-dir ../shared/data --tune --sample 60 \\
+        --sets hotpotqa-open,musique-open
 """
 
 from __future__ import annotations
@@ -97,6 +101,34 @@ def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
     return [cache.records[c.id] for c in cases]
 
 
+class GraphParagraphs:
+    """``retrieve(query, k)`` over a GraphRAG index of a set's corpus: the graph's PPR chunks
+    merged into their whole paragraphs (one per paragraph, in PPR order), so the answerer
+    reads the same paragraphs as over hybrid retrieval and both-gold recall compares."""
+
+    def __init__(self, folder: Path, documents: list[Any], mode: str = "ppr") -> None:
+        from expertrag.embeddings import Embedder
+        from expertrag.graph import GraphRAG
+        from expertrag.graph.pipeline import GraphRetrieverAdapter
+
+        self.search = GraphRetrieverAdapter(GraphRAG(str(folder), embedder=Embedder()), mode)
+        self.by_id = {d.id: d for d in documents}
+
+    def retrieve(self, query: str, k: int = 5) -> list[Any]:
+        out: list[Any] = []
+        for chunk in self.search.retrieve(query, 3 * k):
+            doc = self.by_id.get(chunk.metadata.get("doc_id", chunk.id))
+            if doc is not None and doc not in out:
+                out.append(doc)
+        return out[:k]
+
+
+def graph_digest(folder: Path) -> str:
+    """A cache key for a graph index: its files' names and sizes."""
+    listing = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:8]
+
+
 def both_gold(case: Any, texts: list[str]) -> bool:
     """Every supporting paragraph of ``case`` is among ``texts``."""
     have = {t.strip() for t in texts}
@@ -108,6 +140,79 @@ def answerable_only(aset: Any) -> Any:
     from dataclasses import replace
 
     return replace(aset, cases=[c for c in aset.cases if c.answerable], _passages=None)
+
+
+STOP_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def replay(hops: list[Any], t: float, mode: str, size: int) -> tuple[list[str], int]:
+    """The context (texts) and hop count MultiHopRAG would have had with stop threshold
+    ``t`` and ``assemble=mode``, from a run that never stopped early: it stops at the first
+    hop whose stop probability reaches ``t``. Exact for these two settings; the run's own
+    keep settings stay."""
+    from expertrag.chains.multihop import assemble
+
+    last = len(hops)
+    for h in hops:
+        if h.stop_probability is not None and h.stop_probability >= t:
+            last = h.number
+            break
+    return [d.text for d in assemble(hops[:last], size, mode)], last
+
+
+def tune(args: argparse.Namespace, base: Any, llm: Any, embedder: Any) -> None:
+    """Choose ``stop_threshold``, ``assemble`` and ``search_with_question`` on the
+    calibration split by the final context's both-gold recall: one run per search mode that
+    never stops early (stop threshold 1.0), every hop kept, each threshold and assembly then
+    replayed from the hops."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from expertrag.chains.multihop import ASSEMBLE_MODES, MultiHopRAG
+    from expertrag.evaluation.answer_sets import load_answer_set
+
+    rows = []
+    for set_name in args.sets.split(","):
+        aset = load_answer_set(set_name, "calibration", args.data_dir, embedder=embedder,
+                               k=args.k, check=False)
+        if args.sample and args.sample < len(aset.cases):
+            keep = sorted(random.Random(f"{set_name}-calibration-tune").sample(
+                range(len(aset.cases)), args.sample))
+            aset.cases = [aset.cases[i] for i in keep]
+        aset = answerable_only(aset)
+        naive = sum(both_gold(c, [d.text for d in p]) for c, p in
+                    zip(aset.cases, aset.passages(), strict=True)) / len(aset.cases)
+        per_question = getattr(aset.retriever, "retrievers", None)
+        step = 1 if per_question is not None else args.batch
+        for mode in (False, True):
+            cfg = replace(base, stop_threshold=1.0, search_with_question=mode)
+            runs = []
+            for s in tqdm(range(0, len(aset.cases), step), desc=f"tune {set_name} {mode}"):
+                chunk = aset.cases[s:s + step]
+                source = per_question[chunk[0].question] if per_question else aset.retriever
+                runs += [ctx.hops for ctx in MultiHopRAG(llm, source, cfg).retrieve_many(
+                    [c.question for c in chunk])]
+            for t in STOP_GRID:
+                for how in ASSEMBLE_MODES:
+                    sims = [replay(h, t, how, base.context_size) for h in runs]
+                    recall = sum(both_gold(c, x) for c, (x, _) in
+                                 zip(aset.cases, sims, strict=True)) / len(sims)
+                    hops = sum(n for _, n in sims) / len(sims)
+                    rows.append([set_name, str(mode), f"{t:.1f}", how, f"{recall:.3f}",
+                                 f"{naive:.3f}", f"{hops:.2f}"])
+    # the setting with the best mean recall over the sets, fewer hops on a tie
+    scores: dict[tuple[str, str, str], list[float]] = {}
+    hops_of: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        scores.setdefault((r[1], r[2], r[3]), []).append(float(r[4]))
+        hops_of.setdefault((r[1], r[2], r[3]), []).append(float(r[6]))
+    best = max(scores, key=lambda k: (sum(scores[k]) / len(scores[k]),
+                                      -sum(hops_of[k]) / len(hops_of[k])))
+    print(table(["set", "search_with_question", "stop_threshold", "assemble",
+                 "both-gold recall", "naive recall", "hops / q"], rows))
+    print(f"\nbest on calibration: search_with_question={best[0]} stop_threshold={best[1]} "
+          f"assemble={best[2]} (mean recall {sum(scores[best]) / len(scores[best]):.3f})")
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -132,6 +237,13 @@ def main(argv: list[str] | None = None) -> None:
                              "its answerable questions)")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
     parser.add_argument("--out", type=Path, help="write results.json and tables.md here")
+    parser.add_argument("--graph", action="append", default=[], metavar="SET=DIR",
+                        help="a GraphRAG index of SET's corpus (expertrag graph build): adds "
+                             "naive-graph and multihop-graph, the same answerers over the "
+                             "graph's PPR paragraphs")
+    parser.add_argument("--tune", action="store_true",
+                        help="choose stop_threshold, assemble and search_with_question on the "
+                             "calibration split (both-gold recall of the final context)")
     args = parser.parse_args(argv)
 
     from expertrag import ExpertLLM
@@ -146,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     llm = ExpertLLM().load()
     attach_shipped(llm)
     config = MultiHopConfig.from_dict({"k": args.k, **json.loads(args.config or "{}")})
+    if args.tune:
+        tune(args, config, llm, MemoEmbedder(Embedder()))
+        return
     names = args.systems.split(",")
     chains = build_systems([n if n != "naive" else "grounded-qa" for n in names
                             if n != "multihop"], llm, {}, {})
@@ -154,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     if "multihop" in names:
         systems["multihop"] = None
     embedder = MemoEmbedder(Embedder())
+    graphs = {}
+    for spec in args.graph:
+        set_name, _, folder = spec.partition("=")
+        if not folder or not Path(folder).is_dir():
+            sys.exit(f"error: --graph wants SET=DIR with an existing DIR, got {spec!r}")
+        graphs[set_name] = Path(folder)
     command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
     report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "
               f"{json.dumps(config.to_dict())}", ""]
@@ -170,10 +291,25 @@ def main(argv: list[str] | None = None) -> None:
         if args.limit:
             aset.cases = aset.cases[:args.limit]
         scored, extra = {}, {}
-        for name, system in systems.items():
+        runs: dict[str, tuple[System | None, Any]] = {n: (s, aset) for n, s in systems.items()}
+        if set_name in graphs:
+            from dataclasses import replace
+
+            gset = replace(aset, retriever=GraphParagraphs(graphs[set_name],
+                                                           aset.retriever.documents),
+                           _passages=None)
+            tag = f"-graph-{graph_digest(graphs[set_name])}"
+            if "naive" in systems and systems["naive"] is not None:
+                naive = systems["naive"]
+                runs["naive-graph"] = (replace(naive, name="naive-graph",
+                                               key=naive.key + tag), gset)
+            if "multihop" in systems:
+                runs["multihop-graph"] = (None, gset)
+        for name, (system, xset) in runs.items():
             if system is None:
-                key = multihop_key(config)
-                records = run_multihop(config, aset, llm, AnswerCache(
+                key = multihop_key(config) + ("-graph-" + graph_digest(graphs[set_name])
+                                              if name == "multihop-graph" else "")
+                records = run_multihop(config, xset, llm, AnswerCache(
                     args.cache, System(name, key), set_name, args.split), args.batch)
                 gate = None
                 contexts = [r["context"] for r in records]
@@ -181,14 +317,13 @@ def main(argv: list[str] | None = None) -> None:
                     "hops": sum(r["hops"] for r in records) / len(records),
                     "calls": sum(r["calls"] for r in records) / len(records)}
             else:
-                records = run_system(system, aset, llm, AnswerCache(args.cache, system,
+                records = run_system(system, xset, llm, AnswerCache(args.cache, system,
                                                                     set_name, args.split),
                                      args.batch)
                 gate = system.gate
-                contexts = ([[d.text for d in p] for p in aset.passages()]
-                            if name == "naive" else None)
-                extra[name] = {"hops": 1.0 if name == "naive" else None,
-                               "calls": 1.0 if name == "naive" else None}
+                plain = name.startswith("naive")
+                contexts = [[d.text for d in p] for p in xset.passages()] if plain else None
+                extra[name] = {"hops": 1.0 if plain else None, "calls": 1.0 if plain else None}
             scored[name] = score(records, aset, gate)
             extra[name]["recall"] = (None if contexts is None else sum(
                 both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True))
@@ -197,12 +332,13 @@ def main(argv: list[str] | None = None) -> None:
                 both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True)])
         compared = {f"{n} vs naive": comparisons(s, scored["naive"])
                     for n, s in scored.items() if n != "naive" and "naive" in scored}
-        if "naive" in scored and "multihop" in scored and extra["multihop"]["recall_per"]:
-            from expertrag.evaluation.stats import compare
+        from expertrag.evaluation.stats import compare
 
-            compared["multihop vs naive"]["both_gold_recall"] = compare(
-                extra["multihop"]["recall_per"], extra["naive"]["recall_per"],
-                binary=True).to_dict()
+        for n in scored:
+            if n != "naive" and "naive" in scored and extra[n]["recall_per"]:
+                compared[f"{n} vs naive"]["both_gold_recall"] = compare(
+                    extra[n]["recall_per"], extra["naive"]["recall_per"],
+                    binary=True).to_dict()
         rows = []
         for name, s in scored.items():
             f, e = s["figures"], extra[name]

@@ -179,7 +179,7 @@ class OverlapLC(BaseRetriever):
 
 
 async def test_multihop_runnable_invoke_batch_stream_and_events():
-    chain = MultiHopRAGChain(FakeHopLLM(), OverlapLC(), config={"k": 2, "fill": False})
+    chain = MultiHopRAGChain(FakeHopLLM(), OverlapLC(), config={"k": 2, "assemble": "evidence"})
     out = chain.invoke(QUESTION)
     assert out["answer"] == "Lyon [3]." and out["citations"][0].id == "roe"
     assert [h["query"] for h in out["hops"]] == [QUESTION, "Jane Roe"]
@@ -199,7 +199,7 @@ async def test_multihop_runnable_invoke_batch_stream_and_events():
 
 def test_multihop_retriever_returns_the_context_in_hop_order():
     retriever = MultiHopRetriever(retriever=OverlapLC(), llm=FakeHopLLM(), k=5,
-                                  config=MultiHopConfig(k=2, fill=False))
+                                  config=MultiHopConfig(k=2, assemble="evidence"))
     docs = retriever.invoke(QUESTION)
     assert [d.id for d in docs] == ["film", "prize", "roe"]
     assert [d.metadata["hop"] for d in docs] == [1, 1, 2]
@@ -217,7 +217,7 @@ class TestMultiHopRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_constructor_params(self) -> dict:
         return {"retriever": lambda q, k: overlap_retriever()(q, k), "llm": FakeHopLLM(),
-                "config": {"k": 4, "fill": True, "context_size": 4}}
+                "config": {"k": 4, "assemble": "fill", "context_size": 4}}
 
     @property
     def retriever_query_example(self) -> str:
@@ -237,7 +237,7 @@ def test_llama_index_multihop_retriever_and_engine():
             return [NodeWithScore(node=TextNode(text=d.text, id_=d.id), score=1.0)
                     for d in overlap_retriever()(query_bundle.query_str, 2)]
 
-    cfg = {"k": 2, "fill": False}
+    cfg = {"k": 2, "assemble": "evidence"}
     nodes = LIMultiHop(Nodes(), FakeHopLLM(), k=5, config=cfg).retrieve(QUESTION)
     assert [n.node.node_id for n in nodes] == ["film", "prize", "roe"]
     assert nodes[2].node.metadata["hop"] == 2 and nodes[2].score == 0.9

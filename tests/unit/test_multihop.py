@@ -222,7 +222,7 @@ QUESTION = "Where was the director of Blue Film born?"
 
 def chain(llm=None, retriever=None, **cfg) -> tuple[MultiHopRAG, FakeHopLLM]:
     llm = llm or FakeHopLLM()
-    config = MultiHopConfig(**{"k": 2, "fill": False, **cfg})
+    config = MultiHopConfig(**{"k": 2, "assemble": "evidence", **cfg})
     return MultiHopRAG(llm, retriever or overlap_retriever(), config), llm
 
 
@@ -245,6 +245,24 @@ def test_passages_seen_at_an_earlier_hop_are_not_retrieved_again():
     hops = rag.retrieve(QUESTION).hops
     first = {d.id for d in hops[0].retrieved}
     assert first.isdisjoint({d.id for d in hops[1].retrieved})
+
+
+def test_each_hop_gets_k_new_passages_and_can_search_with_the_question():
+    asked: list[tuple[str, int]] = []
+
+    def repeats_itself(query: str, k: int) -> list[Document]:
+        asked.append((query, k))
+        return DOCS[:k]  # the same order whatever the query: hop 2 must go past hop 1's
+
+    rag, _ = chain(retriever=repeats_itself, k=2, max_hops=2,
+                   search_with_question=True)
+    hops = rag.retrieve(QUESTION).hops
+    assert [d.id for d in hops[0].retrieved] == ["film", "prize"]
+    assert [d.id for d in hops[1].retrieved] == ["roe", "season"]
+    assert asked == [(QUESTION, 2), (f"Jane Roe {QUESTION}", 4)]
+    assert hops[1].query == "Jane Roe"  # the hop's query (the keep prompt's) stays the expert's
+    with pytest.raises(InputError, match="search_with_question"):
+        MultiHopConfig(search_with_question="yes").validate()
 
 
 def test_max_hops_is_a_hard_bound_and_a_repeated_query_ends_the_loop():
@@ -271,11 +289,30 @@ def test_each_step_is_one_batched_call_across_questions():
 
 
 def test_fill_adds_the_first_hops_unkept_passages_up_to_context_size():
-    rag, _ = chain(k=3, fill=True, context_size=4, keep_threshold=0.95)
+    rag, _ = chain(k=3, assemble="fill", context_size=4, keep_threshold=0.95)
     ctx = rag.retrieve(QUESTION)
     assert len(ctx.evidence) <= len(ctx.passages) <= 4
     assert ctx.passages[:len(ctx.evidence)] == ctx.evidence
     assert {d.id for d in ctx.passages} >= {d.id for d in ctx.hops[0].retrieved[:3]}
+
+
+def test_displace_keeps_the_first_hop_and_swaps_its_weakest_unkept_for_later_evidence():
+    from expertrag.chains.multihop import Hop, assemble
+
+    d = {n: Document(text=f"passage {n}", id=n) for n in "abcdefgh"}
+    first = Hop(1, "q", [d["a"], d["b"], d["c"], d["d"], d["e"]], [0.9, 0.1, 0.3, 0.05, 0.2],
+                [d["a"]])
+    second = Hop(2, "x", [d["f"], d["g"]], [0.8, 0.7], [d["f"], d["g"]])
+    assert [x.id for x in assemble([first], 5)] == list("abcde")  # naive RAG's context
+    # f and g take the places of d (0.05) and b (0.1); the rest stay in retrieval order
+    assert [x.id for x in assemble([first, second], 5)] == list("acefg")
+    assert [x.id for x in assemble([first, second], 5, "evidence")] == list("afg")
+    assert [x.id for x in assemble([first, second], 5, "fill")] == list("afgbc")
+    third = Hop(3, "y", [d["h"]], [0.9], [d["h"]])
+    # more later evidence than room: the first hop's kept passage stays, hop order cuts the rest
+    assert [x.id for x in assemble([first, second, third], 3)] == list("afg")
+    with pytest.raises(InputError, match="assemble"):
+        MultiHopConfig(assemble="all").validate()
 
 
 def test_stream_yields_context_then_text_then_the_result():

@@ -5,9 +5,10 @@ the question cannot find it, and a per-passage relevance judgement scores it low
 moves that work into retrieval, one bounded loop per question (IRCoT's interleaving, with the
 decisions of EfficientRAG as single forward passes of a small expert):
 
-1. retrieve ``k`` passages for the hop's query (the question itself at hop 1) from any
-   source (:mod:`expertrag.chains.base`: a vector store, hybrid, BM25, a graph retriever,
-   a LangChain or LlamaIndex retriever), skipping passages already seen;
+1. retrieve ``k`` passages not seen at an earlier hop for the hop's query (the question
+   itself at hop 1; later the generated query, followed by the question when
+   ``search_with_question``) from any source (:mod:`expertrag.chains.base`: a vector store,
+   hybrid, BM25, a graph retriever, a LangChain or LlamaIndex retriever);
 2. keep the passages the ``hop`` expert rates as a step toward the answer, P(yes) of
    :func:`~expertrag.experts.hop.keep_messages`, at most ``keep_per_hop`` of them (at hop 1
    the best one is kept even below the threshold: the answer needs somewhere to start);
@@ -16,8 +17,9 @@ decisions of EfficientRAG as single forward passes of a small expert):
    query under a grammar (one JSON string of at most 80 characters, never free text) and go
    on; a query asked before ends the loop too.
 
-Then ``grounded-qa`` answers from the kept evidence in hop order (filled up to
-``context_size`` with the first hop's other passages when ``fill``), citing it. Every step of
+Then ``grounded-qa`` answers from ``context_size`` passages in hop order, citing them
+(:func:`assemble`: by default the first hop's passages, where each later hop's kept passage
+takes the place of the lowest-scored one the expert did not keep). Every step of
 every question is recorded (:class:`Hop`). :meth:`MultiHopRAG.answer_many` batches each
 step across the questions still going: one keep pass, one stop pass, one query generation
 per hop, one answer generation.
@@ -59,16 +61,17 @@ from expertrag.experts.hop import (
 )
 from expertrag.types import Document
 
-__all__ = ["Hop", "MultiHopConfig", "MultiHopContext", "MultiHopRAG", "MultiHopResult"]
+__all__ = ["ASSEMBLE_MODES", "Hop", "MultiHopConfig", "MultiHopContext", "MultiHopRAG",
+           "MultiHopResult", "assemble"]
 
 
 @dataclass
 class MultiHopConfig(ConfigMixin):
     """Settings of a :class:`MultiHopRAG` chain; saved and loaded as JSON.
 
-    The thresholds and ``fill`` are chosen for answer accuracy on the multi-hop benchmark's
-    calibration parts (``benchmarks/bench_multihop.py --tune``; figures in
-    benchmarks/RESULTS.md)."""
+    ``stop_threshold``, ``assemble`` and ``search_with_question`` are chosen on the
+    multi-hop benchmark's calibration parts by the final context's both-gold recall
+    (``benchmarks/bench_multihop.py --tune``; figures in benchmarks/RESULTS.md)."""
 
     k: int = 5  # passages retrieved per hop
     max_hops: int = 3  # hard bound on retrieval steps per question
@@ -76,11 +79,12 @@ class MultiHopConfig(ConfigMixin):
     keep_per_hop: int = 2
     stop_threshold: float = 0.5
     context_size: int = 5  # passages the answerer reads at most
-    fill: bool = True  # fill the context with the first hop's unkept passages
+    assemble: str = "displace"  # how the answerer's context is made: see assemble()
     hop_expert: str | None = HOP  # None: the bare base, prompted the same way
     expert: str | None = GROUNDED_QA  # the answerer
     max_new_tokens: int = 64
     query_tokens: int = 32  # bound on the generated next query
+    search_with_question: bool = False  # later hops search "<next query> <question>"
     source_timeout: float | None = None
 
     def validate(self) -> MultiHopConfig:
@@ -96,6 +100,12 @@ class MultiHopConfig(ConfigMixin):
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be within [0, 1], got {value!r}")
+        if not isinstance(self.search_with_question, bool):
+            raise InputError("search_with_question must be True or False, got "
+                             f"{self.search_with_question!r}")
+        if self.assemble not in ASSEMBLE_MODES:
+            raise InputError(f"assemble must be one of {', '.join(ASSEMBLE_MODES)}, got "
+                             f"{self.assemble!r}")
         if self.source_timeout is not None and not self.source_timeout > 0:
             raise InputError(f"source_timeout must be > 0 or None, got {self.source_timeout!r}")
         return self
@@ -122,7 +132,7 @@ class MultiHopContext:
     question: str
     hops: list[Hop]
     evidence: list[Document]  # kept passages in hop order
-    passages: list[Document]  # what the answerer reads (evidence, filled)
+    passages: list[Document]  # what the answerer reads (see assemble())
     stopped: str  # "enough" | "max_hops" | "repeated_query" | "no_passages"
 
     def found(self, k: int | None = None) -> list[tuple[Document, int, float]]:
@@ -175,6 +185,39 @@ class _State:
     seen: set[str] = field(default_factory=set)
     asked: set[str] = field(default_factory=set)
     stopped: str | None = None
+
+
+ASSEMBLE_MODES = ("displace", "fill", "evidence")
+
+
+def assemble(hops: Sequence[Hop], size: int, mode: str = "displace") -> list[Document]:
+    """The answerer's passages (at most ``size``) from the hops, in hop order.
+
+    - ``displace``: the first hop's retrieved passages (what naive RAG reads), where each later
+      hop's kept passage takes the place of the lowest-scored first-hop passage the expert did
+      not keep; with nothing kept later it is the first hop's retrieval itself;
+    - ``fill``: the kept passages, then the first hop's others in retrieval order;
+    - ``evidence``: the kept passages alone.
+    """
+    evidence = [d for h in hops for d in h.kept]
+    if mode == "evidence" or not hops:
+        return evidence[:size]
+    first = hops[0]
+    if mode == "fill":
+        out, have = evidence[:size], {_key(d) for d in evidence[:size]}
+        for d in first.retrieved:
+            if len(out) >= size:
+                break
+            if _key(d) not in have:
+                out.append(d)
+                have.add(_key(d))
+        return out
+    later = [d for h in hops[1:] for d in h.kept]
+    kept = {_key(d) for d in first.kept}
+    ranked = sorted(range(len(first.retrieved)),
+                    key=lambda i: (_key(first.retrieved[i]) not in kept, -first.keep_scores[i]))
+    stay = sorted(ranked[:max(len(first.kept), size - len(later))])
+    return ([first.retrieved[i] for i in stay] + later)[:size]
 
 
 class MultiHopRAG:
@@ -233,11 +276,15 @@ class MultiHopRAG:
         found: list[list[Document]] = []
         with trace.stage("retrieve"):
             for s in states:
-                docs = call_source(self._retrieve, s.query, cfg.k, "retriever",
+                search = s.query
+                if number > 1 and cfg.search_with_question:
+                    search = f"{s.query} {s.question}"
+                # ask for as many more as were seen, so the hop gets k new passages
+                docs = call_source(self._retrieve, search, cfg.k + len(s.seen), "retriever",
                                    cfg.source_timeout)
                 fresh = []
                 for d in docs:
-                    if _key(d) not in s.seen:
+                    if _key(d) not in s.seen and len(fresh) < cfg.k:
                         s.seen.add(_key(d))
                         fresh.append(d)
                 found.append(fresh)
@@ -274,15 +321,7 @@ class MultiHopRAG:
             s.hops[-1].seconds = took
 
     def _context(self, s: _State) -> MultiHopContext:
-        cfg = self.config
-        passages = list(s.evidence[:cfg.context_size])
-        if cfg.fill and s.hops:
-            have = {_key(d) for d in passages}
-            for d in s.hops[0].retrieved:
-                if len(passages) >= cfg.context_size:
-                    break
-                if _key(d) not in have:
-                    passages.append(d)
+        passages = assemble(s.hops, self.config.context_size, self.config.assemble)
         return MultiHopContext(s.question, s.hops, list(s.evidence), passages,
                                s.stopped or "max_hops")
 

@@ -351,9 +351,9 @@ class MultiHopRAGChain(_ChainRunnable):
 
 
 class MultiHopRetriever(BaseRetriever):
-    """The multi-hop context as a ``BaseRetriever``: the passages the ``hop`` expert kept
-    over up to ``max_hops`` retrieval steps from the wrapped retriever, in hop order (filled
-    from the first hop when the config says so), at most ``k``. ``metadata`` gains
+    """The multi-hop context as a ``BaseRetriever``: the passages MultiHopRAG's answerer
+    would read after up to ``max_hops`` retrieval steps from the wrapped retriever, in hop
+    order (``MultiHopConfig.assemble``), at most ``k``. ``metadata`` gains
     ``hop`` (the step that found it, 1-based) and ``keep_score``. ``config``: a
     :class:`MultiHopConfig`, a dict of its settings or a saved one's path."""
 
