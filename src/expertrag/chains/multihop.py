@@ -77,14 +77,14 @@ class MultiHopConfig(ConfigMixin):
     max_hops: int = 3  # hard bound on retrieval steps per question
     keep_threshold: float = 0.5
     keep_per_hop: int = 2
-    stop_threshold: float = 0.5
+    stop_threshold: float = 0.8
     context_size: int = 5  # passages the answerer reads at most
     assemble: str = "displace"  # how the answerer's context is made: see assemble()
     hop_expert: str | None = HOP  # None: the bare base, prompted the same way
     expert: str | None = GROUNDED_QA  # the answerer
     max_new_tokens: int = 64
     query_tokens: int = 32  # bound on the generated next query
-    search_with_question: bool = False  # later hops search "<next query> <question>"
+    search_with_question: bool = True  # later hops search "<next query> <question>"
     source_timeout: float | None = None
 
     def validate(self) -> MultiHopConfig:
