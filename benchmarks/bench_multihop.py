@@ -215,6 +215,46 @@ def tune(args: argparse.Namespace, base: Any, llm: Any, embedder: Any) -> None:
           f"assemble={best[2]} (mean recall {sum(scores[best]) / len(scores[best]):.3f})")
 
 
+def bound_rows(args: argparse.Namespace, aset: Any, scored: dict[str, Any],
+               extra: dict[str, Any], contexts_of: dict[str, Any], naive: dict[str, Any],
+               bounder: list[Any]) -> dict[str, Any]:
+    """The bound rows: naive's and multihop's contexts of the first ``args.bound`` questions
+    answered by the bound model, beside naive (grounded-qa) on the same questions; returns
+    each bound row's paired comparison with that naive row."""
+    from dataclasses import replace
+
+    from bound_model import SHA256, BoundAnswerer, bound_gguf
+    from tqdm import tqdm
+
+    from expertrag.types import Document
+
+    n = min(args.bound, len(aset.cases))
+    sub = replace(aset, cases=aset.cases[:n], _passages=None)
+    base = f"naive (first {n})"
+    scored[base] = score(naive["records"][:n], sub, naive["gate"])
+    extra[base] = {"hops": 1.0, "calls": 1.0, "recall": None, "recall_per": None}
+    compared = {}
+    for source in ("naive", "multihop"):
+        name = f"bound on {source} context"
+        key = f"bound-{SHA256[:12]}-{source}-" + hashlib.sha256(json.dumps(
+            contexts_of[source][:n]).encode()).hexdigest()[:8]
+        cache = AnswerCache(args.cache, System(name, key), aset.name, args.split)
+        todo = [i for i, c in enumerate(sub.cases) if c.id not in cache.records]
+        if todo and not bounder:
+            bounder.append(BoundAnswerer(bound_gguf()))
+        for i in tqdm(todo, desc=f"{name} / {aset.name}", unit="q"):
+            case = sub.cases[i]
+            started = time.perf_counter()
+            text = bounder[0].answer(case.question, [Document(text=t) for t in
+                                                     contexts_of[source][i]])
+            cache.add([{"id": case.id, "answer": text, "p_refusal": None,
+                        "seconds": time.perf_counter() - started}])
+        scored[name] = score([cache.records[c.id] for c in sub.cases], sub, None)
+        extra[name] = {"hops": None, "calls": 1.0, "recall": None, "recall_per": None}
+        compared[f"{name} vs {base}"] = comparisons(scored[name], scored[base])
+    return compared
+
+
 def _f(v: Any, digits: int = 3) -> str:
     return "-" if v is None or v != v else f"{v:.{digits}f}"
 
@@ -241,6 +281,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a GraphRAG index of SET's corpus (expertrag graph build): adds "
                              "naive-graph and multihop-graph, the same answerers over the "
                              "graph's PPR paragraphs")
+    parser.add_argument("--bound", type=int, default=0, metavar="N",
+                        help="also answer naive's and multihop's contexts of each set's first "
+                             "N questions with the bound model (benchmarks/bound_model.py: "
+                             "Qwen2.5-Coder 1.5B Instruct, llama-server, plain prompt)")
     parser.add_argument("--tune", action="store_true",
                         help="choose stop_threshold, assemble and search_with_question on the "
                              "calibration split (both-gold recall of the final context)")
@@ -275,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         if not folder or not Path(folder).is_dir():
             sys.exit(f"error: --graph wants SET=DIR with an existing DIR, got {spec!r}")
         graphs[set_name] = Path(folder)
+    bounder: list[Any] = []  # the bound model's server, started at its first use
     command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
     report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "
               f"{json.dumps(config.to_dict())}", ""]
@@ -291,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.limit:
             aset.cases = aset.cases[:args.limit]
         scored, extra = {}, {}
+        contexts_of: dict[str, list[list[str]] | None] = {}
+        naive_of: dict[str, Any] = {}
         runs: dict[str, tuple[System | None, Any]] = {n: (s, aset) for n, s in systems.items()}
         if set_name in graphs:
             from dataclasses import replace
@@ -324,7 +371,10 @@ def main(argv: list[str] | None = None) -> None:
                 plain = name.startswith("naive")
                 contexts = [[d.text for d in p] for p in xset.passages()] if plain else None
                 extra[name] = {"hops": 1.0 if plain else None, "calls": 1.0 if plain else None}
-            scored[name] = score(records, aset, gate)
+            scored[name] = score(records, xset, gate)
+            contexts_of[name] = contexts
+            if name == "naive":
+                naive_of = {"records": records, "gate": gate}
             extra[name]["recall"] = (None if contexts is None else sum(
                 both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True))
                 / len(aset.cases))
@@ -332,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
                 both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True)])
         compared = {f"{n} vs naive": comparisons(s, scored["naive"])
                     for n, s in scored.items() if n != "naive" and "naive" in scored}
+        if args.bound and "naive" in scored and "multihop" in scored:
+            compared.update(bound_rows(args, aset, scored, extra, contexts_of,
+                                       naive_of, bounder))
         from expertrag.evaluation.stats import compare
 
         for n in scored:
@@ -371,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                  if k != "recall_per"}}
                                          for n, s in scored.items()},
                              "compared": compared}
+    for b in bounder:
+        b.close()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
