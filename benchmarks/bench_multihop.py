@@ -37,6 +37,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,12 @@ class GraphParagraphs:
     merged into their whole paragraphs (one per paragraph, in PPR order), so the answerer
     reads the same paragraphs as over hybrid retrieval and both-gold recall compares."""
 
-    def __init__(self, folder: Path, documents: list[Any], mode: str = "ppr") -> None:
-        from expertrag.embeddings import Embedder
+    def __init__(self, folder: Path, documents: list[Any], embedder: Any,
+                 mode: str = "ppr") -> None:
         from expertrag.graph import GraphRAG
         from expertrag.graph.pipeline import GraphRetrieverAdapter
 
-        self.search = GraphRetrieverAdapter(GraphRAG(str(folder), embedder=Embedder()), mode)
+        self.search = GraphRetrieverAdapter(GraphRAG(str(folder), embedder=embedder), mode)
         self.by_id = {d.id: d for d in documents}
 
     def retrieve(self, query: str, k: int = 5) -> list[Any]:
@@ -135,10 +136,16 @@ def both_gold(case: Any, texts: list[str]) -> bool:
     return bool(case.gold) and all(g.text.strip() in have for g in case.gold)
 
 
+def draw(aset: Any, n: int | None, seed: str) -> None:
+    """Cut ``aset`` to a fixed random ``n`` of its questions (in their order), seeded by
+    ``seed``; all of them when ``n`` is None or not smaller."""
+    if n and n < len(aset.cases):
+        keep = sorted(random.Random(seed).sample(range(len(aset.cases)), n))
+        aset.cases = [aset.cases[i] for i in keep]
+
+
 def answerable_only(aset: Any) -> Any:
     """The set restricted to questions whose gold paragraphs are in their pool."""
-    from dataclasses import replace
-
     return replace(aset, cases=[c for c in aset.cases if c.answerable], _passages=None)
 
 
@@ -165,21 +172,16 @@ def tune(args: argparse.Namespace, base: Any, llm: Any, embedder: Any) -> None:
     calibration split by the final context's both-gold recall: one run per search mode that
     never stops early (stop threshold 1.0), every hop kept, each threshold and assembly then
     replayed from the hops."""
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from expertrag.chains.multihop import ASSEMBLE_MODES, MultiHopRAG
     from expertrag.evaluation.answer_sets import load_answer_set
 
-    rows = []
+    rows: list[tuple[str, tuple[bool, float, str], float, float, float]] = []
     for set_name in args.sets.split(","):
         aset = load_answer_set(set_name, "calibration", args.data_dir, embedder=embedder,
                                k=args.k, check=False)
-        if args.sample and args.sample < len(aset.cases):
-            keep = sorted(random.Random(f"{set_name}-calibration-tune").sample(
-                range(len(aset.cases)), args.sample))
-            aset.cases = [aset.cases[i] for i in keep]
+        draw(aset, args.sample, f"{set_name}-calibration-tune")
         aset = answerable_only(aset)
         naive = sum(both_gold(c, [d.text for d in p]) for c, p in
                     zip(aset.cases, aset.passages(), strict=True)) / len(aset.cases)
@@ -199,20 +201,20 @@ def tune(args: argparse.Namespace, base: Any, llm: Any, embedder: Any) -> None:
                     recall = sum(both_gold(c, x) for c, (x, _) in
                                  zip(aset.cases, sims, strict=True)) / len(sims)
                     hops = sum(n for _, n in sims) / len(sims)
-                    rows.append([set_name, str(mode), f"{t:.1f}", how, f"{recall:.3f}",
-                                 f"{naive:.3f}", f"{hops:.2f}"])
+                    rows.append((set_name, (mode, t, how), recall, naive, hops))
     # the setting with the best mean recall over the sets, fewer hops on a tie
-    scores: dict[tuple[str, str, str], list[float]] = {}
-    hops_of: dict[tuple[str, str, str], list[float]] = {}
-    for r in rows:
-        scores.setdefault((r[1], r[2], r[3]), []).append(float(r[4]))
-        hops_of.setdefault((r[1], r[2], r[3]), []).append(float(r[6]))
-    best = max(scores, key=lambda k: (sum(scores[k]) / len(scores[k]),
-                                      -sum(hops_of[k]) / len(hops_of[k])))
+    by: dict[tuple[bool, float, str], list[tuple[float, float]]] = {}
+    for _, setting, recall, _, hops in rows:
+        by.setdefault(setting, []).append((recall, hops))
+    mean = {k: (sum(r for r, _ in v) / len(v), sum(h for _, h in v) / len(v))
+            for k, v in by.items()}
+    best = max(mean, key=lambda k: (mean[k][0], -mean[k][1]))
     print(table(["set", "search_with_question", "stop_threshold", "assemble",
-                 "both-gold recall", "naive recall", "hops / q"], rows))
-    print(f"\nbest on calibration: search_with_question={best[0]} stop_threshold={best[1]} "
-          f"assemble={best[2]} (mean recall {sum(scores[best]) / len(scores[best]):.3f})")
+                 "both-gold recall", "naive recall", "hops / q"],
+                [[name, str(m), f"{t:.1f}", how, f"{r:.3f}", f"{nv:.3f}", f"{h:.2f}"]
+                 for name, (m, t, how), r, nv, h in rows]))
+    print(f"\nbest on calibration: search_with_question={best[0]} stop_threshold={best[1]:.1f} "
+          f"assemble={best[2]} (mean recall {mean[best][0]:.3f})")
 
 
 def bound_rows(args: argparse.Namespace, aset: Any, scored: dict[str, Any],
@@ -221,8 +223,6 @@ def bound_rows(args: argparse.Namespace, aset: Any, scored: dict[str, Any],
     """The bound rows: naive's and multihop's contexts of the first ``args.bound`` questions
     answered by the bound model, beside naive (grounded-qa) on the same questions; returns
     each bound row's paired comparison with that naive row."""
-    from dataclasses import replace
-
     from bound_model import SHA256, BoundAnswerer, bound_gguf
     from tqdm import tqdm
 
@@ -327,10 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     for set_name in args.sets.split(","):
         aset = load_answer_set(set_name, args.split, args.data_dir, embedder=embedder,
                                k=args.k, check=False)
-        if args.sample and args.sample < len(aset.cases):
-            keep = sorted(random.Random(f"{set_name}-{args.split}").sample(
-                range(len(aset.cases)), args.sample))
-            aset.cases = [aset.cases[i] for i in keep]
+        draw(aset, args.sample, f"{set_name}-{args.split}")
         if set_name == "hotpotqa-distractor":
             aset = answerable_only(aset)
         if args.limit:
@@ -339,12 +336,10 @@ def main(argv: list[str] | None = None) -> None:
         contexts_of: dict[str, list[list[str]] | None] = {}
         naive_of: dict[str, Any] = {}
         runs: dict[str, tuple[System | None, Any]] = {n: (s, aset) for n, s in systems.items()}
+        tag = ""
         if set_name in graphs:
-            from dataclasses import replace
-
-            gset = replace(aset, retriever=GraphParagraphs(graphs[set_name],
-                                                           aset.retriever.documents),
-                           _passages=None)
+            gset = replace(aset, retriever=GraphParagraphs(
+                graphs[set_name], aset.retriever.documents, embedder), _passages=None)
             tag = f"-graph-{graph_digest(graphs[set_name])}"
             if "naive" in systems and systems["naive"] is not None:
                 naive = systems["naive"]
@@ -354,8 +349,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs["multihop-graph"] = (None, gset)
         for name, (system, xset) in runs.items():
             if system is None:
-                key = multihop_key(config) + ("-graph-" + graph_digest(graphs[set_name])
-                                              if name == "multihop-graph" else "")
+                key = multihop_key(config) + (tag if name == "multihop-graph" else "")
                 records = run_multihop(config, xset, llm, AnswerCache(
                     args.cache, System(name, key), set_name, args.split), args.batch)
                 gate = None
@@ -375,11 +369,10 @@ def main(argv: list[str] | None = None) -> None:
             contexts_of[name] = contexts
             if name == "naive":
                 naive_of = {"records": records, "gate": gate}
-            extra[name]["recall"] = (None if contexts is None else sum(
-                both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True))
-                / len(aset.cases))
-            extra[name]["recall_per"] = (None if contexts is None else [
-                both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True)])
+            per = (None if contexts is None else
+                   [both_gold(c, t) for c, t in zip(aset.cases, contexts, strict=True)])
+            extra[name]["recall_per"] = per
+            extra[name]["recall"] = None if per is None else sum(per) / len(per)
         compared = {f"{n} vs naive": comparisons(s, scored["naive"])
                     for n, s in scored.items() if n != "naive" and "naive" in scored}
         if args.bound and "naive" in scored and "multihop" in scored:
