@@ -5,13 +5,15 @@
 # ${EXPERTRAG_LLAMACPP_HOME:-~/.cache/expertrag/llamacpp}/<version>. Idempotent: prints the
 # server's path and exits at once when it is already built.
 # Also keeps the tree's convert_lora_to_gguf.py (and its gguf-py), which turns the experts'
-# PEFT adapters into GGUF LoRA files.
+# PEFT adapters into GGUF LoRA files, and llama-export-lora + llama-quantize, which merge an
+# expert into the base weights for LlamaCppLLM's merged mode.
 set -euo pipefail
 VERSION=0.3.36
 SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 HOME_DIR=${EXPERTRAG_LLAMACPP_HOME:-$HOME/.cache/expertrag/llamacpp}
 DEST="$HOME_DIR/$VERSION"
-if [ -x "$DEST/bin/llama-server" ] && [ -f "$DEST/convert_lora_to_gguf.py" ]; then
+if [ -x "$DEST/bin/llama-server" ] && [ -x "$DEST/bin/llama-export-lora" ] \
+  && [ -x "$DEST/bin/llama-quantize" ] && [ -f "$DEST/convert_lora_to_gguf.py" ]; then
   echo "$DEST/bin/llama-server"
   exit 0
 fi
@@ -34,11 +36,14 @@ cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >/dev/null
 cmake --build "$WORK/build" --config Release -j "$JOBS" --target llama-server llama-bench \
+  llama-export-lora llama-quantize \
   >/dev/null
 # publish atomically: a half-built tree is never taken for a finished one
 STAGE="$HOME_DIR/.stage-$$"
 rm -rf "$STAGE" && mkdir -p "$STAGE/bin"
-cp "$WORK/build/bin/llama-server" "$WORK/build/bin/llama-bench" "$STAGE/bin/"
+for tool in llama-server llama-bench llama-export-lora llama-quantize; do
+  cp "$WORK/build/bin/$tool" "$STAGE/bin/"
+done
 cp "$SRC/convert_lora_to_gguf.py" "$SRC/convert_hf_to_gguf.py" "$STAGE/"
 [ -d "$SRC/conversion" ] && cp -r "$SRC/conversion" "$STAGE/"
 cp -r "$SRC/gguf-py" "$STAGE/gguf-py"

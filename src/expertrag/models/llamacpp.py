@@ -44,8 +44,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +75,9 @@ ENV_BINARY = "EXPERTRAG_LLAMA_SERVER"
 ENV_HOME = "EXPERTRAG_LLAMACPP_HOME"
 ENV_URL = "EXPERTRAG_LLAMACPP_URL"
 
-__all__ = ["WEIGHTS", "LlamaCppConversionError", "LlamaCppLLM", "LlamaCppServer",
-           "LlamaCppSetupError", "convert_adapter", "convert_base", "ebnf_to_gbnf",
-           "llamacpp_home"]
+__all__ = ["LAYOUTS", "MERGE_TYPES", "WEIGHTS", "LlamaCppConversionError", "LlamaCppLLM",
+           "LlamaCppServer", "LlamaCppSetupError", "Turnstile", "convert_adapter",
+           "convert_base", "ebnf_to_gbnf", "llamacpp_home", "merge_adapter"]
 
 
 class LlamaCppSetupError(ExpertRAGError, FileNotFoundError):
@@ -198,22 +201,93 @@ def _run_converter(script: Path, target: Path, args: list[str], what: str,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(home / "gguf-py"), str(home), os.environ.get("PYTHONPATH", "")]),
         "HF_HUB_OFFLINE": "1"}
+    return _publish(target, lambda tmp: [[sys.executable, str(script), "--outfile", tmp, *args]],
+                    what, error, env)
+
+
+def _publish(target: Path, commands: Any, what: str, error: type[ExpertRAGError],
+             env: Mapping[str, str] | None = None) -> Path:
+    """Run ``commands(tmp)`` (command lines that write the file ``tmp``, in turn) and publish
+    ``tmp`` as ``target`` atomically; a failing command is ``error`` with its last line, and
+    leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".gguf.part", dir=target.parent)
     os.close(fd)
+    scratch = tmp + ".stage"
     try:
-        done = subprocess.run([sys.executable, str(script), "--outfile", tmp, *args],
-                              capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-            hint = (" (pip install sentencepiece: llama.cpp's converter imports it)"
-                    if any("sentencepiece" in ln for ln in lines[-3:]) else "")
-            raise error(f"llama.cpp {what}: {lines[-1] if lines else 'no output'}{hint}")
+        for cmd in commands(tmp):
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                                  env=dict(env) if env is not None else None)
+            if done.returncode != 0:
+                lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+                hint = (" (pip install sentencepiece: llama.cpp's converter imports it)"
+                        if any("sentencepiece" in ln for ln in lines[-3:]) else "")
+                raise error(f"llama.cpp {what}: {lines[-1] if lines else 'no output'}{hint}")
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, scratch):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return target
+
+
+#: what a merged expert's weights may be: Q8_0 keeps the adapter's change (4-bit types
+#: round most of it away: the shipped experts' deltas are ~1/30 of a Q4_1 step) at the
+#: base's decoding speed; f16 / f32 keep it exactly
+MERGE_TYPES = ("q8_0", "f16", "f32")
+#: how LlamaCppLLM.start serves the experts (see its doc)
+LAYOUTS = ("lora", "merged")
+
+
+def _tool(name: str) -> Path:
+    """A llama.cpp tool built beside llama-server by scripts/setup_llamacpp.sh."""
+    path = find_llama_server().parent / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise LlamaCppSetupError(f"llama.cpp's {name} is not at {path}: run "
+                                 "`bash scripts/setup_llamacpp.sh` once (it builds it)")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def merge_adapter(base_gguf: str | os.PathLike[str], lora_gguf: str | os.PathLike[str],
+                  merge_type: str = "q8_0", cache_dir: str | os.PathLike[str] | None = None,
+                  threads: int | None = None) -> Path:
+    """A GGUF of ``base_gguf`` with the GGUF LoRA ``lora_gguf`` merged into its weights, at
+    ``merge_type`` precision: llama.cpp's ``llama-export-lora`` (the base de-quantized, the
+    delta added), then ``llama-quantize`` to that type.
+    Cached by both files' content hash and the type; published atomically. A merged expert
+    decodes at the base's speed (an unmerged LoRA costs two small matmuls per adapted weight
+    and token), at the price of one model file (and one server) per expert."""
+    if merge_type not in MERGE_TYPES:
+        raise InputError(f"merge_type must be one of {', '.join(MERGE_TYPES)}, got "
+                         f"{merge_type!r} (4-bit types round the adapter's change away)")
+    base, lora = Path(base_gguf), Path(lora_gguf)
+    for path in (base, lora):
+        if not path.is_file():
+            raise LlamaCppConversionError(f"no GGUF file at {path}")
+    key = hashlib.sha256(f"{LLAMACPP_VERSION}|{merge_type}|{_file_digest(base)}|"
+                         f"{_file_digest(lora)}".encode()).hexdigest()[:20]
+    cache = Path(cache_dir) if cache_dir else llamacpp_home().parent / "merged"
+    target = cache / key / f"{lora.stem}.{merge_type}.gguf"
+    if target.is_file():
+        return target
+    export, quantize = _tool("llama-export-lora"), _tool("llama-quantize")
+    n = str(threads or os.cpu_count() or 1)
+
+    def commands(tmp: str) -> list[list[str]]:
+        return [[str(export), "-m", str(base), "--lora", str(lora), "-t", n,
+                 "-o", tmp + ".stage"],
+                [str(quantize), tmp + ".stage", tmp, merge_type.upper(), n]]
+
+    return _publish(target, commands, f"could not merge {lora.name} into {base.name}",
+                    LlamaCppConversionError)
 
 
 # ---------------------------------------------------------------------------- grammar
@@ -394,20 +468,78 @@ class LlamaCppServer:
         self.stop()
 
 
+# ---------------------------------------------------------------------------- one server at a time
+class Turnstile:
+    """Lets requests to one server through at a time (any number of them at once), in the
+    order their servers were first waited for.
+
+    The merged layout runs one llama-server per expert on the same cores; two of them
+    decoding at once fight over the cores (measured on 2 cores: 8 mixed requests at ~20 tok/s
+    against ~120 in turn). A request for the active server joins it unless a request for
+    another server waits; otherwise it queues, and when the active server's last request
+    ends, every request waiting for the server queued first goes in together (one batch).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: str | None = None
+        self._inflight = 0
+        self._waiting: dict[str, int] = {}
+        self._grants: dict[str, int] = {}
+        self._order: deque[str] = deque()
+
+    @contextmanager
+    def turn(self, key: str) -> Iterator[None]:
+        """Hold a place on ``key``'s server for the body of the ``with``."""
+        with self._cond:
+            if self._active is None or (self._active == key and not self._order):
+                self._active = key
+                self._inflight += 1
+            else:
+                self._waiting[key] = self._waiting.get(key, 0) + 1
+                if key not in self._order:
+                    self._order.append(key)
+                while not (self._active == key and self._grants.get(key, 0) > 0):
+                    self._cond.wait()
+                self._grants[key] -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._switch()
+
+    def _switch(self) -> None:
+        """The active server is idle: hand the cores to the server waited for longest."""
+        if not self._order:
+            self._active = None
+            return
+        key = self._order.popleft()
+        granted = self._waiting.pop(key)
+        self._active, self._inflight = key, granted
+        self._grants[key] = self._grants.get(key, 0) + granted
+        self._cond.notify_all()
+
+
 # ---------------------------------------------------------------------------- the client
 class LlamaCppLLM(ServerLLM):
     """``ExpertLLM``'s interface over llama-server (see the module doc).
 
     ``LlamaCppLLM(url)`` connects to a running server (``expert_names`` maps names to its
-    adapter ids; by default an adapter is named after its file's stem);
-    :meth:`start` starts one with the named experts attached and owns it.
+    adapter ids; by default an adapter is named after its file's stem); ``routes`` maps
+    expert names to servers of the base with that expert merged into its weights (see
+    :func:`merge_adapter`), which take their requests in turn (:class:`Turnstile`).
+    :meth:`start` starts the server(s) with the named experts attached and owns them.
     """
 
     def __init__(self, base_url: str | None = None, *, model: str | None = None,
                  expert_names: Mapping[str, int] | None = None, timeout: float | None = None,
                  concurrency: int | None = None, tokenizer: Any = None,
                  label_top_n: int = 100, server: LlamaCppServer | None = None,
-                 adapter_folders: Mapping[str, str | os.PathLike[str]] | None = None) -> None:
+                 adapter_folders: Mapping[str, str | os.PathLike[str]] | None = None,
+                 routes: Mapping[str, str] | None = None,
+                 route_servers: Mapping[str, LlamaCppServer] | None = None) -> None:
         url = base_url or (server.url if server is not None else os.environ.get(ENV_URL))
         if not url:
             raise InputError(f"LlamaCppLLM needs a base_url (or ${ENV_URL}), or use "
@@ -423,6 +555,12 @@ class LlamaCppLLM(ServerLLM):
         self._lora_ids: dict[str, int] | None = None
         self._folders = {k: str(v) for k, v in (adapter_folders or {}).items()}
         self._base_source: str | None = None
+        self._routes = {str(k): str(v).rstrip("/").removesuffix("/v1")
+                        for k, v in (routes or {}).items()}
+        self._route_servers = dict(route_servers or {})
+        self._route_clients: dict[str, Any] = {}
+        self._turnstile = Turnstile()
+        self._merge: tuple[str, str, int | None] | None = None  # (base GGUF, type, threads)
 
     @classmethod
     def start(cls, model: str = "smollm2-135m-instruct",
@@ -431,7 +569,8 @@ class LlamaCppLLM(ServerLLM):
               threads: int | None = None,
               port: int | None = None, binary: str | os.PathLike[str] | None = None,
               timeout: float | None = None, label_top_n: int = 100,
-              weights: str = "gguf") -> LlamaCppLLM:
+              weights: str = "gguf", layout: str = "lora",
+              merge_type: str | None = None) -> LlamaCppLLM:
         """Start llama-server on ``model`` (a GGUF alias or file) with ``experts`` attached:
         ``"shipped"`` (all shipped experts), a list of shipped names, or ``{name: folder}``;
         each converted to GGUF LoRA once (cached). Each of the ``parallel`` slots holds
@@ -439,29 +578,60 @@ class LlamaCppLLM(ServerLLM):
         8192 cost ~23 KB of KV cache per token). ``weights``: ``gguf`` serves the file as
         it is (fastest decoding); ``f32`` / ``f16`` serve its de-quantized weights, the
         numbers the in-process backend computes with (faster prompt processing, slower
-        decoding; see benchmarks/RESULTS.md). The returned client owns the server
-        (:meth:`close` stops it)."""
+        decoding; see benchmarks/RESULTS.md).
+
+        ``layout``: ``lora`` (one server, every expert an unmerged LoRA chosen per request;
+        mixed experts share its slots) or ``merged`` (one server for the base and one per
+        expert with the expert merged into the weights at ``merge_type``, default ``q8_0``
+        for a GGUF base, else the base's precision: each expert decodes at the base's speed;
+        the servers take requests in turn, and cost one model file and KV cache each). The
+        returned client owns the server(s) (:meth:`close` stops them)."""
         if weights not in WEIGHTS:
             raise InputError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        if layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        merge_type = merge_type or ("q8_0" if weights == "gguf" else weights)
+        if merge_type not in MERGE_TYPES:
+            raise InputError(f"merge_type must be one of {', '.join(MERGE_TYPES)}, got "
+                             f"{merge_type!r}")
         folders = _expert_folders(experts)
         gguf, config_dir = _base_files(model)
         if ctx_per_slot is None:
             ctx_per_slot = _model_window(config_dir)
         if weights != "gguf":
             gguf = str(convert_base(config_dir, weights))
-        loras = [convert_adapter(folder, config_dir, name=name)
-                 for name, folder in folders.items()]
-        server = LlamaCppServer(gguf, loras, parallel=parallel, ctx_per_slot=ctx_per_slot,
-                                threads=threads, port=port, binary=binary).start()
+        loras = {name: convert_adapter(folder, config_dir, name=name)
+                 for name, folder in folders.items()}
+        merged = layout == "merged"
+        if merged:
+            loras = {name: merge_adapter(gguf, lora, merge_type, threads=threads)
+                     for name, lora in loras.items()}
+        started: list[LlamaCppServer] = []
+
+        def serve(model_path: str | Path, adapters: list[Path], at: int | None
+                  ) -> LlamaCppServer:
+            started.append(LlamaCppServer(model_path, adapters, parallel=parallel,
+                                          ctx_per_slot=ctx_per_slot, threads=threads,
+                                          port=at, binary=binary).start())
+            return started[-1]
+
         try:
-            llm = cls(server=server, expert_names={n: i for i, n in enumerate(folders)},
+            server = serve(gguf, [] if merged else list(loras.values()), port)
+            routes = {name: serve(path, [], None) for name, path in loras.items()} \
+                if merged else {}
+            llm = cls(server=server,
+                      expert_names=None if merged else {n: i for i, n in enumerate(folders)},
                       timeout=timeout, tokenizer=config_dir, label_top_n=label_top_n,
-                      adapter_folders=folders)
+                      adapter_folders=folders, routes={n: r.url for n, r in routes.items()},
+                      route_servers=routes)
             llm._base_source = model
+            if merged:
+                llm._merge = (str(gguf), merge_type, threads)
             llm._paths.update(folders)
             llm.models()  # fail now, not at the first question, when the server is wrong
         except BaseException:
-            server.stop()
+            for one in started:
+                one.stop()
             raise
         return llm
 
@@ -476,7 +646,8 @@ class LlamaCppLLM(ServerLLM):
                                or 0)
                 self._lora_ids = self._read_loras()
                 self._models = [{"id": base, "parent": None, "max_model_len": slot_ctx}] + [
-                    {"id": name, "parent": base} for name in self._lora_ids]
+                    {"id": name, "parent": base}
+                    for name in sorted(set(self._lora_ids) | set(self._routes))]
             return self._models
 
     def _read_loras(self) -> dict[str, int]:
@@ -499,7 +670,12 @@ class LlamaCppLLM(ServerLLM):
     @property
     def experts(self) -> list[str]:
         self.models()
-        return sorted(self._lora_ids or {})
+        return sorted(set(self._lora_ids or {}) | set(self._routes))
+
+    @property
+    def layout(self) -> str:
+        """``merged`` when experts are served by their own merged servers, else ``lora``."""
+        return "merged" if self._routes else "lora"
 
     @property
     def context_window(self) -> int:
@@ -521,6 +697,19 @@ class LlamaCppLLM(ServerLLM):
         card = self._local_card(name, path)
         _, config_dir = _base_files(self._base_source or "smollm2-135m-instruct")
         lora = convert_adapter(path, config_dir, name=name)
+        if self._merge is not None:  # merged layout: one more server, the others untouched
+            base, merge_type, threads = self._merge
+            merged = merge_adapter(base, lora, merge_type, threads=threads)
+            server = LlamaCppServer(merged, [], parallel=self.server.parallel,
+                                    ctx_per_slot=self.server.ctx_per_slot,
+                                    threads=self.server.threads,
+                                    binary=self.server.binary).start()
+            self._route_servers[name], self._routes[name] = server, server.url
+            self._folders[name] = self._paths[name] = str(path)
+            self.models(refresh=True)
+            if card is not None:
+                self._cards()[name] = card
+            return
         names = dict(self._names_given)
         names[name] = len(self.server.loras)
         ServerLLM.close(self)  # the HTTP client only: its connections die with the server
@@ -547,25 +736,55 @@ class LlamaCppLLM(ServerLLM):
         slot's cache across an adapter change)."""
         self.models()
         ids = self._lora_ids or {}
+        if model in self._routes:
+            return []  # its own server, with the expert merged and no adapters
         if model != self.model_name and model not in ids:
             raise UnknownExpertError(f"expert {model!r} is not served by {self.base_url} "
-                                     f"(experts: {', '.join(sorted(ids)) or 'none'})")
+                                     f"(experts: {', '.join(self.experts) or 'none'})")
         return [{"id": i, "scale": 1.0 if name == model else 0.0}
                 for name, i in sorted(ids.items(), key=lambda kv: kv[1])]
 
     # ------------------------------------------------------------------ requests
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 client: Any = None) -> Any:
         """ServerLLM's request, sent once more when the server had closed the pooled
         keep-alive connection (it does after a stream or an idle spell): nothing was
         processed, so repeating is safe."""
         import httpx
 
         try:
-            return super()._request(method, path, body)
+            return super()._request(method, path, body, client)
         except ServerError as exc:
             if not isinstance(exc.__cause__, httpx.RemoteProtocolError):
                 raise
-            return super()._request(method, path, body)
+            return super()._request(method, path, body, client)
+
+    def _route(self, model: str) -> tuple[Any, str]:
+        """The HTTP client and the server's URL for ``model``'s requests."""
+        import httpx
+
+        url = self._routes.get(model)
+        if url is None:
+            return self.client, self.base_url
+        with self._lock:
+            if url not in self._route_clients:
+                self._route_clients[url] = httpx.Client(base_url=url, timeout=self.timeout)
+            return self._route_clients[url], url
+
+    @contextmanager
+    def _turn(self, url: str) -> Iterator[None]:
+        """Hold ``url``'s turn when there are several servers (one at a time on the cores)."""
+        if not self._routes:
+            yield
+            return
+        with self._turnstile.turn(url):
+            yield
+
+    def _post(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``/completion`` on ``model``'s server, in its turn."""
+        client, url = self._route(model)
+        with self._turn(url):
+            return self._request("POST", "/completion", body, client)
 
     def _native(self, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI-style completion body (what ServerLLM builds) as a llama.cpp
@@ -609,7 +828,7 @@ class LlamaCppLLM(ServerLLM):
 
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         native = self._native(body)
-        out = self._request("POST", "/completion", native)
+        out = self._post(body["model"], native)
         probs = out.get("completion_probabilities") or []
         choice = {"text": str(out.get("content") or ""),
                   "finish_reason": "length" if out.get("stop_type") == "limit" else "stop",
@@ -642,7 +861,6 @@ class LlamaCppLLM(ServerLLM):
 
         tok = self.tokenizer
         ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
-        lora = self._lora(model)
         eos = {int(t) for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
                if isinstance(t, int) and t >= 0}
 
@@ -650,7 +868,7 @@ class LlamaCppLLM(ServerLLM):
             out = []
             for prefix in prefixes:
                 self._check_window(len(ids) + len(prefix))
-                top = self._next_token_logprobs(ids + prefix, lora, 2 * beams + 1)
+                top = self._next_token_logprobs(ids + prefix, model, 2 * beams + 1)
                 out.append(top)
             return out
 
@@ -665,17 +883,16 @@ class LlamaCppLLM(ServerLLM):
                                 finish_reason=finish, model_name=self.model_name,
                                 expert=expert)
 
-    def _next_token_logprobs(self, ids: list[int], lora: list[dict[str, Any]], n: int
-                             ) -> dict[int, float]:
+    def _next_token_logprobs(self, ids: list[int], model: str, n: int) -> dict[int, float]:
         """The ``n`` likeliest next tokens after ``ids`` and their log-probabilities: one
         one-token request. The server reads them from the raw logits (a full softmax), but
         leaves them out when the token it samples is half of a UTF-8 character; so sampling
         is pinned to the end token (a logit bias, which the reported figures do not see)."""
         eos = self.tokenizer.eos_token_id
         body = {"prompt": ids, "n_predict": 1, "n_probs": n, "temperature": 0.0,
-                "samplers": ["temperature"], "lora": lora, "cache_prompt": True,
+                "samplers": ["temperature"], "lora": self._lora(model), "cache_prompt": True,
                 "logit_bias": [[int(eos), 1.0e4]] if eos is not None else []}
-        probs = self._request("POST", "/completion", body).get("completion_probabilities") or []
+        probs = self._post(model, body).get("completion_probabilities") or []
         top = probs[0].get("top_logprobs") if probs else None
         if not top:
             raise ServerCapabilityError(f"{self.base_url} returned no token probabilities "
@@ -688,8 +905,7 @@ class LlamaCppLLM(ServerLLM):
         ``label_top_n`` (a full softmax of the logits; a token outside them reads 0)."""
         ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         self._check_window(len(ids))
-        top = self._next_token_logprobs(ids, self._lora(model),
-                                        max(self.label_top_n, len(token_ids)))
+        top = self._next_token_logprobs(ids, model, max(self.label_top_n, len(token_ids)))
         return [math.exp(top[t]) if t in top else 0.0 for t in token_ids]
 
     def _stream_plain(self, conv: Any, expert: str | None, opts: Any
@@ -704,9 +920,10 @@ class LlamaCppLLM(ServerLLM):
                                continue_final_message=opts.continue_final_message)
         body = self._native({**self._body(prompt, model, opts), "stream": True})
         text, finish, usage = "", "stop", {"prompt_tokens": 0, "completion_tokens": 0}
+        client, url = self._route(model)
         try:
-            with self.client.stream("POST", "/completion", json=body,
-                                    headers={"Connection": "close"}) as response:
+            with self._turn(url), client.stream("POST", "/completion", json=body,
+                                                headers={"Connection": "close"}) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ServerError(f"streaming answered {response.status_code}: "
@@ -727,7 +944,7 @@ class LlamaCppLLM(ServerLLM):
             raise ServerTimeoutError(f"streaming did not finish within {self.timeout:g} s"
                                      ) from exc
         except httpx.HTTPError as exc:
-            raise ServerError(f"streaming from {self.base_url} failed: {exc}") from exc
+            raise ServerError(f"streaming from {url} failed: {exc}") from exc
         result = GenerationResult(text=text, prompt_tokens=usage["prompt_tokens"],
                                   completion_tokens=usage["completion_tokens"],
                                   finish_reason=finish, model_name=self.model_name,
@@ -735,11 +952,21 @@ class LlamaCppLLM(ServerLLM):
         yield StreamChunk("", final=result)
 
     # ------------------------------------------------------------------ lifetime
+    def expert_info(self, name: str) -> dict[str, Any]:
+        info = super().expert_info(name)
+        if name in self._routes:
+            info["served_by"] = self._routes[name]
+        return info
+
     def close(self) -> None:
-        """Close the HTTP client and stop the server this client started."""
+        """Close the HTTP clients and stop the servers this client started."""
         super().close()
-        if self.server is not None:
-            self.server.stop()
+        for client in self._route_clients.values():
+            client.close()
+        self._route_clients.clear()
+        for server in [self.server, *self._route_servers.values()]:
+            if server is not None:
+                server.stop()
 
     def __enter__(self) -> LlamaCppLLM:
         return self

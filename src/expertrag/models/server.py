@@ -103,27 +103,32 @@ class ServerLLM:
                                         timeout=self.timeout)
         return self._client
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 client: Any = None) -> Any:
+        """One JSON request to the server (or to ``client``'s, an ``httpx.Client``)."""
         import httpx
 
+        client = client if client is not None else self.client
+        base_url = str(client.base_url).rstrip("/") if client is not self._client \
+            else self.base_url
         try:
-            response = self.client.request(method, path, json=body)
+            response = client.request(method, path, json=body)
         except httpx.TimeoutException as exc:
-            raise ServerTimeoutError(f"{self.base_url}{path} did not answer within "
+            raise ServerTimeoutError(f"{base_url}{path} did not answer within "
                                      f"{self.timeout:g} s") from exc
         except httpx.HTTPError as exc:
-            raise ServerError(f"cannot reach the model server at {self.base_url}: "
+            raise ServerError(f"cannot reach the model server at {base_url}: "
                               f"{type(exc).__name__}: {exc}") from exc
         if response.status_code == 404 and body and "model" in body:
             raise UnknownExpertError(f"the server does not serve model {body['model']!r} "
                                      f"(it serves: {', '.join(self._names())})")
         if response.status_code >= 400:
-            raise ServerError(f"{self.base_url}{path} answered {response.status_code}: "
+            raise ServerError(f"{base_url}{path} answered {response.status_code}: "
                               f"{response.text[:300]}")
         try:
             return response.json()
         except ValueError as exc:
-            raise ServerError(f"{self.base_url}{path} answered with no JSON") from exc
+            raise ServerError(f"{base_url}{path} answered with no JSON") from exc
 
     def models(self, refresh: bool = False) -> list[dict[str, Any]]:
         """The server's ``/v1/models`` entries (cached; ``refresh`` asks again)."""
