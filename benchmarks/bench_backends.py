@@ -1,4 +1,5 @@
-"""In-process ExpertLLM vs LlamaCppLLM (llama-server with the experts as GGUF LoRA) vs the
+"""In-process ExpertLLM vs LlamaCppLLM (llama-server with the experts as GGUF LoRA, and the
+merged layout: one server per expert with the expert merged into Q8_0 weights) vs the
 llama.cpp a user would otherwise run (``llama-bench``; a bare ``llama-server`` with no
 adapters, called over plain HTTP), one run, one machine, the same GGUF and prompts.
 
@@ -249,17 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--skip-speed", action="store_true",
                         help="answer quality only (the speed tables come from a full run)")
+    parser.add_argument("--layouts", default="lora,merged",
+                        help="LlamaCppLLM layouts to measure, comma-separated (lora, merged)")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
     args = parser.parse_args(argv)
 
     from expertrag import ExpertLLM
     from expertrag.experts import attach_shipped
-    from expertrag.models.llamacpp import (
-        LlamaCppLLM,
-        LlamaCppServer,
-        _base_files,
-        find_llama_server,
-    )
+    from expertrag.models.llamacpp import LlamaCppLLM, _base_files, find_llama_server
 
     binary = find_llama_server()
     gguf, _ = _base_files("smollm2-135m-instruct")
@@ -268,98 +266,106 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.tokens} new tokens per request", flush=True)
     local = ExpertLLM().load()
     attach_shipped(local)
-    ours = LlamaCppLLM.start(parallel=args.parallel, threads=args.threads, weights=args.weights)
-    if args.skip_speed:
-        report_quality(args, local, ours)
-        ours.close()
-        return
-    bench = llama_bench(binary.parent / "llama-bench", gguf, args.threads)
-    peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads,
-                                 ctx_per_slot=ours.server.ctx_per_slot).start()  # same slots
-    peer = BareServer(peer_server.url, ours.tokenizer, ours.render)
-    one, mixed, n = ["grounded-qa"], ["grounded-qa", "critic", "relevance", None], args.parallel
+    sides = {layout: LlamaCppLLM.start(parallel=args.parallel, threads=args.threads,
+                                       weights=args.weights, layout=layout)
+             for layout in args.layouts.split(",")}
     try:
-        for llm in (local, ours):  # warm-up
+        if args.skip_speed:
+            for layout, llm in sides.items():
+                report_quality(args, local, llm, layout)
+            return
+        speed(args, binary, gguf, local, sides)
+        for layout, llm in sides.items():
+            report_quality(args, local, llm, layout)
+    finally:
+        for llm in sides.values():
+            llm.close()
+
+
+def speed(args: argparse.Namespace, binary: Path, gguf: str, local: Any,
+          sides: dict[str, Any]) -> None:
+    """The speed tables: in-process, the bare server and each LlamaCppLLM layout."""
+    from expertrag.models.llamacpp import LlamaCppServer
+
+    bench = llama_bench(binary.parent / "llama-bench", gguf, args.threads)
+    first = next(iter(sides.values()))
+    peer_server = LlamaCppServer(gguf, [], parallel=args.parallel, threads=args.threads,
+                                 ctx_per_slot=first.server.ctx_per_slot).start()  # same slots
+    peer = BareServer(peer_server.url, first.tokenizer, first.render)
+    one, mixed, n = ["grounded-qa"], ["grounded-qa", "critic", "relevance", None], args.parallel
+    llms = {"in-process": local, **{f"LlamaCppLLM {k}": v for k, v in sides.items()}}
+    t = args.tokens
+    jobs: dict[str, Callable[[], float]] = {
+        "bare 1": lambda: peer_rate(peer, 1, t), "bare n": lambda: peer_rate(peer, n, t),
+        "bare ttft": lambda: statistics.median(
+            peer.first_token(c) for c in fresh_convs(args.latency_reps))}
+    for side, llm in llms.items():
+        jobs |= {
+            f"{side}|1 base": lambda llm=llm: single_stream(llm, None, t),
+            f"{side}|1 expert": lambda llm=llm: single_stream(llm, "grounded-qa", t),
+            f"{side}|n base": lambda llm=llm: tok_per_s(llm, n, [None], t),
+            f"{side}|n expert": lambda llm=llm: tok_per_s(llm, n, one, t),
+            f"{side}|n mixed": lambda llm=llm: tok_per_s(llm, n, mixed, t),
+            f"{side}|ttft": lambda llm=llm: first_token(llm, None, args.latency_reps),
+            f"{side}|ttft expert": lambda llm=llm: first_token(llm, "grounded-qa",
+                                                                args.latency_reps),
+            f"{side}|labels": lambda llm=llm: label_pairs_per_s(llm, args.label_pairs)}
+    try:
+        for llm in llms.values():  # warm-up
             llm.generate(convs_for(2), max_new_tokens=4, refusal_gate=False)
         peer.generate(convs_for(2), 4)
-        t = args.tokens
-        speed = median_rounds(args.reps, {
-            "peer 1": lambda: peer_rate(peer, 1, t),
-            "ours 1 base": lambda: single_stream(ours, None, t),
-            "ours 1 expert": lambda: single_stream(ours, "grounded-qa", t),
-            "local 1 base": lambda: single_stream(local, None, t),
-            "local 1 expert": lambda: single_stream(local, "grounded-qa", t),
-            "peer n": lambda: peer_rate(peer, n, t),
-            "ours n base": lambda: tok_per_s(ours, n, [None], t),
-            "ours n expert": lambda: tok_per_s(ours, n, one, t),
-            "ours n mixed": lambda: tok_per_s(ours, n, mixed, t),
-            "local n base": lambda: tok_per_s(local, n, [None], t),
-            "local n expert": lambda: tok_per_s(local, n, one, t),
-            "local n mixed": lambda: tok_per_s(local, n, mixed, t),
-            "peer ttft": lambda: statistics.median(
-                peer.first_token(c) for c in fresh_convs(args.latency_reps)),
-            "ours ttft": lambda: first_token(ours, None, args.latency_reps),
-            "ours ttft expert": lambda: first_token(ours, "grounded-qa", args.latency_reps),
-            "local ttft": lambda: first_token(local, None, args.latency_reps),
-            "local ttft expert": lambda: first_token(local, "grounded-qa", args.latency_reps),
-            "ours labels": lambda: label_pairs_per_s(ours, args.label_pairs),
-            "local labels": lambda: label_pairs_per_s(local, args.label_pairs),
-        })
-        crag = {side: crag_stages(llm, args.crag_questions)
-                for side, llm in (("in-process", local), ("llama.cpp", ours))}
+        s = median_rounds(args.reps, jobs)
+        crag = {side: crag_stages(llm, args.crag_questions) for side, llm in llms.items()}
     finally:
         peer_server.stop()
-    s = speed
     print(f"\nllama-bench, same GGUF, {args.threads} threads: tg64 {bench['tg64']:.1f} tok/s, "
           f"pp512 {bench['pp512']:.1f} tok/s")
-    rows = [
-        ["single stream, bare base", f"{s['local 1 base']:.1f}", f"{s['peer 1']:.1f}",
-         f"{s['ours 1 base']:.1f}", _x(s["ours 1 base"], s["local 1 base"]),
-         _x(s["ours 1 base"], s["peer 1"])],
-        ["single stream, grounded-qa", f"{s['local 1 expert']:.1f}", "-",
-         f"{s['ours 1 expert']:.1f}", _x(s["ours 1 expert"], s["local 1 expert"]),
-         _x(s["ours 1 expert"], s["peer 1"])],
-        [f"{n} concurrent, bare base", f"{s['local n base']:.1f}", f"{s['peer n']:.1f}",
-         f"{s['ours n base']:.1f}", _x(s["ours n base"], s["local n base"]),
-         _x(s["ours n base"], s["peer n"])],
-        [f"{n} concurrent, grounded-qa", f"{s['local n expert']:.1f}", "-",
-         f"{s['ours n expert']:.1f}", _x(s["ours n expert"], s["local n expert"]),
-         _x(s["ours n expert"], s["peer n"])],
-        [f"{n} concurrent, 3 experts + base mixed", f"{s['local n mixed']:.1f}", "-",
-         f"{s['ours n mixed']:.1f}", _x(s["ours n mixed"], s["local n mixed"]),
-         _x(s["ours n mixed"], s["peer n"])],
-    ]
-    print(f"\ndecode tok/s ({args.tokens} new tokens per request; median of {args.reps} rounds)")
-    _print(["load", "in-process", "bare llama-server", "LlamaCppLLM",
-            "LlamaCppLLM / in-process", "LlamaCppLLM / bare server"], rows)
-    print(f"\none expert against the bare base through LlamaCppLLM: single stream "
-          f"{_x(s['ours 1 expert'], s['ours 1 base'])}, {n} concurrent "
-          f"{_x(s['ours n expert'], s['ours n base'])}")
+    ours = [k for k in llms if k != "in-process"]
+    loads = [("1 base", "single stream, bare base", "bare 1"),
+             ("1 expert", "single stream, grounded-qa", "bare 1"),
+             ("n base", f"{n} concurrent, bare base", "bare n"),
+             ("n expert", f"{n} concurrent, grounded-qa", "bare n"),
+             ("n mixed", f"{n} concurrent, 3 experts + base mixed", "bare n")]
+    rows = []
+    for key, label, bare in loads:
+        row = [label, f"{s['in-process|' + key]:.1f}",
+               f"{s[bare]:.1f}" if key.endswith("base") else "-"]
+        row += [f"{s[o + '|' + key]:.1f}" for o in ours]
+        row += [_x(s[o + "|" + key], s["in-process|" + key]) for o in ours]
+        row += [_x(s[o + "|" + key], s[bare]) for o in ours]
+        rows.append(row)
+    print(f"\ndecode tok/s ({args.tokens} new tokens per request; median of {args.reps} rounds;"
+          " the ratio to the bare server is against its figure with the same concurrency)")
+    _print(["load", "in-process", "bare llama-server", *ours,
+            *(f"{o} / in-process" for o in ours), *(f"{o} / bare server" for o in ours)], rows)
+    for o in ours:
+        print(f"one expert against the bare base through {o}: single stream "
+              f"{_x(s[o + '|1 expert'], s[o + '|1 base'])}, {n} concurrent "
+              f"{_x(s[o + '|n expert'], s[o + '|n base'])}")
     print("\nlatency, scoring and CRAG")
-    _print(["measure", "in-process", "bare llama-server", "LlamaCppLLM"], [
-        ["first token, s (median, streamed, bare base)", f"{s['local ttft']:.3f}",
-         f"{s['peer ttft']:.3f}", f"{s['ours ttft']:.3f}"],
-        ["first token, s (median, streamed, grounded-qa)", f"{s['local ttft expert']:.3f}", "-",
-         f"{s['ours ttft expert']:.3f}"],
-        [f"label probabilities, pairs/s ({args.label_pairs} pairs)", f"{s['local labels']:.1f}",
-         "-", f"{s['ours labels']:.1f}"],
-        [f"CRAG, s / question ({args.crag_questions} questions)",
-         f"{crag['in-process'][0]:.2f}", "-", f"{crag['llama.cpp'][0]:.2f}"],
+    _print(["measure", "bare llama-server", *llms], [
+        ["first token, s (median, streamed, bare base)", f"{s['bare ttft']:.3f}",
+         *(f"{s[k + '|ttft']:.3f}" for k in llms)],
+        ["first token, s (median, streamed, grounded-qa)", "-",
+         *(f"{s[k + '|ttft expert']:.3f}" for k in llms)],
+        [f"label probabilities, pairs/s ({args.label_pairs} pairs)", "-",
+         *(f"{s[k + '|labels']:.1f}" for k in llms)],
+        [f"CRAG, s / question ({args.crag_questions} questions)", "-",
+         *(f"{crag[k][0]:.2f}" for k in llms)],
     ])
     for side, (_per_q, stages) in crag.items():
         top = sorted(stages.items(), key=lambda kv: -kv[1])
         print(f"CRAG stages, {side}: " + ", ".join(f"{k} {v:.2f} s" for k, v in top))
-    report_quality(args, local, ours)
-    ours.close()
 
 
-def report_quality(args: argparse.Namespace, local: Any, ours: Any) -> None:
+def report_quality(args: argparse.Namespace, local: Any, ours: Any, layout: str) -> None:
     if args.quality_sets:
-        print("\ngrounded-qa answers: LlamaCppLLM against in-process, test split "
-              "(difference and paired bootstrap 95% interval)", flush=True)
+        print(f"\ngrounded-qa answers: LlamaCppLLM ({layout} layout) against in-process, test "
+              "split (difference and paired bootstrap 95% interval)", flush=True)
+        tag = f"llamacpp-{args.weights}" + ("" if layout == "lora" else f"-{layout}")
         _print(["set", "questions", "metric", "in-process", "LlamaCppLLM", "difference",
                 "identical answers", "s / question (in-process / llama.cpp)"],
-               quality(args, local, ours, f"llamacpp-{args.weights}"))
+               quality(args, local, ours, tag))
 
 
 def _x(a: float, b: float) -> str:

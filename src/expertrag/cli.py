@@ -62,18 +62,22 @@ BACKENDS = ("inprocess", "server", "llamacpp")
 
 
 def make_llm(model: str, server: str | None = None, dtype: str | None = None,
-             backend: str | None = None) -> ExpertModel:
+             backend: str | None = None, layout: str | None = None) -> ExpertModel:
     """Build the LLM for ``backend``: ``inprocess`` (loaded now, so a missing model fails
     before any work; ``dtype`` None picks bf16 on a CPU with native bf16, else fp32),
     ``server`` (a client of the multi-LoRA server at ``server`` or ``$EXPERTRAG_SERVER_URL``;
     the default whenever a URL is given), or ``llamacpp`` (llama-server: the one at
-    ``server`` if given, else one started now on ``model`` with the shipped experts)."""
+    ``server`` if given, else one started now on ``model`` with the shipped experts, served
+    as ``layout``: ``lora`` or ``merged``, see :meth:`LlamaCppLLM.start`)."""
     import os
 
     from expertrag.models.server import ENV_URL
 
     if backend not in (None, *BACKENDS):
         raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if layout not in (None, "lora") and (backend != "llamacpp" or server):
+        raise InputError(f"--layout {layout} applies to a llama-server started here "
+                         "(--backend llamacpp without --server)")
     if backend == "llamacpp":
         from expertrag.models.llamacpp import LlamaCppLLM
 
@@ -83,7 +87,7 @@ def make_llm(model: str, server: str | None = None, dtype: str | None = None,
         if weights is None:
             raise InputError(f"--backend llamacpp serves the GGUF as it is (default), float32 "
                              f"or float16, not {dtype!r}")
-        return LlamaCppLLM.start(model=model, weights=weights)
+        return LlamaCppLLM.start(model=model, weights=weights, layout=layout or "lora")
     url = server or os.environ.get(ENV_URL)
     if backend == "server" and not url:
         raise InputError(f"--backend server needs --server URL (or ${ENV_URL})")
@@ -323,7 +327,7 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
     from expertrag.rag import RAGPipeline
 
     llm = make_llm(args.model, getattr(args, "server", None), dtype=getattr(args, "dtype", None),
-                   backend=getattr(args, "backend", None))
+                   backend=getattr(args, "backend", None), layout=getattr(args, "layout", None))
     expert = choose_expert(llm, args.expert)
     return RAGPipeline(llm, store, k=args.k, expert=expert, max_new_tokens=args.max_new_tokens,
                        evidence_gate="auto" if getattr(args, "evidence_gate", False) else None)
@@ -489,6 +493,11 @@ def _add_llm_args(p: argparse.ArgumentParser) -> None:
                    help="answer through an OpenAI-compatible multi-LoRA server (vLLM) at URL "
                         "instead of in-process (default: $EXPERTRAG_SERVER_URL if set), or the "
                         "llama-server at URL with --backend llamacpp")
+    p.add_argument("--layout", default=None, choices=["lora", "merged"],
+                   help="with --backend llamacpp: lora (one server, the experts as LoRA "
+                        "adapters; the default) or merged (one server per expert with the "
+                        "expert merged into the weights: an expert decodes at the base's "
+                        "speed)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="weight dtype (default auto: bfloat16 on a CPU with native bf16 or a "
                         "GPU, else float32)")

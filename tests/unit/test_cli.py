@@ -62,9 +62,9 @@ def fakes(monkeypatch):
     llms: list[FakeLLM] = []
 
     def make_llm(model: str, server: str | None = None, dtype: str | None = None,
-                 backend: str | None = None) -> FakeLLM:
+                 backend: str | None = None, layout: str | None = None) -> FakeLLM:
         llms.append(FakeLLM())
-        llms[-1].dtype, llms[-1].backend = dtype, backend
+        llms[-1].dtype, llms[-1].backend, llms[-1].layout = dtype, backend, layout
         return llms[-1]
 
     def make_store(db: str, collection: str, *, read_only: bool = False,
@@ -148,6 +148,9 @@ def test_ingest_then_ask(tmp_path, capsys, corpus, fakes):
     assert fakes[-1].backend is None
     assert cli.main(["ask", "fee?", "--db", db, "--backend", "llamacpp"]) == 0
     assert fakes[-1].backend == "llamacpp"  # --backend reaches make_llm
+    assert cli.main(["ask", "fee?", "--db", db, "--backend", "llamacpp", "--layout",
+                     "merged"]) == 0
+    assert fakes[-1].layout == "merged"  # and --layout
 
 
 def test_unknown_expert_exits_2(tmp_path, capsys, corpus, fakes):

@@ -416,8 +416,16 @@ def test_the_cli_chooses_the_backend(monkeypatch):
         cli.make_llm("smollm2", backend="llamacpp", dtype="bfloat16")
     client = cli.make_llm("smollm2", server="http://127.0.0.1:9", backend="llamacpp")
     assert isinstance(client, LlamaCppLLM) and client.base_url == "http://127.0.0.1:9"
-    args = cli.build_parser().parse_args(["ask", "q", "--backend", "llamacpp"])
-    assert args.backend == "llamacpp"
+    args = cli.build_parser().parse_args(["ask", "q", "--backend", "llamacpp", "--layout",
+                                          "merged"])
+    assert args.backend == "llamacpp" and args.layout == "merged"
+    with pytest.raises(InputError, match="--layout merged applies to"):
+        cli.make_llm("smollm2", backend="inprocess", layout="merged")
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(LlamaCppLLM, "start", classmethod(
+        lambda cls, **kw: started.append(kw) or "llm"))
+    assert cli.make_llm("smollm2", backend="llamacpp", layout="merged") == "llm"
+    assert started == [{"model": "smollm2", "weights": "gguf", "layout": "merged"}]
 
 
 # ---------------------------------------------------------------------------- beam search
