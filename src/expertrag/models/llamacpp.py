@@ -21,7 +21,10 @@ native API:
 
 - beam search (``num_beams``, or an expert's own width from its card, as in-process) runs
   here over one-token requests with the top log-probabilities, each reusing the slot's
-  cached prompt.
+  cached prompt;
+- ``layout="merged"`` serves each expert from its own server whose weights are the base
+  with the expert merged in (:func:`merge_adapter`, Q8_0 by default), so an expert decodes
+  at the base's speed; the servers take their turns on the cores (:class:`Turnstile`).
 
 What the server cannot do is a :class:`ServerCapabilityError`: attaching an expert to a
 server this object did not start (llama-server loads adapters at start only; one it started
