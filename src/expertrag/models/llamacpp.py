@@ -677,8 +677,9 @@ class LlamaCppLLM(ServerLLM):
 
     @property
     def layout(self) -> str:
-        """``merged`` when experts are served by their own merged servers, else ``lora``."""
-        return "merged" if self._routes else "lora"
+        """``merged`` when experts are served by their own merged servers (or this client
+        started the merged layout), else ``lora``."""
+        return "merged" if self._routes or self._merge is not None else "lora"
 
     @property
     def context_window(self) -> int:
