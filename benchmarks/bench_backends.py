@@ -295,8 +295,10 @@ def speed(args: argparse.Namespace, binary: Path, gguf: str, local: Any,
     one, mixed, n = ["grounded-qa"], ["grounded-qa", "critic", "relevance", None], args.parallel
     llms = {"in-process": local, **{f"LlamaCppLLM {k}": v for k, v in sides.items()}}
     t = args.tokens
+    group = max(1, n // len(mixed))  # requests per expert in the mixed load
     jobs: dict[str, Callable[[], float]] = {
         "bare 1": lambda: peer_rate(peer, 1, t), "bare n": lambda: peer_rate(peer, n, t),
+        "bare group": lambda: peer_rate(peer, group, t),
         "bare ttft": lambda: statistics.median(
             peer.first_token(c) for c in fresh_convs(args.latency_reps))}
     for side, llm in llms.items():
@@ -342,6 +344,10 @@ def speed(args: argparse.Namespace, binary: Path, gguf: str, local: Any,
         print(f"one expert against the bare base through {o}: single stream "
               f"{_x(s[o + '|1 expert'], s[o + '|1 base'])}, {n} concurrent "
               f"{_x(s[o + '|n expert'], s[o + '|n base'])}")
+    print(f"mixed experts run as batches of {group} (llama.cpp computes a batch with one set "
+          f"of weights); the bare server at {group} concurrent: {s['bare group']:.1f} tok/s; "
+          + ", ".join(f"{o} mixed against it {_x(s[o + '|n mixed'], s['bare group'])}"
+                      for o in ours))
     print("\nlatency, scoring and CRAG")
     _print(["measure", "bare llama-server", *llms], [
         ["first token, s (median, streamed, bare base)", f"{s['bare ttft']:.3f}",
