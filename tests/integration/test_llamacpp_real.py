@@ -157,8 +157,13 @@ def test_structured_output_and_tool_calls_parse(server: Any) -> None:
     assert isinstance(called.tool_calls[0].arguments["city"], str)
 
 
-def test_label_probabilities_agree_with_in_process(server: Any, local: Any) -> None:
+@pytest.mark.parametrize("layout", ["server", "merged"])
+def test_label_probabilities_agree_with_in_process(layout: str, local: Any,
+                                                    request: pytest.FixtureRequest) -> None:
+    """Both layouts: the lora server and the merged one."""
     from expertrag.rerank.llm import RELEVANCE_PROMPT
+
+    server = request.getfixturevalue(layout)
 
     convs = [[{"role": "user", "content": RELEVANCE_PROMPT.format(
         passage=p, query="What is the capital of France?")}] for p in (
@@ -275,18 +280,6 @@ def test_merged_answers_agree_with_in_process(merged: Any, local: Any) -> None:
     assert merged.generate(conv, expert="grounded-qa", max_new_tokens=24,
                            refusal_gate=False).text == local.generate(
         conv, expert="grounded-qa", max_new_tokens=24, refusal_gate=False).text
-
-
-def test_merged_label_probabilities_agree_with_in_process(merged: Any, local: Any) -> None:
-    from expertrag.rerank.llm import RELEVANCE_PROMPT
-
-    convs = [[{"role": "user", "content": RELEVANCE_PROMPT.format(
-        passage=p, query="What is the capital of France?")}] for p in (
-        "Paris is the capital of France.", "Bread is made from flour.")]
-    mine = local.label_probabilities(convs, expert="relevance")
-    theirs = merged.label_probabilities(convs, expert="relevance")
-    for a, b in zip(mine, theirs, strict=True):
-        assert a["yes"] == pytest.approx(b["yes"], abs=0.05)
 
 
 def test_merged_mixed_experts_in_concurrent_requests_do_not_mix_up(merged: Any) -> None:
