@@ -15,6 +15,10 @@ items 300-499 the calibration part (thresholds are chosen there) and the rest th
   ``search_with_question``), for the question itself as the query (what one retrieval step
   finds) and for the gold title (the bound).
 
+``--unmerged`` adds the hop expert served without merging (``ExpertLLM(merge_tokens=None)``,
+as peft serves it) on the same rows, with each model's seconds: what merging large calls
+changes in quality and speed.
+
     python benchmarks/bench_hop.py --data-dir ../shared/data [--expert PATH]
 """
 
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="at most this many rows of each kind per split (a quick look)")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--unmerged", action="store_true",
+                        help="also the hop expert never merged into the weights "
+                             "(ExpertLLM(merge_tokens=None)), on the same rows")
+    parser.add_argument("--no-base", action="store_true", help="skip the bare base's rows")
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir)
@@ -139,6 +147,13 @@ def main(argv: list[str] | None = None) -> None:
                   for kind in ("keep", "stop", "next")} for split, rs in rows.items()}
     llm = ExpertLLM.from_pretrained()
     llm.add_expert("hop", str(folder))
+    models: list[tuple[str, Any, str | None]] = [("hop expert", llm, "hop")]
+    if args.unmerged:
+        unmerged = ExpertLLM.from_pretrained(merge_tokens=None)
+        unmerged.add_expert("hop", str(folder))
+        models.append(("hop expert, never merged", unmerged, "hop"))
+    if not args.no_base:
+        models.append(("bare base, same prompts", llm, None))
     retriever = HybridRetriever(pool, embedder=MemoEmbedder(Embedder()))
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
@@ -150,19 +165,20 @@ def main(argv: list[str] | None = None) -> None:
         "gold title (bound)": hits(retriever, [json.loads(r["answer"]) for r in test_next],
                                    targets),
     }
-    for name, expert in (("hop expert", "hop"), ("bare base, same prompts", None)):
+    for name, model, expert in models:
         fig: dict[str, Any] = {}
+        model_started = time.perf_counter()
         for kind in ("keep", "stop"):
             cal, test = by["calibration"][kind], by["test"][kind]
-            cal_s = label_scores(llm, cal, expert, args.batch)
-            test_s = label_scores(llm, test, expert, args.batch)
+            cal_s = label_scores(model, cal, expert, args.batch)
+            test_s = label_scores(model, test, expert, args.batch)
             cal_y = [int(r["answer"] == "yes") for r in cal]
             test_y = [int(r["answer"] == "yes") for r in test]
             t = best_threshold(cal_s, cal_y)
             fig[kind] = {"auc": roc_auc(test_s, test_y), "threshold": t,
                          "accuracy": accuracy(test_s, test_y, t),
                          "accuracy_at_0.5": accuracy(test_s, test_y, 0.5), "n": len(test)}
-        queries = next_queries(llm, test_next, expert, args.batch)
+        queries = next_queries(model, test_next, expert, args.batch)
         hit = hits(retriever, queries, targets)
         # what MultiHopRAG sends with search_with_question: the query, then the question
         both = hits(retriever, [f"{q} {r['meta']['question']}" for q, r in
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "target": r["meta"]["target"], "hit": h}
                                     for r, q, h in list(zip(test_next, queries, hit,
                                                             strict=True))[:12]]}
+        fig["seconds"] = time.perf_counter() - model_started
         results[name] = fig
     seconds = time.perf_counter() - started
 
@@ -182,19 +199,19 @@ def main(argv: list[str] | None = None) -> None:
         rows_out.append([name, f"{fig['keep']['auc']:.3f}", f"{fig['keep']['accuracy']:.3f}",
                          f"{fig['stop']['accuracy']:.3f} (t={fig['stop']['threshold']:.2f})",
                          f"{fig['stop']['accuracy_at_0.5']:.3f}", f"{fig['next']['hit']:.3f}",
-                         f"{fig['next']['hit_with_question']:.3f}"])
+                         f"{fig['next']['hit_with_question']:.3f}", f"{fig['seconds']:.0f}"])
     for name, hit in baseline.items():
-        rows_out.append([name, "-", "-", "-", "-", f"{sum(hit) / len(hit):.3f}", "-"])
+        rows_out.append([name, "-", "-", "-", "-", f"{sum(hit) / len(hit):.3f}", "-", "-"])
     n = {k: results["hop expert"][k]["n"] for k in ("keep", "stop", "next")}
     print(table([f"model (keep {n['keep']}, stop {n['stop']}, next {n['next']} rows)",
                  "keep AUC", "keep acc", "stop acc (calibrated t)", "stop acc (t=0.5)",
-                 "next-query hit@5", "query + question hit@5"], rows_out))
+                 "next-query hit@5", "query + question hit@5", "seconds"], rows_out))
     expert = results["hop expert"]
     met = {"keep_auc": expert["keep"]["auc"], "stop_accuracy": expert["stop"]["accuracy"],
            "next_hit": expert["next"]["hit"]}
     print("\ntargets: " + ", ".join(f"{k} {v:.3f} {'>=' if v >= TARGETS[k] else '<'} "
                                      f"{TARGETS[k]}" for k, v in met.items()))
-    print(f"({seconds:.0f} s, both models)")
+    print(f"({seconds:.0f} s, all models)")
     for ex in expert["next"]["examples"]:
         print(f"- {ex['question'][:80]} -> {ex['query']!r} (gold {ex['target']!r}, "
               f"{'hit' if ex['hit'] else 'miss'})")

@@ -454,6 +454,96 @@ def test_merged_mode_serves_the_same_output(expert_llm: ExpertLLM) -> None:
         expert_llm.merge(None)
 
 
+def _experts_llm(root: Path, merge_tokens: int | None, dtype: str = "float32") -> ExpertLLM:
+    """A fresh tiny model with experts alpha and beta (the same weights every time)."""
+    import torch
+
+    model = tiny_causal_lm(tiny_tokenizer(), seed=3)
+    model = model.to(getattr(torch, dtype))
+    llm = ExpertLLM.from_model(model, tiny_tokenizer(), name=f"merge-{dtype}",
+                               merge_tokens=merge_tokens)
+    for i, name in enumerate(["alpha", "beta"]):
+        llm.add_expert(name, save_tiny_lora(llm, str(root / name), seed=i + 1))
+    return llm
+
+
+def _weights(llm: ExpertLLM) -> dict[str, object]:
+    return {k: v.detach().clone() for k, v in llm.base_model.state_dict().items()
+            if "lora_" not in k}
+
+
+def test_large_calls_run_on_merged_weights_with_the_same_output(tmp_path: Path) -> None:
+    import torch
+
+    from expertrag.experts.hop import LABELS
+
+    routed = _experts_llm(tmp_path, merge_tokens=None)
+    merged = _experts_llm(tmp_path, merge_tokens=1)  # every call is large enough
+    before = _weights(merged)
+    pairs = [[{"role": "user", "content": f"Is {w} a colour? Answer yes or no."}]
+             for w in ("red", "loud", "green", "fast")]
+    for expert in ("alpha", "beta", None):
+        want = routed.label_probabilities(pairs, labels=LABELS, expert=expert)
+        got = merged.label_probabilities(pairs, labels=LABELS, expert=expert)
+        assert merged._adapters.merged == expert  # served merged (the base: unmerged)
+        for w, g in zip(want, got, strict=True):
+            assert g == pytest.approx(w, abs=1e-5)
+        assert [r.text for r in merged.generate(PROMPTS, expert=expert, max_new_tokens=8)] \
+            == [r.text for r in routed.generate(PROMPTS, expert=expert, max_new_tokens=8)]
+    # a mixed batch after a merged call goes back to per-row adapters on the base weights
+    mixed = ["alpha", None, "beta"]
+    assert [r.text for r in merged.generate(PROMPTS, expert=mixed, max_new_tokens=8)] == \
+        [r.text for r in routed.generate(PROMPTS, expert=mixed, max_new_tokens=8)]
+    assert merged._adapters.merged is None
+    after = _weights(merged)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_small_calls_stay_unmerged_and_large_ones_merge(tmp_path: Path) -> None:
+    llm = _experts_llm(tmp_path, merge_tokens=400)
+    llm.generate(HELLO, expert="alpha", max_new_tokens=4)  # ~20 tokens of work
+    assert llm._adapters.merged is None
+    llm.generate([HELLO] * 8, expert="alpha", max_new_tokens=48)  # 8 x (prompt + 48)
+    assert llm._adapters.merged == "alpha"
+    llm.generate(HELLO, expert="alpha", max_new_tokens=4)
+    assert llm._adapters.merged is None  # a call's numbers depend on its own size only
+
+
+def test_a_bf16_base_comes_back_bit_for_bit_after_merging(tmp_path: Path) -> None:
+    """peft's unmerge subtracts the delta again, which in bf16 leaves rounding behind."""
+    import torch
+
+    llm = _experts_llm(tmp_path, merge_tokens=1, dtype="bfloat16")
+    before = _weights(llm)
+    base_out = [r.text for r in llm.generate(PROMPTS, max_new_tokens=8)]
+    for expert in ("alpha", "beta", "alpha", None):
+        llm.generate(PROMPTS, expert=expert, max_new_tokens=8)
+    llm.merge("beta")
+    llm.generate(PROMPTS, expert="beta", max_new_tokens=8)
+    llm.merge(None)
+    llm.generate(PROMPTS, expert=["alpha", None, "beta"], max_new_tokens=8)
+    after = _weights(llm)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [r.text for r in llm.generate(PROMPTS, max_new_tokens=8)] == base_out
+
+
+def test_expertrag_merge_0_keeps_every_call_unmerged(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _experts_llm(tmp_path, merge_tokens=1)
+    monkeypatch.setenv("EXPERTRAG_MERGE", "0")
+    llm.generate(PROMPTS, expert="alpha", max_new_tokens=8)
+    assert llm._adapters.merged is None
+    monkeypatch.delenv("EXPERTRAG_MERGE")
+    llm.generate(PROMPTS, expert="alpha", max_new_tokens=8)
+    assert llm._adapters.merged == "alpha"
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 2.5, "many"])
+def test_merge_tokens_must_be_a_positive_integer(bad: object) -> None:
+    with pytest.raises(InputError, match="merge_tokens"):
+        ExpertLLM(merge_tokens=bad)  # type: ignore[arg-type]
+
+
 def test_attach_errors(tmp_path: Path) -> None:
     model = tiny_llm(name="attach")
     with pytest.raises(ExpertError, match="adapter folder not found"):

@@ -32,6 +32,7 @@ from expertrag.errors import (
 )
 from expertrag.experts.card import EXPERT_METADATA
 from expertrag.models.adapters import (
+    DEFAULT_MERGE_TOKENS,
     AdapterState,
     check_name,
     inspect_adapter,
@@ -115,6 +116,14 @@ class ExpertLLM:
     the base weights, built on first use, and did not pay off reliably on the CPUs measured
     (benchmarks/RESULTS.md), so it is off by default. "ngram" drafts by prompt lookup
     instead (no draft model). ``EXPERTRAG_SPECULATIVE=0`` turns it off everywhere.
+
+    ``merge_tokens``: a call for one expert with at least this many tokens (prompt plus
+    generated, all rows) runs on that expert merged into the weights, which skips the
+    adapter products (faster prompt processing and decoding; the base weights come back
+    exactly afterwards). In fp32 the numbers match the unmerged expert to rounding; in bf16
+    the merged sum is rounded once more, which moves label probabilities by about as much as
+    bf16 itself does (benchmarks/RESULTS.md). None keeps every call unmerged, as peft serves;
+    ``EXPERTRAG_MERGE=0`` does so everywhere.
     """
 
     def __init__(
@@ -127,10 +136,16 @@ class ExpertLLM:
         trust_remote_code: bool = False,
         experts: dict[str, str] | None = None,
         speculative: bool | str = False,
+        merge_tokens: int | None = DEFAULT_MERGE_TOKENS,
     ) -> None:
         if speculative not in SPECULATIVE_MODES:
             raise InputError(f"speculative must be one of {SPECULATIVE_MODES}, got "
                              f"{speculative!r}")
+        if merge_tokens is not None and (isinstance(merge_tokens, bool)
+                                         or not isinstance(merge_tokens, int)
+                                         or merge_tokens < 1):
+            raise InputError(f"merge_tokens must be a positive integer or None, got "
+                             f"{merge_tokens!r}")
         self.model_id = model
         self.speculative = speculative
         self._draft: Any = None  # the bf16 draft model, built on first speculative use
@@ -138,7 +153,7 @@ class ExpertLLM:
         self._load_kwargs = {"dtype": dtype, "device": device, "quantization": quantization,
                              "trust_remote_code": trust_remote_code}
         self._loaded: LoadedModel | None = None
-        self._adapters = AdapterState()
+        self._adapters = AdapterState(merge_tokens)
         self._grammars: GrammarFactory | None = None
         self._fingerprint: str | None = None
         self._worker = ModelWorker()
@@ -162,11 +177,13 @@ class ExpertLLM:
             return _SHARED[key]
 
     @classmethod
-    def from_model(cls, hf_model: Any, tokenizer: Any, name: str = "custom") -> ExpertLLM:
-        """Wrap an already-loaded transformers model and tokenizer (tests, custom set-ups)."""
+    def from_model(cls, hf_model: Any, tokenizer: Any, name: str = "custom",
+                   **kwargs: Any) -> ExpertLLM:
+        """Wrap an already-loaded transformers model and tokenizer (tests, custom set-ups);
+        ``kwargs`` are the constructor's (``merge_tokens``, ``speculative``)."""
         from expertrag.models.loading import ModelSource
 
-        llm = cls(name)
+        llm = cls(name, **kwargs)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -231,9 +248,10 @@ class ExpertLLM:
         """What runs a forward pass: the peft wrapper, or the base model."""
         return self._adapters.model(self.base_model)
 
-    def _prepare(self, experts: list[str | None]) -> dict[str, Any]:
-        """Route the adapters for these rows (on the worker); the extra forward kwargs."""
-        return self._adapters.prepare(experts)
+    def _prepare(self, experts: list[str | None], work: int = 0) -> dict[str, Any]:
+        """Route (or merge) the adapters for these rows, ``work`` tokens in all (on the
+        worker); the extra forward kwargs."""
+        return self._adapters.prepare(experts, work)
 
     @property
     def grammars(self) -> GrammarFactory:
@@ -476,9 +494,10 @@ class ExpertLLM:
         for group in self._adapters.groups(experts):
             plan = plan_batches([len(encoded[i]) for i in group], max_rows=batch_size,
                                 overhead=overhead, span=span)
+            work = sum(len(encoded[i]) for i in group)
             for batch in plan:
                 rows = [group[k] for k in batch]
-                extra = self._prepare([experts[i] for i in rows])
+                extra = self._prepare([experts[i] for i in rows], work)
                 inputs = left_pad([encoded[i] for i in rows], pad, device)
                 with torch.inference_mode():
                     # logits_to_keep=1: the LM head runs on the last position only
@@ -585,7 +604,8 @@ class ExpertLLM:
             kwargs["streamer"] = TokenStreamer(on_tokens)
         if opts.seed is not None:
             torch.manual_seed(opts.seed)
-        kwargs.update(self._prepare(experts))
+        kwargs.update(self._prepare(experts, sum(lengths) + len(prompts) * max_new
+                                    * opts.num_beams))
         if opts.num_beams > 1:
             if width > 1:
                 kwargs[cache_argument()] = shared_prefill(self._model, enc, opts.num_beams,
@@ -623,6 +643,7 @@ class ExpertLLM:
             draft: Any = NgramDraft()
         else:
             if self._draft is None:  # built once, from the base weights (no adapters)
+                self._adapters.unmerge()
                 self._draft = bf16_draft(self.base_model)
             draft = self._draft
         gate = self._gate(experts, opts, len(prompt))
@@ -630,7 +651,7 @@ class ExpertLLM:
         if opts.stop:
             stopper = StopStrings(self.tokenizer, opts.stop, 0)
             stop = lambda new: bool(stopper(torch.tensor([new]), None)[0])  # noqa: E731
-        self._prepare(experts)
+        self._prepare(experts, len(prompt) + max_new)
         ids = speculative_greedy(self._model, draft, prompt, max_new, eos,
                                  processors=[gate] if gate is not None else [], stop=stop,
                                  on_tokens=on_tokens, stats=self.last_speculation)
