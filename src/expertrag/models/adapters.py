@@ -30,8 +30,9 @@ OFF = ("0", "false", "no", "off")
 #: peft's name for "no adapter" inside a mixed batch
 BASE_ADAPTER = "__base__"
 #: tokens of work (prompt plus generated, all rows) from which a one-expert call runs on
-#: merged weights (AdapterState.prepare); chosen from the measured cost of a merge
-DEFAULT_MERGE_TOKENS = 2048
+#: merged weights (AdapterState.prepare): about where a merge (~0.13 s on 2 CPU cores) pays
+#: for itself; benchmarks/probe_merge_tokens.py measures the chain against 2048 and never
+DEFAULT_MERGE_TOKENS = 512
 #: "0" (or false / no / off) keeps every call unmerged, whatever ``merge_tokens`` says
 ENV_MERGE = "EXPERTRAG_MERGE"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
