@@ -26,12 +26,12 @@ from expertrag.models.fastpath import install_lean_lora
 
 logger = logging.getLogger(__name__)
 
-OFF = ("0", "false", "no", "off")
+OFF = ("0", "false", "no", "off")  # values of ENV_MERGE that turn merging off
 #: peft's name for "no adapter" inside a mixed batch
 BASE_ADAPTER = "__base__"
 #: tokens of work (prompt plus generated, all rows) from which a one-expert call runs on
 #: merged weights (AdapterState.prepare): about where a merge (~0.13 s on 2 CPU cores) pays
-#: for itself; benchmarks/probe_merge_tokens.py measures the chain against 2048 and never
+#: for itself; benchmarks/probe_merge_tokens.py compares it with 2048 and with no merging
 DEFAULT_MERGE_TOKENS = 512
 #: "0" (or false / no / off) keeps every call unmerged, whatever ``merge_tokens`` says
 ENV_MERGE = "EXPERTRAG_MERGE"
@@ -152,6 +152,7 @@ class AdapterState:
         #: unmerging puts these tensors back, so the base weights come back bit for bit
         self._pristine: list[tuple[Any, Any]] = []
         self._peft_merged = False  # merged by peft itself (DoRA and other variants)
+        self._swappable: dict[str, bool] = {}  # _swap_mergeable's answers, per expert
 
     def model(self, base: Any) -> Any:
         """What runs a forward pass: the peft wrapper, or ``base`` when no expert is on."""
@@ -183,6 +184,7 @@ class AdapterState:
         # served, never trained here: frozen weights make switching a pointer change
         self.peft.requires_grad_(False)
         self._tuner_layers = None
+        self._swappable.clear()
         install_lean_lora(self.peft)
 
     def detach(self, name: str) -> Any:
@@ -190,6 +192,7 @@ class AdapterState:
         last one (peft is dropped), else None."""
         self.unmerge()
         self._tuner_layers = None
+        self._swappable.clear()
         if self.serving == name:
             self.serving = None
         base = None
@@ -216,13 +219,15 @@ class AdapterState:
         import torch
         from peft.tuners.lora import Linear as LoraLinear
 
-        info = self.infos[expert]
-        config = info["config"]
-        if info["dora"] or config.get("modules_to_save") or config.get("lora_bias"):
-            return False
-        self._layers()
-        return all(type(layer) is LoraLinear and type(layer.base_layer) is torch.nn.Linear
-                   for layer in self._tuner_layers or [] if expert in layer.lora_A)
+        if expert not in self._swappable:
+            info = self.infos[expert]
+            config = info["config"]
+            self._layers()
+            self._swappable[expert] = not (
+                info["dora"] or config.get("modules_to_save") or config.get("lora_bias")
+            ) and all(type(layer) is LoraLinear and type(layer.base_layer) is torch.nn.Linear
+                      for layer in self._tuner_layers or [] if expert in layer.lora_A)
+        return self._swappable[expert]
 
     def _merge(self, expert: str) -> None:
         """Serve ``expert`` from merged weights. Plain LoRA: each adapted layer's weight is
@@ -301,10 +306,13 @@ class AdapterState:
         wanted = set(experts)
         if len(wanted) == 1:
             (expert,) = wanted
+            # only plain LoRA merges on its own: peft's merge into other layers (4-bit
+            # weights, DoRA) is lossy or slow to undo, so only an explicit merge() takes it
             merge = expert is not None and (
                 expert == self.serving
                 or (self.merge_tokens is not None and work >= self.merge_tokens
-                    and os.environ.get(ENV_MERGE, "1").lower() not in OFF))
+                    and os.environ.get(ENV_MERGE, "1").lower() not in OFF
+                    and self._swap_mergeable(expert)))
             if merge:
                 if self.merged != expert:
                     self._merge(expert)
