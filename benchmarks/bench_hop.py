@@ -15,8 +15,8 @@ items 300-499 the calibration part (thresholds are chosen there) and the rest th
   ``search_with_question``), for the question itself as the query (what one retrieval step
   finds) and for the gold title (the bound).
 
-``--unmerged`` adds the hop expert served without merging (``ExpertLLM(merge_tokens=None)``,
-as peft serves it) on the same rows, with each model's seconds: what merging large calls
+``--unmerged`` adds the hop expert served without merging (``llm.merge_tokens = None``, as
+peft serves it) on the same rows, with each model's seconds: what merging large calls
 changes in quality and speed.
 
     python benchmarks/bench_hop.py --data-dir ../shared/data [--expert PATH]
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="write every figure here")
     parser.add_argument("--unmerged", action="store_true",
                         help="also the hop expert never merged into the weights "
-                             "(ExpertLLM(merge_tokens=None)), on the same rows")
+                             "(merge_tokens=None), on the same rows")
     parser.add_argument("--no-base", action="store_true", help="skip the bare base's rows")
     args = parser.parse_args(argv)
 
@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> None:
                   for kind in ("keep", "stop", "next")} for split, rs in rows.items()}
     llm = ExpertLLM.from_pretrained()
     llm.add_expert("hop", str(folder))
-    models: list[tuple[str, Any, str | None]] = [("hop expert", llm, "hop")]
+    default = llm.merge_tokens
+    # (row name, expert, merge_tokens): one loaded model serves every row
+    models: list[tuple[str, str | None, int | None]] = [("hop expert", "hop", default)]
     if args.unmerged:
-        unmerged = ExpertLLM.from_pretrained(merge_tokens=None)
-        unmerged.add_expert("hop", str(folder))
-        models.append(("hop expert, never merged", unmerged, "hop"))
+        models.append(("hop expert, never merged", "hop", None))
     if not args.no_base:
-        models.append(("bare base, same prompts", llm, None))
+        models.append(("bare base, same prompts", None, default))
     retriever = HybridRetriever(pool, embedder=MemoEmbedder(Embedder()))
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
@@ -165,20 +165,21 @@ def main(argv: list[str] | None = None) -> None:
         "gold title (bound)": hits(retriever, [json.loads(r["answer"]) for r in test_next],
                                    targets),
     }
-    for name, model, expert in models:
+    for name, expert, merge_tokens in models:
+        llm.merge_tokens = merge_tokens
         fig: dict[str, Any] = {}
         model_started = time.perf_counter()
         for kind in ("keep", "stop"):
             cal, test = by["calibration"][kind], by["test"][kind]
-            cal_s = label_scores(model, cal, expert, args.batch)
-            test_s = label_scores(model, test, expert, args.batch)
+            cal_s = label_scores(llm, cal, expert, args.batch)
+            test_s = label_scores(llm, test, expert, args.batch)
             cal_y = [int(r["answer"] == "yes") for r in cal]
             test_y = [int(r["answer"] == "yes") for r in test]
             t = best_threshold(cal_s, cal_y)
             fig[kind] = {"auc": roc_auc(test_s, test_y), "threshold": t,
                          "accuracy": accuracy(test_s, test_y, t),
                          "accuracy_at_0.5": accuracy(test_s, test_y, 0.5), "n": len(test)}
-        queries = next_queries(model, test_next, expert, args.batch)
+        queries = next_queries(llm, test_next, expert, args.batch)
         hit = hits(retriever, queries, targets)
         # what MultiHopRAG sends with search_with_question: the query, then the question
         both = hits(retriever, [f"{q} {r['meta']['question']}" for q, r in

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     answers: dict[int | None, list[str]] = {}
     for round_ in range(args.rounds):
         for level in levels:
-            llm._adapters.merge_tokens = level
+            llm.merge_tokens = level
             started = time.perf_counter()
             got = []
             for i in range(0, len(questions), 8):

@@ -608,7 +608,7 @@ def test_dora_experts_in_a_mixed_batch(tmp_path: Path) -> None:
     mixed = model.generate(PROMPTS, expert=["d", "lo", None], max_new_tokens=8)
     assert [r.text for r in mixed] == singles
     # large calls: plain LoRA merges on its own, DoRA (peft's slow, inexact merge) does not
-    model._adapters.merge_tokens = 1
+    model.merge_tokens = 1
     try:
         model.generate(PROMPTS, expert="lo", max_new_tokens=8)
         assert model._adapters.merged == "lo"
@@ -616,7 +616,7 @@ def test_dora_experts_in_a_mixed_batch(tmp_path: Path) -> None:
             [model.generate(p, expert="d", max_new_tokens=8).text for p in PROMPTS]
         assert model._adapters.merged is None
     finally:
-        model._adapters.merge_tokens = None
+        model.merge_tokens = None
 
 
 def test_tool_schemas_with_defs_and_a_title_property(plain: ExpertLLM) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,18 +21,17 @@ from typing import Any
 
 from expertrag.errors import ExpertError, UnknownExpertError
 from expertrag.experts.card import ExpertCard
-from expertrag.models.fastpath import install_lean_lora
+from expertrag.models.fastpath import install_lean_lora, switched_off
 
 logger = logging.getLogger(__name__)
 
-OFF = ("0", "false", "no", "off")  # values of ENV_MERGE that turn merging off
 #: peft's name for "no adapter" inside a mixed batch
 BASE_ADAPTER = "__base__"
 #: tokens of work (prompt plus generated, all rows) from which a one-expert call runs on
 #: merged weights (AdapterState.prepare): about where a merge (~0.13 s on 2 CPU cores) pays
 #: for itself; benchmarks/probe_merge_tokens.py compares it with 2048 and with no merging
 DEFAULT_MERGE_TOKENS = 512
-#: "0" (or false / no / off) keeps every call unmerged, whatever ``merge_tokens`` says
+#: 0 (or false / no / off) keeps every call unmerged, whatever ``merge_tokens`` says
 ENV_MERGE = "EXPERTRAG_MERGE"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -311,7 +309,7 @@ class AdapterState:
             merge = expert is not None and (
                 expert == self.serving
                 or (self.merge_tokens is not None and work >= self.merge_tokens
-                    and os.environ.get(ENV_MERGE, "1").lower() not in OFF
+                    and not switched_off(ENV_MERGE)
                     and self._swap_mergeable(expert)))
             if merge:
                 if self.merged != expert:

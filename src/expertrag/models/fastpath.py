@@ -28,6 +28,12 @@ import types
 from typing import Any
 
 ENV_FAST_HEAD = "EXPERTRAG_FAST_HEAD"
+_OFF = ("0", "false", "no", "off")
+
+
+def switched_off(env: str) -> bool:
+    """Whether the environment variable ``env`` turns a fast path off (0/false/no/off)."""
+    return os.environ.get(env, "1").lower() in _OFF
 FAST_HEAD_MAX_ROWS = 64  # decode steps and last-position scoring: the measured range
 
 
@@ -122,7 +128,7 @@ def install_fast_head(model: Any) -> bool:
     Returns whether it is installed."""
     import torch
 
-    if os.environ.get(ENV_FAST_HEAD, "1").lower() in ("0", "false", "no", "off"):
+    if switched_off(ENV_FAST_HEAD):
         return False
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or head.weight.device.type != "cpu" or \

@@ -141,11 +141,6 @@ class ExpertLLM:
         if speculative not in SPECULATIVE_MODES:
             raise InputError(f"speculative must be one of {SPECULATIVE_MODES}, got "
                              f"{speculative!r}")
-        if merge_tokens is not None and (isinstance(merge_tokens, bool)
-                                         or not isinstance(merge_tokens, int)
-                                         or merge_tokens < 1):
-            raise InputError(f"merge_tokens must be a positive integer or None, got "
-                             f"{merge_tokens!r}")
         self.model_id = model
         self.speculative = speculative
         self._draft: Any = None  # the bf16 draft model, built on first speculative use
@@ -153,7 +148,8 @@ class ExpertLLM:
         self._load_kwargs = {"dtype": dtype, "device": device, "quantization": quantization,
                              "trust_remote_code": trust_remote_code}
         self._loaded: LoadedModel | None = None
-        self._adapters = AdapterState(merge_tokens)
+        self._adapters = AdapterState()
+        self.merge_tokens = merge_tokens
         self._grammars: GrammarFactory | None = None
         self._fingerprint: str | None = None
         self._worker = ModelWorker()
@@ -247,6 +243,20 @@ class ExpertLLM:
     def _model(self) -> Any:
         """What runs a forward pass: the peft wrapper, or the base model."""
         return self._adapters.model(self.base_model)
+
+    @property
+    def merge_tokens(self) -> int | None:
+        """Tokens of work from which a one-expert call runs merged (None: never); settable
+        between calls, e.g. to compare merged and unmerged serving on one loaded model."""
+        return self._adapters.merge_tokens
+
+    @merge_tokens.setter
+    def merge_tokens(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InputError(f"merge_tokens must be a positive integer or None, got "
+                             f"{value!r}")
+        self._adapters.merge_tokens = value
 
     def _prepare(self, experts: list[str | None], work: int = 0) -> dict[str, Any]:
         """Route (or merge) the adapters for these rows, ``work`` tokens in all (on the
