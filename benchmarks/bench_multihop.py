@@ -71,10 +71,12 @@ def multihop_key(config: Any) -> str:
 
 
 def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
-                 batch: int) -> list[dict[str, Any]]:
+                 per_call: int) -> list[dict[str, Any]]:
     """Every case's record (answer, context ids, hops, calls, seconds), running what the
     cache lacks. A set whose questions each search their own paragraphs runs one chain per
-    question (its source is that question's retriever); an open set runs batches."""
+    question (its source is that question's retriever); an open set hands ``per_call``
+    questions to each ``answer_many`` call, which batches its generations by prompt length
+    (``batch_size`` rows, as naive RAG's answers are batched)."""
     from tqdm import tqdm
 
     from expertrag.chains.multihop import MultiHopRAG
@@ -82,7 +84,7 @@ def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
     cases = aset.cases
     todo = [i for i, c in enumerate(cases) if c.id not in cache.records]
     per_question = getattr(aset.retriever, "retrievers", None)
-    step = 1 if per_question is not None else batch
+    step = 1 if per_question is not None else per_call
     bar = tqdm(total=len(todo), desc=f"multihop / {aset.name}", unit="q")
     for s in range(0, len(todo), step):
         chunk = todo[s:s + step]
@@ -268,7 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None,
                         help="MultiHopConfig settings as JSON (default: the shipped ones)")
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8,
+                        help="rows per answer generation, prompts of similar length together "
+                             "(every system)")
+    parser.add_argument("--per-call", type=int, default=64,
+                        help="questions per MultiHopRAG.answer_many call on an open set")
     parser.add_argument("--limit", type=int, help="first N questions of each set")
     parser.add_argument("--sample", type=int,
                         help="the answer benchmark's fixed random N questions of each set "
@@ -301,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     check_manifest(args.data_dir)
     llm = ExpertLLM().load()
     attach_shipped(llm)
-    config = MultiHopConfig.from_dict({"k": args.k, **json.loads(args.config or "{}")})
+    config = MultiHopConfig.from_dict({"k": args.k, "batch_size": args.batch,
+                                       **json.loads(args.config or "{}")})
     if args.tune:
         tune(args, config, llm, MemoEmbedder(Embedder()))
         return
@@ -351,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             if system is None:
                 key = multihop_key(config) + (tag if name == "multihop-graph" else "")
                 records = run_multihop(config, xset, llm, AnswerCache(
-                    args.cache, System(name, key), set_name, args.split), args.batch)
+                    args.cache, System(name, key), set_name, args.split), args.per_call)
                 gate = None
                 contexts = [r["context"] for r in records]
                 extra[name] = {

@@ -288,6 +288,39 @@ def test_each_step_is_one_batched_call_across_questions():
     assert results[0].answer == "Lyon [3]." and results[2].hops[0].query.startswith("Who")
 
 
+def test_generations_run_in_batches_of_similar_length_and_keep_the_order():
+    questions = [QUESTION, "Who won a prize in 2000?" + " Really?" * 30,
+                 QUESTION.replace("Where", "In which city"), "Who won a prize in 2000?"]
+    rag, llm = chain(batch_size=2)
+    results = rag.answer_many(questions)
+    answers = [c for c in llm.generate_calls if c[2] is None]
+    assert answers == [("grounded-qa", 2, None), ("grounded-qa", 2, None)]
+    assert [r.question for r in results] == questions
+    assert results[0].answer == "Lyon [3]."
+    alone, _ = chain()
+    assert [r.answer for r in results] == [r.answer for r in alone.answer_many(questions)]
+
+
+def test_generate_sorted_pairs_each_result_with_its_conversation():
+    from expertrag.chains.base import generate_sorted
+
+    class Echo:
+        def __init__(self) -> None:
+            self.batches: list[list[str]] = []
+
+        def generate(self, convs, **kw):
+            self.batches.append([c[0]["content"] for c in convs])
+            return [c[0]["content"].upper() for c in convs]
+
+    texts = ["ccc", "a", "bbbbb", "dd", "e"]
+    echo = Echo()
+    out = generate_sorted(echo, [[{"role": "user", "content": t}] for t in texts], 2)
+    assert out == [t.upper() for t in texts]
+    assert echo.batches == [["a", "e"], ["dd", "ccc"], ["bbbbb"]]
+    with pytest.raises(InputError, match="batch_size"):
+        generate_sorted(echo, [], 0)
+
+
 def test_fill_adds_the_first_hops_unkept_passages_up_to_context_size():
     rag, _ = chain(k=3, assemble="fill", context_size=4, keep_threshold=0.95)
     ctx = rag.retrieve(QUESTION)
@@ -344,7 +377,7 @@ def test_a_failing_source_is_a_chain_error_naming_it():
 
 @pytest.mark.parametrize("bad", [{"max_hops": 0}, {"max_hops": 9}, {"k": True},
                                  {"keep_threshold": 1.5}, {"stop_threshold": float("nan")},
-                                 {"source_timeout": 0}])
+                                 {"source_timeout": 0}, {"batch_size": 0}])
 def test_bad_settings_are_input_errors(bad):
     with pytest.raises(InputError):
         MultiHopConfig(**bad).validate()

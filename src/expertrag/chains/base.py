@@ -66,6 +66,23 @@ def grounded_outcome(generated: Any, passages: list[Document]
     return text, select_citations(text, passages), is_refusal(text)
 
 
+def generate_sorted(llm: Any, convs: list[Any], batch_size: int, **options: Any) -> list[Any]:
+    """``llm.generate`` over ``convs`` in batches of at most ``batch_size`` rows, prompts of
+    similar length together (less padding than batching in the callers' order); results in
+    the order of ``convs``."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = sorted(range(len(convs)),
+                   key=lambda i: sum(len(str(m.get("content") or "")) for m in convs[i]))
+    out: list[Any] = [None] * len(convs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        results = llm.generate([convs[i] for i in chunk], **options)
+        for i, result in zip(chunk, results, strict=True):
+            out[i] = result
+    return out
+
+
 def stream_answer(llm: Any, question: str, passages: list[Document], trace: Trace,
                   **options: Any) -> Iterator[str]:
     """The grounded answer's text pieces as ``llm`` streams them, timed and counted in

@@ -21,8 +21,9 @@ Then ``grounded-qa`` answers from ``context_size`` passages in hop order, citing
 (:func:`assemble`: by default the first hop's passages, where each later hop's kept passage
 takes the place of the lowest-scored one the expert did not keep). Every step of
 every question is recorded (:class:`Hop`). :meth:`MultiHopRAG.answer_many` batches each
-step across the questions still going: one keep pass, one stop pass, one query generation
-per hop, one answer generation.
+step across the questions still going: one keep pass and one stop pass per hop (the model plans
+their batches by length), query and answer generations in batches of ``batch_size`` rows of
+similar prompt length, so a call with many questions pads little.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from expertrag.chains.base import (
     call_source,
     check_question,
     check_questions,
+    generate_sorted,
     grounded_outcome,
     stream_answer,
 )
@@ -86,10 +88,11 @@ class MultiHopConfig(ConfigMixin):
     query_tokens: int = 32  # bound on the generated next query
     search_with_question: bool = True  # later hops search "<next query> <question>"
     source_timeout: float | None = None
+    batch_size: int = 8  # rows per generation (answers, next queries), similar lengths together
 
     def validate(self) -> MultiHopConfig:
         for name in ("k", "max_hops", "keep_per_hop", "context_size", "max_new_tokens",
-                     "query_tokens"):
+                     "query_tokens", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -257,9 +260,10 @@ class MultiHopRAG:
     def _next(self, states: list[_State], trace: Trace) -> list[str | None]:
         convs = [next_messages(s.question, [d.text for d in s.evidence]) for s in states]
         with trace.stage("next"):
-            results = self.llm.generate(convs, expert=self.config.hop_expert,
-                                        max_new_tokens=self.config.query_tokens,
-                                        temperature=0.0, json_schema=NEXT_QUERY_SCHEMA)
+            results = generate_sorted(self.llm, convs, self.config.batch_size,
+                                      expert=self.config.hop_expert,
+                                      max_new_tokens=self.config.query_tokens,
+                                      temperature=0.0, json_schema=NEXT_QUERY_SCHEMA)
         trace.count("next", len(convs))
         queries: list[str | None] = []
         for r in results:
@@ -363,9 +367,10 @@ class MultiHopRAG:
         if todo:
             convs = [build_messages(contexts[i].question, contexts[i].passages) for i in todo]
             with trace.stage("generate"):
-                out = self.llm.generate(convs, expert=self.config.expert,
-                                        max_new_tokens=self.config.max_new_tokens,
-                                        temperature=0.0)
+                out = generate_sorted(self.llm, convs, self.config.batch_size,
+                                      expert=self.config.expert,
+                                      max_new_tokens=self.config.max_new_tokens,
+                                      temperature=0.0)
             trace.count("generator", len(convs))
             trace.count("completion_tokens", sum(r.completion_tokens for r in out))
             results = dict(zip(todo, out, strict=True))
