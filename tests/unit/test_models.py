@@ -360,6 +360,35 @@ def test_label_probabilities_do_not_depend_on_the_batch(expert_llm: ExpertLLM) -
         assert got == pytest.approx(alone, abs=1e-4)
 
 
+def test_a_bf16_model_gives_label_probabilities_from_an_fp32_head(tmp_path: Path) -> None:
+    """bf16 logits move P(label) in steps of up to a few hundredths: the label logits are
+    the head's product redone in fp32 on the same hidden state."""
+    import torch
+
+    from expertrag.models.decoding import left_pad
+    from expertrag.models.request import label_token_ids
+
+    llm = _experts_llm(tmp_path, None, dtype="bfloat16")
+    convs = [HELLO, *PROMPTS]
+    labels = ("true", "false")
+    got = llm.label_probabilities(convs, labels=labels)
+    ids = label_token_ids(llm.tokenizer, labels)
+    head = llm.base_model.get_output_embeddings()
+    for conv, probs in zip(convs, got, strict=True):
+        rows = llm.tokenizer([llm.render(conv)], add_special_tokens=False)["input_ids"]
+        seen: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _m, args, out=seen: out.append(args[0]))
+        with torch.inference_mode():
+            logits = llm.base_model(**left_pad(rows, 0, "cpu"), logits_to_keep=1).logits
+        hook.remove()
+        exact = torch.softmax(seen[0][0, -1].float() @ head.weight[ids].float().t(), dim=-1)
+        rounded = torch.softmax(logits[0, -1, ids].float(), dim=-1)
+        assert [probs[t] for t in labels] == pytest.approx(exact.tolist(), abs=1e-6)
+        assert logits.dtype == torch.bfloat16 and not torch.equal(exact, rounded)
+    full = llm.label_probabilities(convs, labels=labels, normalize=False)
+    assert all(0 < sum(p.values()) < 1 for p in full)
+
+
 # ------------------------------------------------------------------ experts
 def test_experts_change_output_and_can_be_listed(expert_llm: ExpertLLM) -> None:
     assert expert_llm.experts == ["alpha", "beta"]

@@ -156,6 +156,54 @@ class StreamDecoder:
         return result.text[self._emitted:]
 
 
+class LabelHead:
+    """Label logits in fp32 from the LM head's input, for a bf16 / fp16 model.
+
+    A bf16 head rounds its logits to bf16: at the size of a label logit (10-30) that is a
+    step of 0.06-0.125, so P(yes) of a yes / no pair moves in steps of up to 0.03 and many
+    passages tie. Used as a context manager around the forward passes, it keeps the last
+    position's hidden state (the head's input) and :meth:`logits` redoes the head's product
+    for the wanted tokens in fp32; the model's own numbers up to the head are unchanged.
+    A float32 head (or a quantized one) passes its logits through."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") \
+            else None
+        exact = isinstance(head, torch.nn.Linear) and head.weight.dtype in (torch.bfloat16,
+                                                                             torch.float16)
+        self.head = head if exact else None
+        self._inputs: list[Any] = []
+        self._handle: Any = None
+
+    def __enter__(self) -> LabelHead:
+        if self.head is not None:
+            self._handle = self.head.register_forward_pre_hook(
+                lambda _module, args: self._inputs.append(args[0][:, -1, :]))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._inputs.clear()
+
+    def logits(self, logits: Any, ids: list[int] | None = None) -> Any:
+        """fp32 logits at the last position of the forward pass that gave ``logits``: of
+        the tokens ``ids``, or of the whole vocabulary (None)."""
+        if self.head is None:
+            last = logits[:, -1, :]
+            return (last if ids is None else last[:, ids]).float()
+        hidden = self._inputs.pop().float()
+        weight = self.head.weight if ids is None else self.head.weight[ids]
+        out = hidden @ weight.float().t()
+        if self.head.bias is not None:
+            bias = self.head.bias if ids is None else self.head.bias[ids]
+            out = out + bias.float()
+        return out
+
+
 def left_pad(rows: list[list[int]], pad: int, device: Any) -> dict[str, Any]:
     """Left-pad token rows into a batch, with position ids that start at 0 at each row's first
     real token (so a row's logits do not depend on the batch it lands in)."""

@@ -41,6 +41,7 @@ from expertrag.models.adapters import (
 from expertrag.models.batching import attention_span, default_overhead, plan_batches
 from expertrag.models.chat import render_prompt
 from expertrag.models.decoding import (
+    LabelHead,
     RefusalGate,
     StopStrings,
     StreamDecoder,
@@ -501,23 +502,24 @@ class ExpertLLM:
         span = attention_span(self.base_model.config)
         pad = self.tokenizer.pad_token_id or 0
         out: list[dict[str, float]] = [{} for _ in prompts]
-        for group in self._adapters.groups(experts):
-            plan = plan_batches([len(encoded[i]) for i in group], max_rows=batch_size,
-                                overhead=overhead, span=span)
-            work = sum(len(encoded[i]) for i in group)
-            for batch in plan:
-                rows = [group[k] for k in batch]
-                extra = self._prepare([experts[i] for i in rows], work)
-                inputs = left_pad([encoded[i] for i in rows], pad, device)
-                with torch.inference_mode():
-                    # logits_to_keep=1: the LM head runs on the last position only
-                    logits = self._model(**inputs, **extra, logits_to_keep=1).logits[:, -1, :]
-                if normalize:
-                    probs = torch.softmax(logits[:, ids].float(), dim=-1).tolist()
-                else:
-                    probs = torch.softmax(logits.float(), dim=-1)[:, ids].tolist()
-                for i, row in zip(rows, probs, strict=True):
-                    out[i] = dict(zip(labels, row, strict=True))
+        with LabelHead(self.base_model) as head:
+            for group in self._adapters.groups(experts):
+                plan = plan_batches([len(encoded[i]) for i in group], max_rows=batch_size,
+                                    overhead=overhead, span=span)
+                work = sum(len(encoded[i]) for i in group)
+                for batch in plan:
+                    rows = [group[k] for k in batch]
+                    extra = self._prepare([experts[i] for i in rows], work)
+                    inputs = left_pad([encoded[i] for i in rows], pad, device)
+                    with torch.inference_mode():
+                        # logits_to_keep=1: the LM head runs on the last position only
+                        logits = self._model(**inputs, **extra, logits_to_keep=1).logits
+                        if normalize:
+                            probs = torch.softmax(head.logits(logits, ids), dim=-1).tolist()
+                        else:
+                            probs = torch.softmax(head.logits(logits), dim=-1)[:, ids].tolist()
+                    for i, row in zip(rows, probs, strict=True):
+                        out[i] = dict(zip(labels, row, strict=True))
         return out
 
     def _generate_rows(self, req: Request, on_tokens: Callable[[Any], None] | None = None
