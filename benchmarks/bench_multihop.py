@@ -73,10 +73,10 @@ def multihop_key(config: Any) -> str:
 def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
                  per_call: int) -> list[dict[str, Any]]:
     """Every case's record (answer, context ids, hops, calls, seconds), running what the
-    cache lacks. A set whose questions each search their own paragraphs runs one chain per
-    question (its source is that question's retriever); an open set hands ``per_call``
-    questions to each ``answer_many`` call, which batches its generations by prompt length
-    (``batch_size`` rows, as naive RAG's answers are batched)."""
+    cache lacks. Each ``answer_many`` call gets ``per_call`` questions and batches its
+    generations by prompt length (``batch_size`` rows, as naive RAG's answers are batched);
+    on a set whose questions each search their own paragraphs every question brings its
+    own source."""
     from tqdm import tqdm
 
     from expertrag.chains.multihop import MultiHopRAG
@@ -84,15 +84,14 @@ def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
     cases = aset.cases
     todo = [i for i, c in enumerate(cases) if c.id not in cache.records]
     per_question = getattr(aset.retriever, "retrievers", None)
-    step = 1 if per_question is not None else per_call
     bar = tqdm(total=len(todo), desc=f"multihop / {aset.name}", unit="q")
-    for s in range(0, len(todo), step):
-        chunk = todo[s:s + step]
-        source = (per_question[cases[chunk[0]].question] if per_question is not None
-                  else aset.retriever)
-        chain = MultiHopRAG(llm, source, chain_config)
+    for s in range(0, len(todo), per_call):
+        chunk = todo[s:s + per_call]
+        sources = (None if per_question is None else
+                   [per_question[cases[i].question] for i in chunk])
+        chain = MultiHopRAG(llm, sources[0] if sources else aset.retriever, chain_config)
         started = time.perf_counter()
-        results = chain.answer_many([cases[i].question for i in chunk])
+        results = chain.answer_many([cases[i].question for i in chunk], sources=sources)
         took = (time.perf_counter() - started) / len(chunk)
         cache.add([{"id": cases[i].id, "answer": r.answer, "p_refusal": None, "seconds": took,
                     "hops": len(r.hops), "calls": r.forward_calls,
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows per answer generation, prompts of similar length together "
                              "(every system)")
     parser.add_argument("--per-call", type=int, default=64,
-                        help="questions per MultiHopRAG.answer_many call on an open set")
+                        help="questions per MultiHopRAG.answer_many call")
     parser.add_argument("--limit", type=int, help="first N questions of each set")
     parser.add_argument("--sample", type=int,
                         help="the answer benchmark's fixed random N questions of each set "

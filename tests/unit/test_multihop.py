@@ -301,6 +301,29 @@ def test_generations_run_in_batches_of_similar_length_and_keep_the_order():
     assert [r.answer for r in results] == [r.answer for r in alone.answer_many(questions)]
 
 
+def test_each_question_can_search_its_own_source_in_one_batch():
+    other = [Document(id="x1", text="Paris is a city in France."),
+             Document(id="x2", text="Blue Film is a film about the sea.")]
+    seen: list[str] = []
+
+    def own(query: str, k: int) -> list[Document]:
+        seen.append(query)
+        return other[:k]
+
+    rag, llm = chain(retriever=lambda q, k: pytest.fail("the chain's retriever was used"))
+    results = rag.answer_many([QUESTION, QUESTION], sources=[overlap_retriever(), own])
+    assert results[0].answer == "Lyon [3]."
+    assert {d.id for h in results[1].hops for d in h.retrieved} <= {"x1", "x2"}
+    assert seen and results[1].answer == REFUSAL
+    assert llm.label_calls[0] == 4  # both questions' passages in one keep pass
+    contexts = rag.retrieve_many([QUESTION], sources=[own])
+    assert {d.id for d in contexts[0].passages} <= {"x1", "x2"}
+    with pytest.raises(InputError, match="one source per question"):
+        rag.answer_many([QUESTION, QUESTION], sources=[own])
+    with pytest.raises(InputError, match=r"sources\[1\]"):
+        rag.answer_many([QUESTION, QUESTION], sources=[own, 42])
+
+
 def test_generate_sorted_pairs_each_result_with_its_conversation():
     from expertrag.chains.base import generate_sorted
 

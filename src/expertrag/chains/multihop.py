@@ -183,6 +183,7 @@ def _key(doc: Document) -> str:
 class _State:
     question: str
     query: str
+    source: Retrieve
     hops: list[Hop] = field(default_factory=list)
     evidence: list[Document] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
@@ -284,7 +285,7 @@ class MultiHopRAG:
                 if number > 1 and cfg.search_with_question:
                     search = f"{s.query} {s.question}"
                 # ask for as many more as were seen, so the hop gets k new passages
-                docs = call_source(self._retrieve, search, cfg.k + len(s.seen), "retriever",
+                docs = call_source(s.source, search, cfg.k + len(s.seen), "retriever",
                                    cfg.source_timeout)
                 fresh = []
                 for d in docs:
@@ -329,8 +330,19 @@ class MultiHopRAG:
         return MultiHopContext(s.question, s.hops, list(s.evidence), passages,
                                s.stopped or "max_hops")
 
-    def _gather(self, questions: list[str], trace: Trace) -> list[MultiHopContext]:
-        states = [_State(q, q) for q in questions]
+    def _sources(self, sources: Sequence[Any] | None, n: int) -> list[Retrieve]:
+        if sources is None:
+            return [self._retrieve] * n
+        if isinstance(sources, str) or not isinstance(sources, Sequence) or len(sources) != n:
+            raise InputError(f"sources must be a list of one source per question ({n}), got "
+                             f"{type(sources).__name__}"
+                             f"{f' of {len(sources)}' if isinstance(sources, Sequence) else ''}")
+        return [as_retrieve(src, f"sources[{i}]") for i, src in enumerate(sources)]
+
+    def _gather(self, questions: list[str], trace: Trace,
+                sources: Sequence[Any] | None = None) -> list[MultiHopContext]:
+        states = [_State(q, q, src) for q, src in
+                  zip(questions, self._sources(sources, len(questions)), strict=True)]
         for number in range(1, self.config.max_hops + 1):
             going = [s for s in states if s.stopped is None]
             if not going:
@@ -343,25 +355,28 @@ class MultiHopRAG:
         """The retrieval loop alone: the evidence for ``question``, hop by hop."""
         return self._gather([check_question(question)], Trace(listener=listener))[0]
 
-    def retrieve_many(self, questions: Sequence[str],
-                      listener: Listener | None = None) -> list[MultiHopContext]:
-        """:meth:`retrieve` for several questions, each step batched across them."""
+    def retrieve_many(self, questions: Sequence[str], listener: Listener | None = None,
+                      sources: Sequence[Any] | None = None) -> list[MultiHopContext]:
+        """:meth:`retrieve` for several questions, each step batched across them.
+        ``sources``: one source per question (each searching its own passages), in place
+        of the chain's retriever."""
         checked = check_questions(questions)
-        return self._gather(checked, Trace(listener=listener)) if checked else []
+        return self._gather(checked, Trace(listener=listener), sources) if checked else []
 
     def answer(self, question: str, listener: Listener | None = None) -> MultiHopResult:
         return self.answer_many([check_question(question)], listener)[0]
 
-    def answer_many(self, questions: Sequence[str],
-                    listener: Listener | None = None) -> list[MultiHopResult]:
+    def answer_many(self, questions: Sequence[str], listener: Listener | None = None,
+                    sources: Sequence[Any] | None = None) -> list[MultiHopResult]:
         """Answer several questions; every hop's keep, stop and query passes and the final
-        answers are batched across them. Seconds and calls in each result are the batch's
-        shared evenly."""
+        answers are batched across them. ``sources``: one source per question (e.g. each
+        question's own paragraphs), in place of the chain's retriever. Seconds and calls in
+        each result are the batch's shared evenly."""
         checked = check_questions(questions)
         if not checked:
             return []
         trace = Trace(listener=listener)
-        contexts = self._gather(checked, trace)
+        contexts = self._gather(checked, trace, sources)
         todo = [i for i, c in enumerate(contexts) if c.passages]
         results: dict[int, Any] = {}
         if todo:
