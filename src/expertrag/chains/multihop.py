@@ -335,8 +335,7 @@ class MultiHopRAG:
             return [self._retrieve] * n
         if isinstance(sources, str) or not isinstance(sources, Sequence) or len(sources) != n:
             raise InputError(f"sources must be a list of one source per question ({n}), got "
-                             f"{type(sources).__name__}"
-                             f"{f' of {len(sources)}' if isinstance(sources, Sequence) else ''}")
+                             f"{sources!r:.80}")
         return [as_retrieve(src, f"sources[{i}]") for i, src in enumerate(sources)]
 
     def _gather(self, questions: list[str], trace: Trace,

@@ -28,13 +28,13 @@ import types
 from typing import Any
 
 ENV_FAST_HEAD = "EXPERTRAG_FAST_HEAD"
+FAST_HEAD_MAX_ROWS = 64  # decode steps and last-position scoring: the measured range
 _OFF = ("0", "false", "no", "off")
 
 
 def switched_off(env: str) -> bool:
     """Whether the environment variable ``env`` turns a fast path off (0/false/no/off)."""
     return os.environ.get(env, "1").lower() in _OFF
-FAST_HEAD_MAX_ROWS = 64  # decode steps and last-position scoring: the measured range
 
 
 def _peft_forward(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
