@@ -15,6 +15,10 @@ items 300-499 the calibration part (thresholds are chosen there) and the rest th
   ``search_with_question``), for the question itself as the query (what one retrieval step
   finds) and for the gold title (the bound).
 
+``--candidate PATH`` adds a second hop adapter (a retrained one) on the same rows, and every
+model's figures on the calibration part beside the test part's, so that the choice between
+them is made on calibration rows.
+
 ``--unmerged`` adds the hop expert served without merging (``llm.merge_tokens = None``, as
 peft serves it) on the same rows, with each model's seconds: what merging large calls
 changes in quality and speed.
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also the hop expert never merged into the weights "
                              "(merge_tokens=None), on the same rows")
     parser.add_argument("--no-base", action="store_true", help="skip the bare base's rows")
+    parser.add_argument("--candidate", default=None,
+                        help="a second hop adapter to measure on the same rows (with "
+                             "calibration-part figures for the choice)")
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir)
@@ -150,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     default = llm.merge_tokens
     # (row name, expert, merge_tokens): one loaded model serves every row
     models: list[tuple[str, str | None, int | None]] = [("hop expert", "hop", default)]
+    if args.candidate:
+        llm.add_expert("hop-candidate", args.candidate)
+        models.append(("hop candidate", "hop-candidate", default))
     if args.unmerged:
         models.append(("hop expert, never merged", "hop", None))
     if not args.no_base:
@@ -157,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     retriever = HybridRetriever(pool, embedder=MemoEmbedder(Embedder()))
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    test_next = by["test"]["next"]
+    test_next, cal_next = by["test"]["next"], by["calibration"]["next"]
     targets = [r["meta"]["second_text"].strip() for r in test_next]
+    cal_targets = [r["meta"]["second_text"].strip() for r in cal_next]
     baseline = {
         "question as query": hits(retriever, [r["meta"]["question"] for r in test_next],
                                   targets),
@@ -178,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
             t = best_threshold(cal_s, cal_y)
             fig[kind] = {"auc": roc_auc(test_s, test_y), "threshold": t,
                          "accuracy": accuracy(test_s, test_y, t),
-                         "accuracy_at_0.5": accuracy(test_s, test_y, 0.5), "n": len(test)}
+                         "accuracy_at_0.5": accuracy(test_s, test_y, 0.5), "n": len(test),
+                         "calibration": {"auc": roc_auc(cal_s, cal_y),
+                                         "accuracy": accuracy(cal_s, cal_y, t)}}
         queries = next_queries(llm, test_next, expert, args.batch)
         hit = hits(retriever, queries, targets)
         # what MultiHopRAG sends with search_with_question: the query, then the question
@@ -190,6 +203,11 @@ def main(argv: list[str] | None = None) -> None:
                                      "target": r["meta"]["target"], "hit": h}
                                     for r, q, h in list(zip(test_next, queries, hit,
                                                             strict=True))[:12]]}
+        if args.candidate:
+            cal_hit = hits(retriever, next_queries(llm, cal_next, expert, args.batch),
+                           cal_targets)
+            fig["next"]["calibration"] = {"hit": sum(cal_hit) / max(1, len(cal_hit)),
+                                          "n": len(cal_hit)}
         fig["seconds"] = time.perf_counter() - model_started
         results[name] = fig
     seconds = time.perf_counter() - started
@@ -207,11 +225,26 @@ def main(argv: list[str] | None = None) -> None:
     print(table([f"model (keep {n['keep']}, stop {n['stop']}, next {n['next']} rows)",
                  "keep AUC", "keep acc", "stop acc (calibrated t)", "stop acc (t=0.5)",
                  "next-query hit@5", "query + question hit@5", "seconds"], rows_out))
+    if args.candidate:
+        print("\n## the same models on the calibration part (items 300-499: for the choice)\n")
+        print(table(["model", "keep AUC", "keep acc", "stop AUC", "stop acc",
+                     f"next-query hit@5 ({len(cal_next)} rows)"],
+                    [[name, f"{fig['keep']['calibration']['auc']:.3f}",
+                      f"{fig['keep']['calibration']['accuracy']:.3f}",
+                      f"{fig['stop']['calibration']['auc']:.3f}",
+                      f"{fig['stop']['calibration']['accuracy']:.3f}",
+                      f"{fig['next']['calibration']['hit']:.3f}"]
+                     for name, fig in results.items() if "calibration" in fig["next"]]))
+    for name in ("hop expert", "hop candidate"):
+        if name not in results:
+            continue
+        fig = results[name]
+        met = {"keep_auc": fig["keep"]["auc"], "stop_accuracy": fig["stop"]["accuracy"],
+               "next_hit": fig["next"]["hit"]}
+        print(f"\ntargets, {name}: " + ", ".join(
+            f"{k} {v:.3f} {'>=' if v >= TARGETS[k] else '<'} {TARGETS[k]}"
+            for k, v in met.items()))
     expert = results["hop expert"]
-    met = {"keep_auc": expert["keep"]["auc"], "stop_accuracy": expert["stop"]["accuracy"],
-           "next_hit": expert["next"]["hit"]}
-    print("\ntargets: " + ", ".join(f"{k} {v:.3f} {'>=' if v >= TARGETS[k] else '<'} "
-                                     f"{TARGETS[k]}" for k, v in met.items()))
     print(f"({seconds:.0f} s, all models)")
     for ex in expert["next"]["examples"]:
         print(f"- {ex['question'][:80]} -> {ex['query']!r} (gold {ex['target']!r}, "

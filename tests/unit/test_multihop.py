@@ -112,6 +112,22 @@ def test_item_rows_label_each_kind():
     assert {r["meta"]["kind"] for r in hop_item_rows([unordered], 0)} == {"keep", "stop"}
 
 
+def test_a_third_next_row_holds_the_first_hop_among_two_distractors():
+    two = hop_item_rows([BRIDGE], 0, seed=3)
+    three = hop_item_rows([BRIDGE], 0, seed=3, next_rows=3)
+    assert three[:len(two)] == two  # the earlier rows do not change
+    extra = three[len(two):]
+    assert [r["meta"]["evidence"] for r in extra] == ["first+2 distractors"]
+    text = extra[0]["messages"][0]["content"]
+    assert "Blue Film is a 1999" in text and "[3] " in text and extra[0]["answer"] == '"Jane Roe"'
+    only = [r for r in hop_item_rows([BRIDGE], 0, seed=3, next_rows=1)
+            if r["meta"]["kind"] == "next"]
+    assert [r["meta"]["evidence"] for r in only] == ["first"]
+    assert len(build_hop([BRIDGE], seed=1, next_rows=3)) == len(build_hop([BRIDGE], seed=1)) + 1
+    with pytest.raises(InputError, match="next_rows"):
+        hop_item_rows([BRIDGE], 0, next_rows=4)
+
+
 def test_build_hop_is_deterministic_capped_and_borrows_distractors():
     items = [BRIDGE, hotpot(1, "Is Lyon bigger than Paris?", [("Lyon", "Lyon is big."),
                                                             ("Paris", "Paris is big.")],

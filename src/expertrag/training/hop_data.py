@@ -10,8 +10,10 @@ From each item, with its distractor paragraphs as negatives:
   paragraph for the bridge title as the hop's query (yes), a distractor for it (no);
 - stop: evidence holding both gold paragraphs, with or without a distractor among them
   (yes); the first hop alone, or with a distractor (no), the second alone (no);
-- next: the first hop's paragraph (alone, or with a distractor kept beside it) -> the second
-  paragraph's title without its "(film)"-style tag, as the JSON string the grammar allows.
+- next: the first hop's paragraph (alone, or with a distractor kept beside it; with
+  ``next_rows=3`` also with two distractors, as a chain that kept more than it needed
+  holds it) -> the second paragraph's title without its "(film)"-style tag, as the JSON
+  string the grammar allows.
 
 Items whose hop order cannot be told (the question names neither title and neither or
 both gold paragraphs name the other) still give keep and stop rows, not next rows: a wrong target
@@ -77,10 +79,14 @@ def _row(messages: list[dict[str, str]], answer: str, kind: str, meta: dict[str,
     return {"messages": messages, "answer": answer, "meta": {**meta, "kind": kind}}
 
 
-def hop_item_rows(items: Sequence[Any], index: int, seed: int = 42, source: str = "hotpotqa"
-                  ) -> list[Row]:
+def hop_item_rows(items: Sequence[Any], index: int, seed: int = 42, source: str = "hotpotqa",
+                  next_rows: int = 2) -> list[Row]:
     """Every keep / stop / next row of item ``index`` of ``items`` (see the module doc); an
-    item with fewer than two distractors borrows them from another item."""
+    item with fewer than two distractors borrows them from another item. ``next_rows`` (1-3)
+    is how many evidence variants give a next row; the rows before the third do not depend
+    on it (the same random draws)."""
+    if next_rows not in (1, 2, 3):
+        raise InputError(f"next_rows must be 1, 2 or 3, got {next_rows!r}")
     item = items[index]
     question, answer, paragraphs, gold_titles = _hotpot_item(item, index)
     gold = [p for p in paragraphs if p[0] in gold_titles]
@@ -119,21 +125,24 @@ def hop_item_rows(items: Sequence[Any], index: int, seed: int = 42, source: str 
     ]
     if order is not None:
         target = render_query(title_query(second[0]))
-        rows += [
-            _row(next_messages(question, [first[1]]), target, NEXT,
-                 {**meta, "evidence": "first", "target": second[0]}),
-            _row(next_messages(question, [first[1], d1[1]] if rng.random() < 0.5
-                               else [d1[1], first[1]]), target, NEXT,
-                 {**meta, "evidence": "first+distractor", "target": second[0]}),
-        ]
+        with_one = [first[1], d1[1]] if rng.random() < 0.5 else [d1[1], first[1]]
+        variants = [("first", [first[1]]), ("first+distractor", with_one)]
+        if next_rows == 3:
+            with_two = [first[1], d1[1], d2[1]]
+            rng.shuffle(with_two)
+            variants.append(("first+2 distractors", with_two))
+        rows += [_row(next_messages(question, evidence), target, NEXT,
+                      {**meta, "evidence": name, "target": second[0]})
+                 for name, evidence in variants[:next_rows]]
     return rows
 
 
 def build_hop(hotpot_rows: Sequence[Any], seed: int = 42,
-              caps: dict[str, int] | None = None) -> list[Row]:
+              caps: dict[str, int] | None = None, next_rows: int = 2) -> list[Row]:
     """The hop expert's rows from HotpotQA items, shuffled by the seed; ``caps`` bounds the
     rows of each kind (``{"keep": n, "stop": n, "next": n}``, seeded, whole items kept
-    balanced by taking rows in item order after a seeded shuffle of the items)."""
+    balanced by taking rows in item order after a seeded shuffle of the items);
+    ``next_rows`` as in :func:`hop_item_rows`."""
     caps = dict(caps or {})
     unknown = set(caps) - set(KINDS)
     if unknown:
@@ -143,7 +152,7 @@ def build_hop(hotpot_rows: Sequence[Any], seed: int = 42,
     counts = dict.fromkeys(KINDS, 0)
     rows: list[Row] = []
     for i in order:
-        for row in hop_item_rows(hotpot_rows, i, seed):
+        for row in hop_item_rows(hotpot_rows, i, seed, next_rows=next_rows):
             kind = row["meta"]["kind"]
             if kind in caps and counts[kind] >= caps[kind]:
                 continue
