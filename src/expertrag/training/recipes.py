@@ -158,6 +158,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "hop": {
         "name": "hop",
+        "version": 2,
         "task": "multi-hop retrieval steps: keep a passage, stop, name the next query",
         "description": (
             "Given a question and the evidence kept so far: whether a retrieved passage holds "
@@ -168,20 +169,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         ),
         "base": DEFAULT_BASE,
         "builders": [
-            {"builder": "hop", "source": "hotpotqa",
-             "params": {"caps": {"keep": 900, "stop": 900}}},
+            # v2: every row of the 300 items (v1 capped keep and stop at 900) and a third
+            # next row per item, the first hop kept among two distractors
+            {"builder": "hop", "source": "hotpotqa", "params": {"next_rows": 3}},
         ],
         "data": [{**_HOTPOT, "use": "per item: keep rows (first-hop paragraph for the "
                   "question, second-hop paragraph for the bridge title: yes; distractors: "
                   "no), stop rows (both gold paragraphs, with or without a distractor: yes; "
-                  "one hop: no), next-query rows (the first hop's paragraph -> the second's "
-                  "title)"}],
+                  "one hop: no), next-query rows (the first hop's paragraph, alone or among "
+                  "one or two distractors -> the second's title)"}],
         # warm start from relevance: it already reads a passage against a question, which
         # keep and stop are variations of (the critic's recipe found the same)
         "config": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                       "gate_proj", "up_proj", "down_proj"],
-                   "learning_rate": 4e-4, "epochs": 1, "batch_size": 8, "grad_accum": 1,
+                   "learning_rate": 4e-4, "epochs": 2, "batch_size": 8, "grad_accum": 1,
                    "max_length": 768, "warmup_ratio": 0.05, "eval_fraction": 0.05,
                    "eval_generate": 24, "eval_max_new_tokens": 24, "save_every": 20,
                    "save_dtype": "float16", "seed": 42, "init_adapter": "shipped:relevance"},
