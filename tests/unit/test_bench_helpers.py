@@ -157,3 +157,33 @@ def test_crag_context_rules_select_against_the_gold():
     assert f == {"kept": 2.0, "distractors": 1.0, "all_gold": 1, "exact": 0}
     f = cc.selection(rows, cc.gold)
     assert f == {"kept": 1.5, "distractors": 0.0, "all_gold": 2, "exact": 2}
+
+
+def test_probe_refusal_splits_refusals_by_whether_the_answer_is_absent():
+    import numpy as np
+
+    at_threshold = _load("probe_refusal").at_threshold
+    data = {"group": np.array(["a", "a", "a", "b", "b"]),
+            "refuse": np.array([True, False, True, False, True])}
+    out = at_threshold(np.array([0.9, 0.7, 0.1, 0.4, 0.5]), data, 0.5)
+    # per set: right refusals over the answer-absent rows, wrong ones over the present rows
+    assert out == {"a": {"absent": [True, False], "present": [True]},
+                   "b": {"absent": [True], "present": [False]}}
+
+
+def test_probe_refusal_cache_is_written_once_and_reused(tmp_path):
+    import numpy as np
+
+    cached = _load("probe_refusal").cached
+    path = tmp_path / "part.npz"
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"p_token": np.array([0.25, 0.75], dtype="float32")}
+
+    first = cached(path, make)
+    again = cached(path, make)
+    assert len(calls) == 1 and path.is_file()
+    assert not list(tmp_path.glob("*.tmp*"))  # the temporary file was renamed into place
+    np.testing.assert_array_equal(first["p_token"], again["p_token"])
