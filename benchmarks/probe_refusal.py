@@ -26,7 +26,6 @@ rerun only fits. Needs the ``eval`` extra (scikit-learn, scipy, matplotlib).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import table
+from bench_answers import expert_fingerprint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     llm = ExpertLLM().load()
     attach_shipped(llm)
-    folder = shipped_experts()[EXPERT]
-    digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+    digest = expert_fingerprint(shipped_experts()[EXPERT])
     shipped_t = llm.expert_info(EXPERT)["gate"][1]
     embedder = MemoEmbedder(Embedder())
     parts = {}
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = (training_rows(args.data_dir, embedder) if part == "train"
                     else benchmark_rows(args.data_dir, part, embedder))
             return features(llm, rows, args.batch)
-        parts[part] = cached(args.cache / f"{EXPERT}-{digest[:12]}-{part}.npz", make)
+        parts[part] = cached(args.cache / f"{EXPERT}-{digest}-{part}.npz", make)
     train, cal, test = parts["train"], parts["calibration"], parts["test"]
     groups = cal["group"].tolist()
 
