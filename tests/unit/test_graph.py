@@ -587,8 +587,11 @@ def test_graph_skins_and_pipeline(tmp_path):
     g.insert(DOCS, progress=False)
     lc = ExpertGraphRetriever(graph=g, k=2)
     docs = lc.invoke("Who worked with Charles Babbage?")
-    assert docs[0].id == "ada#0" and docs[0].metadata["graph_mode"] == "ppr"
+    assert docs[0].id == "ada#0" and docs[0].metadata["graph_mode"] == "hybrid"  # the default
+    assert docs[0].metadata["linked_entities"]  # fused results name the linked entities too
     assert len(lc.invoke("Who worked with Charles Babbage?", k=1)) == 1
+    ppr = ExpertGraphRetriever(graph=g, k=2, mode="ppr").invoke("Who worked with Babbage?")
+    assert ppr[0].metadata["graph_mode"] == "ppr"
     li = LIGraphRetriever(graph=g, k=2, mode="local")
     nodes = li.retrieve(QueryBundle("Tell me about Ada Lovelace"))
     assert nodes[0].node.node_id == "ada#0"

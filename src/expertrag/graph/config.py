@@ -22,6 +22,11 @@ from expertrag.ingest import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 
 #: the search modes of :meth:`~expertrag.graph.GraphRAG.retrieve`
 MODES = ("ppr", "local", "global", "hybrid")
+#: the search a retriever uses when none is named: graph PPR fused with BM25 + dense
+#: retrieval. Chosen on the answer benchmark's calibration parts (benchmarks/RESULTS.md,
+#: GraphRAG, 2026-12-07): PPR alone found fewer supporting paragraphs than hybrid retrieval
+#: on HotpotQA's open corpus; fused, the graph was level or better on both sets.
+DEFAULT_MODE = "hybrid"
 EXTRACTIONS = ("spacy", "llm")
 NAME_PRECISIONS = ("auto", "float32", "bfloat16")
 

@@ -11,10 +11,11 @@ Each job has its own module; this one ties them to one store and one cache:
   batch of documents in one transaction; unchanged documents are skipped.
 - ``delete(doc_id)``: its passages, the relations only it supported and the entities nothing
   else mentions go; shared ones stay. Delete then re-insert gives the same graph.
-- ``retrieve(query, k, mode)``: ``"ppr"``, ``"local"``, ``"hybrid"``
-  (:mod:`~expertrag.graph.search`) and ``"global"`` (:mod:`~expertrag.graph.communities`),
-  over the graph loaded in memory once (:class:`~expertrag.graph.view.GraphView`). Every
-  result is a Document with its score and ``metadata`` naming entities and paths.
+- ``retrieve(query, k, mode)``: ``"hybrid"`` (the default: PPR fused with BM25 + dense
+  retrieval), ``"ppr"``, ``"local"`` (:mod:`~expertrag.graph.search`) and ``"global"``
+  (:mod:`~expertrag.graph.communities`), over the graph loaded in memory once
+  (:class:`~expertrag.graph.view.GraphView`). Every result is a Document with its score and
+  ``metadata`` naming entities and paths.
 - ``export_graphml(path)`` and ``draw(documents, path)`` (:mod:`~expertrag.graph.export`).
 
 Settings: ``config`` (:class:`~expertrag.graph.config.GraphConfig`: its ``index`` part is
@@ -42,6 +43,7 @@ from expertrag.graph.build import (
 )
 from expertrag.graph.communities import Community, detect_communities, global_search
 from expertrag.graph.config import (
+    DEFAULT_MODE,
     MODES,
     GraphConfig,
     GraphIndexConfig,
@@ -192,7 +194,7 @@ class GraphRAG:
         """Community summaries ranked against the question (embedding cosine)."""
         return global_search(self.communities(settings), self.embedder, query, k)
 
-    def retrieve(self, query: str, k: int = 5, mode: str = "ppr",
+    def retrieve(self, query: str, k: int = 5, mode: str = DEFAULT_MODE,
                  settings: Any = None) -> list[Document]:
         """The top ``k`` results of one search mode (see the module doc). ``settings``:
         search settings for this call instead of ``config.query``: a

@@ -11,6 +11,7 @@ from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.experts import GROUNDED_QA
+from expertrag.graph.config import DEFAULT_MODE
 from expertrag.types import Document
 
 
@@ -52,7 +53,7 @@ class GraphRetrieverAdapter:
     """``retrieve(query, k)`` / ``query(text, k)`` over one graph search ``mode``, with the
     graph's search settings or ``config``'s (see :func:`open_graph`)."""
 
-    def __init__(self, graph: Any, mode: str = "ppr", config: Any = None) -> None:
+    def __init__(self, graph: Any, mode: str = DEFAULT_MODE, config: Any = None) -> None:
         from expertrag.graph.config import MODES
 
         if mode not in MODES:
@@ -67,7 +68,7 @@ class GraphRetrieverAdapter:
         return self.retrieve(text, k)
 
 
-def graph_pipeline(llm: Any, graph: Any, mode: str = "ppr", k: int = 5,
+def graph_pipeline(llm: Any, graph: Any, mode: str = DEFAULT_MODE, k: int = 5,
                    expert: str | None = GROUNDED_QA) -> Any:
     """A :class:`~expertrag.chains.naive.RAGPipeline` answering from ``graph`` with ``expert``."""
     from expertrag.chains.naive import RAGPipeline
@@ -80,7 +81,8 @@ class _CaseGraph:
     """For evaluation: one graph over every passage of a round of cases; each question is
     answered from its own case's passages, ranked by the graph (PPR)."""
 
-    def __init__(self, retriever: Any, embedder: Any = None, mode: str = "ppr") -> None:
+    def __init__(self, retriever: Any, embedder: Any = None, mode: str = DEFAULT_MODE
+                 ) -> None:
         from expertrag.graph.index import GraphRAG
 
         self.retriever, self.mode = retriever, mode

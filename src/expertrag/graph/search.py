@@ -176,10 +176,12 @@ class GraphSearch:
 
         first = self.first_stage().retrieve(query, pool)
         graph = self.ppr(query, pool)
+        # the question's linked entities, as PPR names them, on every fused result
+        linked = graph[0].metadata.get("linked_entities", []) if graph else []
         fused = reciprocal_rank_fusion([graph, first], k=60)
         out = []
         for d in fused[:k]:
-            base = self.view.document(d.id, d.score or 0.0, "hybrid") \
+            base = self.view.document(d.id, d.score or 0.0, "hybrid", linked_entities=linked) \
                 if d.id in self.view.passages else d
             out.append(replace(base, score=d.score))
         return out

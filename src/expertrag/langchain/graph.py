@@ -13,6 +13,7 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
+from expertrag.graph.config import DEFAULT_MODE
 from expertrag.graph.pipeline import graph_search, open_graph
 from expertrag.langchain.rerankers import from_lc_document, to_lc_document
 
@@ -20,8 +21,8 @@ __all__ = ["ExpertGraphRetriever"]
 
 
 class ExpertGraphRetriever(BaseRetriever):
-    """Passages ranked by expertrag's knowledge graph (``mode``: ppr, local, global,
-    hybrid); ``k`` results (overridable per call). Pass a built ``graph``
+    """Passages ranked by expertrag's knowledge graph (``mode``: hybrid, the default, ppr,
+    local, global); ``k`` results (overridable per call). Pass a built ``graph``
     (:class:`~expertrag.graph.GraphRAG`), or ``documents`` (strings or LangChain Documents)
     and a ``path`` for the embedded graph database to build one. ``config``: a
     :class:`~expertrag.graph.GraphConfig`, a dict of its settings or a saved one's path; it
@@ -37,7 +38,7 @@ class ExpertGraphRetriever(BaseRetriever):
     path: str | None = None
     embedder: Any = None
     k: int = 4
-    mode: str = "ppr"
+    mode: str = DEFAULT_MODE
     config: Any = None
     _graph: Any = PrivateAttr(default=None)
     _settings: Any = PrivateAttr(default=None)

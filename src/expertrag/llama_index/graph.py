@@ -10,6 +10,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from expertrag.graph.config import DEFAULT_MODE
 from expertrag.graph.pipeline import graph_search, open_graph
 from expertrag.llama_index.retrievers import _to_document, _to_node
 
@@ -26,7 +27,7 @@ class ExpertGraphRetriever(BaseRetriever):
 
     def __init__(self, graph: Any = None, documents: Sequence[Any] | None = None,
                  path: str | None = None, embedder: Any = None, k: int = 4,
-                 mode: str = "ppr", callback_manager: CallbackManager | None = None,
+                 mode: str = DEFAULT_MODE, callback_manager: CallbackManager | None = None,
                  config: Any = None, **kwargs: Any) -> None:
         docs = [_to_document(d) for d in documents or []] if graph is None else []
         self.graph, self.settings = open_graph(graph, docs, path, embedder, config)
