@@ -11,8 +11,14 @@ over its 1,890-passage corpus). Systems, all answering with the shipped ``ground
   ``grounded-qa`` answers are the same answers);
 - ``crag``, ``self-rag``: shipped defaults, retrieving from the same retriever;
 - ``multihop``: :class:`~expertrag.chains.MultiHopRAG`, shipped defaults (or ``--config``);
-- with ``--graph SET=DIR`` (a GraphRAG index of the set's corpus): ``naive-graph`` and
-  ``multihop-graph``, the same answerers over the graph's PPR paragraphs.
+- with ``--graph SET=DIR`` (a GraphRAG index of the set's corpus, built there from the
+  set's corpus with spaCy entities when DIR does not exist): ``naive-graph`` and
+  ``multihop-graph``, the same answerers over the graph's paragraphs (``--graph-mode``,
+  ``--graph-settings``).
+
+``--graph-retrieval`` answers nothing: it compares the graph's searches (PPR, and PPR fused
+with BM25 + dense, at three passage seed weights) with the set's hybrid retriever by
+Recall@k, with paired intervals; on the calibration split it names the best setting.
 
 Per system and set: EM, token F1, answer contained (a refusal scores 0), both-gold recall of
 the final context (every supporting paragraph among the passages the answerer read; naive
@@ -26,6 +32,9 @@ when the interval excludes 0). Answers are cached per system, set and split
         --systems naive,multihop --config '{"assemble": "evidence"}'
     python benchmarks/bench_multihop.py --data-dir ../shared/data --tune --sample 60 \\
         --sets hotpotqa-open,musique-open
+    python benchmarks/bench_multihop.py --data-dir ../shared/data --split calibration \\
+        --sets musique-open,hotpotqa-open --graph-retrieval \\
+        --graph musique-open=graphs/musique --graph hotpotqa-open=graphs/hotpotqa-open
 """
 
 from __future__ import annotations
@@ -104,16 +113,16 @@ def run_multihop(chain_config: Any, aset: Any, llm: Any, cache: AnswerCache,
 
 
 class GraphParagraphs:
-    """``retrieve(query, k)`` over a GraphRAG index of a set's corpus: the graph's PPR chunks
-    merged into their whole paragraphs (one per paragraph, in PPR order), so the answerer
-    reads the same paragraphs as over hybrid retrieval and both-gold recall compares."""
+    """``retrieve(query, k)`` over a GraphRAG index of a set's corpus: the graph's chunks
+    (search ``mode``, query ``settings``) merged into their whole paragraphs (one per
+    paragraph, in the graph's order), so the answerer reads the same paragraphs as over
+    hybrid retrieval and both-gold recall compares."""
 
-    def __init__(self, folder: Path, documents: list[Any], embedder: Any,
-                 mode: str = "ppr") -> None:
-        from expertrag.graph import GraphRAG
+    def __init__(self, graph: Any, documents: list[Any], mode: str = "ppr",
+                 settings: dict[str, Any] | None = None) -> None:
         from expertrag.graph.pipeline import GraphRetrieverAdapter
 
-        self.search = GraphRetrieverAdapter(GraphRAG(str(folder), embedder=embedder), mode)
+        self.search = GraphRetrieverAdapter(graph, mode, config=settings or None)
         self.by_id = {d.id: d for d in documents}
 
     def retrieve(self, query: str, k: int = 5) -> list[Any]:
@@ -125,10 +134,94 @@ class GraphParagraphs:
         return out[:k]
 
 
+def open_graph_index(folder: Path, documents: list[Any], embedder: Any) -> Any:
+    """The GraphRAG index of a set's corpus at ``folder`` (spaCy entities, default
+    settings), built first when the folder does not exist: into a sibling ``.partial``
+    folder, renamed when complete, so an interrupted build never passes for an index."""
+    import shutil
+
+    from expertrag.graph import GraphRAG
+
+    if not folder.exists():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        started = time.perf_counter()
+        graph = GraphRAG(str(partial), embedder=embedder)
+        try:
+            graph.insert(documents)
+        finally:
+            graph.close()
+        partial.rename(folder)
+        print(f"built the graph index {folder} ({len(documents)} paragraphs) in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+    return GraphRAG(str(folder), embedder=embedder)
+
+
 def graph_digest(folder: Path) -> str:
     """A cache key for a graph index: its files' names and sizes."""
     listing = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:8]
+
+
+#: the graph searches compared with hybrid retrieval by ``--graph-retrieval``: mode and
+#: the dense passage seeds' weight in Personalized PageRank (0.3 is the default)
+GRAPH_GRID = tuple((mode, w) for mode in ("ppr", "hybrid") for w in (0.1, 0.3, 0.6))
+
+
+def gold_recall(case: Any, texts: list[str]) -> float:
+    """Share of ``case``'s supporting paragraphs among ``texts`` (Recall@k of a top k)."""
+    have = {t.strip() for t in texts}
+    return sum(g.text.strip() in have for g in case.gold) / len(case.gold)
+
+
+def graph_retrieval(args: argparse.Namespace, graph_dirs: dict[str, Path],
+                    embedder: Any) -> None:
+    """Recall@k and both-gold recall at k of each graph search of :data:`GRAPH_GRID`
+    against the set's hybrid retriever, on the questions whose supporting paragraphs are in
+    the corpus, with the paired 95% interval of each Recall@k difference; on the
+    calibration split also the setting with the best mean Recall@k over the sets."""
+    from tqdm import tqdm
+
+    from expertrag.evaluation.answer_sets import load_answer_set
+    from expertrag.evaluation.stats import compare
+
+    rows, means = [], {}
+    for set_name in args.sets.split(","):
+        if set_name not in graph_dirs:
+            sys.exit(f"error: --graph-retrieval needs --graph {set_name}=DIR")
+        aset = load_answer_set(set_name, args.split, args.data_dir, embedder=embedder,
+                               k=args.k, check=False)
+        draw(aset, args.sample, f"{set_name}-{args.split}")
+        aset = answerable_only(aset)
+        graph = open_graph_index(graph_dirs[set_name], aset.retriever.documents, embedder)
+        hybrid = [[d.text for d in p] for p in aset.passages()]
+        base = [gold_recall(c, t) for c, t in zip(aset.cases, hybrid, strict=True)]
+        both = [float(both_gold(c, t)) for c, t in zip(aset.cases, hybrid, strict=True)]
+        n = len(aset.cases)
+        rows.append([set_name, "hybrid (BM25 + dense)", "-", f"{sum(base) / n:.3f}",
+                     f"{sum(both) / n:.3f}", "", "-"])
+        for mode, weight in GRAPH_GRID:
+            source = GraphParagraphs(graph, aset.retriever.documents, mode,
+                                     {"passage_seed_weight": weight})
+            started = time.perf_counter()
+            texts = [[d.text for d in source.retrieve(c.question, args.k)]
+                     for c in tqdm(aset.cases, desc=f"{set_name} {mode} {weight}")]
+            ms = 1000 * (time.perf_counter() - started) / n
+            per = [gold_recall(c, t) for c, t in zip(aset.cases, texts, strict=True)]
+            pboth = sum(both_gold(c, t) for c, t in zip(aset.cases, texts, strict=True)) / n
+            c = compare(per, base, binary=False).to_dict()
+            rows.append([set_name, f"graph {mode}", f"{weight:.1f}", f"{sum(per) / n:.3f}",
+                         f"{pboth:.3f}", f"{c['diff']:+.3f} [{c['low']:+.3f}, "
+                         f"{c['high']:+.3f}] **{c['verdict']}**", f"{ms:.0f}"])
+            means.setdefault((mode, weight), []).append(sum(per) / n)
+        graph.close()
+    print(table(["set", "search", "passage seed weight", f"Recall@{args.k}",
+                 f"both gold in top {args.k}", f"Recall@{args.k} vs hybrid (95% CI)",
+                 "ms / q"], rows))
+    if args.split == "calibration":
+        best = max(means, key=lambda key: sum(means[key]) / len(means[key]))
+        print(f"\nbest on calibration: mode={best[0]} passage_seed_weight={best[1]} "
+              f"(mean Recall@{args.k} {sum(means[best]) / len(means[best]):.3f})")
 
 
 def both_gold(case: Any, texts: list[str]) -> bool:
@@ -283,9 +376,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "answers")
     parser.add_argument("--out", type=Path, help="write results.json and tables.md here")
     parser.add_argument("--graph", action="append", default=[], metavar="SET=DIR",
-                        help="a GraphRAG index of SET's corpus (expertrag graph build): adds "
-                             "naive-graph and multihop-graph, the same answerers over the "
-                             "graph's PPR paragraphs")
+                        help="a GraphRAG index of SET's corpus, built there first when DIR "
+                             "does not exist: adds naive-graph and multihop-graph, the same "
+                             "answerers over the graph's paragraphs")
+    parser.add_argument("--graph-mode", default="ppr", choices=("ppr", "hybrid"),
+                        help="the graph search of naive-graph and multihop-graph")
+    parser.add_argument("--graph-settings", default=None,
+                        help="GraphQueryConfig settings as JSON for that search")
+    parser.add_argument("--graph-retrieval", action="store_true",
+                        help="only retrieval: Recall@k of the graph searches against hybrid "
+                             "retrieval on each --graph set (no answers)")
     parser.add_argument("--bound", type=int, default=0, metavar="N",
                         help="also answer naive's and multihop's contexts of each set's first "
                              "N questions with the bound model (benchmarks/bound_model.py: "
@@ -322,9 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     graphs = {}
     for spec in args.graph:
         set_name, _, folder = spec.partition("=")
-        if not folder or not Path(folder).is_dir():
-            sys.exit(f"error: --graph wants SET=DIR with an existing DIR, got {spec!r}")
+        if set_name not in SETS or not folder or Path(folder).is_file():
+            sys.exit(f"error: --graph wants SET=DIR with SET one of {SETS} and DIR a folder "
+                     f"(built when missing), got {spec!r}")
         graphs[set_name] = Path(folder)
+    graph_settings = json.loads(args.graph_settings or "{}")
+    if args.graph_retrieval:
+        graph_retrieval(args, graphs, embedder)
+        return
     bounder: list[Any] = []  # the bound model's server, started at its first use
     command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
     report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "
@@ -344,9 +449,14 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, tuple[System | None, Any]] = {n: (s, aset) for n, s in systems.items()}
         tag = ""
         if set_name in graphs:
+            graph = open_graph_index(graphs[set_name], aset.retriever.documents, embedder)
             gset = replace(aset, retriever=GraphParagraphs(
-                graphs[set_name], aset.retriever.documents, embedder), _passages=None)
+                graph, aset.retriever.documents, args.graph_mode, graph_settings),
+                _passages=None)
             tag = f"-graph-{graph_digest(graphs[set_name])}"
+            if args.graph_mode != "ppr" or graph_settings:
+                tag += "-" + hashlib.sha256(json.dumps(
+                    [args.graph_mode, graph_settings], sort_keys=True).encode()).hexdigest()[:8]
             if "naive" in systems and systems["naive"] is not None:
                 naive = systems["naive"]
                 runs["naive-graph"] = (replace(naive, name="naive-graph",
@@ -391,6 +501,12 @@ def main(argv: list[str] | None = None) -> None:
                 compared[f"{n} vs naive"]["both_gold_recall"] = compare(
                     extra[n]["recall_per"], extra["naive"]["recall_per"],
                     binary=True).to_dict()
+        if "multihop-graph" in scored and "multihop" in scored:  # the graph as the source
+            label = "multihop-graph vs multihop"
+            compared[label] = comparisons(scored["multihop-graph"], scored["multihop"])
+            compared[label]["both_gold_recall"] = compare(
+                extra["multihop-graph"]["recall_per"], extra["multihop"]["recall_per"],
+                binary=True).to_dict()
         rows = []
         for name, s in scored.items():
             f, e = s["figures"], extra[name]

@@ -187,3 +187,74 @@ def test_probe_refusal_cache_is_written_once_and_reused(tmp_path):
     assert len(calls) == 1 and path.is_file()
     assert not list(tmp_path.glob("*.tmp*"))  # the temporary file was renamed into place
     np.testing.assert_array_equal(first["p_token"], again["p_token"])
+
+
+def test_gold_recall_is_the_share_of_supporting_paragraphs_found():
+    from types import SimpleNamespace
+
+    from expertrag.types import Document
+
+    recall = _load("bench_multihop").gold_recall
+    case = SimpleNamespace(gold=[Document(text="A is in Paris."), Document(text="B is in A.")])
+    assert recall(case, [" A is in Paris.\n", "other"]) == 0.5
+    assert recall(case, ["B is in A.", "A is in Paris."]) == 1.0
+    assert recall(case, ["A is in Paris, France."]) == 0.0  # a near-copy does not count
+
+
+def test_graph_paragraphs_merge_chunks_into_their_paragraphs_in_graph_order():
+    from expertrag.graph.config import GraphConfig
+    from expertrag.types import Document
+
+    bench = _load("bench_multihop")
+    docs = [Document(id="p1", text="one"), Document(id="p2", text="two"),
+            Document(id="p3", text="three")]
+
+    class FakeGraph:  # ranks chunks as a graph search would: two chunks of p2 first
+        config = GraphConfig()
+
+        def retrieve(self, query, k=5, mode="ppr", settings=None):
+            self.seen = (mode, settings)
+            return [Document(id="p2#0", text="tw", metadata={"doc_id": "p2"}),
+                    Document(id="p2#1", text="o", metadata={"doc_id": "p2"}),
+                    Document(id="x", text="not in the corpus", metadata={"doc_id": "gone"}),
+                    Document(id="p1", text="one")][:k]
+
+    graph = FakeGraph()
+    source = bench.GraphParagraphs(graph, docs, "hybrid", {"passage_seed_weight": 0.6})
+    assert [d.id for d in source.retrieve("q", 2)] == ["p2", "p1"]
+    assert graph.seen[0] == "hybrid"
+    assert graph.seen[1] is not None and graph.seen[1].passage_seed_weight == 0.6
+
+
+def test_open_graph_index_builds_beside_the_folder_and_renames_only_when_complete(
+        tmp_path, monkeypatch):
+    import expertrag.graph as graph_pkg
+
+    bench = _load("bench_multihop")
+    opened = []
+
+    class FakeGraphRAG:
+        def __init__(self, path, embedder=None):
+            self.path = Path(path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            opened.append(self.path.name)
+
+        def insert(self, documents):
+            if documents == ["boom"]:
+                raise RuntimeError("interrupted")
+            (self.path / "db").write_text(str(len(documents)))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(graph_pkg, "GraphRAG", FakeGraphRAG)
+    target = tmp_path / "g"
+    try:
+        bench.open_graph_index(target, ["boom"], None)
+    except RuntimeError:
+        pass
+    assert not target.exists()  # an interrupted build never passes for an index
+    bench.open_graph_index(target, ["a", "b"], None)
+    assert (target / "db").read_text() == "2" and not (tmp_path / "g.partial").exists()
+    bench.open_graph_index(target, ["a", "b", "c"], None)  # exists: opened, not rebuilt
+    assert (target / "db").read_text() == "2" and opened[-1] == "g"
