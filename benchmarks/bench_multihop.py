@@ -118,7 +118,7 @@ class GraphParagraphs:
     paragraph, in the graph's order), so the answerer reads the same paragraphs as over
     hybrid retrieval and both-gold recall compares."""
 
-    def __init__(self, graph: Any, documents: list[Any], mode: str = "ppr",
+    def __init__(self, graph: Any, documents: list[Any], mode: str = "hybrid",
                  settings: dict[str, Any] | None = None) -> None:
         from expertrag.graph.pipeline import GraphRetrieverAdapter
 
@@ -379,8 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a GraphRAG index of SET's corpus, built there first when DIR "
                              "does not exist: adds naive-graph and multihop-graph, the same "
                              "answerers over the graph's paragraphs")
-    parser.add_argument("--graph-mode", default="ppr", choices=("ppr", "hybrid"),
-                        help="the graph search of naive-graph and multihop-graph")
+    parser.add_argument("--graph-mode", default="hybrid", choices=("ppr", "hybrid"),
+                        help="the graph search of naive-graph and multihop-graph (default: "
+                             "the graph retrievers' default, hybrid)")
     parser.add_argument("--graph-settings", default=None,
                         help="GraphQueryConfig settings as JSON for that search")
     parser.add_argument("--graph-retrieval", action="store_true",
