@@ -405,20 +405,6 @@ def main(argv: list[str] | None = None) -> None:
     if "hop" not in shipped_experts():
         sys.exit("error: the hop expert is not shipped (expertrag/data/experts/hop)")
     check_manifest(args.data_dir)
-    llm = ExpertLLM().load()
-    attach_shipped(llm)
-    config = MultiHopConfig.from_dict({"k": args.k, "batch_size": args.batch,
-                                       **json.loads(args.config or "{}")})
-    if args.tune:
-        tune(args, config, llm, MemoEmbedder(Embedder()))
-        return
-    names = args.systems.split(",")
-    chains = build_systems([n if n != "naive" else "grounded-qa" for n in names
-                            if n != "multihop"], llm, {}, {})
-    systems: dict[str, System | None] = {("naive" if s.name == "grounded-qa" else s.name): s
-                                         for s in chains}
-    if "multihop" in names:
-        systems["multihop"] = None
     embedder = MemoEmbedder(Embedder())
     graphs = {}
     for spec in args.graph:
@@ -429,8 +415,22 @@ def main(argv: list[str] | None = None) -> None:
         graphs[set_name] = Path(folder)
     graph_settings = json.loads(args.graph_settings or "{}")
     if args.graph_retrieval:
-        graph_retrieval(args, graphs, embedder)
+        graph_retrieval(args, graphs, embedder)  # no model needed
         return
+    llm = ExpertLLM().load()
+    attach_shipped(llm)
+    config = MultiHopConfig.from_dict({"k": args.k, "batch_size": args.batch,
+                                       **json.loads(args.config or "{}")})
+    if args.tune:
+        tune(args, config, llm, embedder)
+        return
+    names = args.systems.split(",")
+    chains = build_systems([n if n != "naive" else "grounded-qa" for n in names
+                            if n != "multihop"], llm, {}, {})
+    systems: dict[str, System | None] = {("naive" if s.name == "grounded-qa" else s.name): s
+                                         for s in chains}
+    if "multihop" in names:
+        systems["multihop"] = None
     bounder: list[Any] = []  # the bound model's server, started at its first use
     command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
     report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import spacy
-    from bench_hop import hits, load_rows, next_queries
+    from bench_hop import load_rows, next_queries
     from tqdm import tqdm
 
     from expertrag import ExpertLLM
@@ -98,34 +98,39 @@ def main(argv: list[str] | None = None) -> None:
     nlp = spacy.load(SPACY_MODEL, disable=["lemmatizer"])
     started = time.perf_counter()
     greedy = next_queries(llm, rows_, "hop", 16)
+    targets = [r["meta"]["second_text"].strip() for r in rows_]
     cands: list[list[str]] = []
     keeps: list[list[float]] = []
-    for row, query in zip(tqdm(rows_, desc="lookahead", unit="row"), greedy, strict=True):
+    found: list[dict[str, bool]] = []  # per row: does each candidate's top 5 hold the target
+    for row, query, target in zip(tqdm(rows_, desc="lookahead", unit="row"), greedy, targets,
+                                  strict=True):
         question = row["meta"]["question"]
         evidence = evidence_text(row["messages"][0]["content"])
         cs = candidates(query, question, [(e.text, e.label_) for e in nlp(evidence).ents],
                         args.candidates)
         messages: list[Any] = []
+        hit: dict[str, bool] = {}
         for c in cs:
-            new = [d for d in retriever.retrieve(c, 5) if d.text.strip()[:200] not in evidence]
+            top = retriever.retrieve(c, 5)
+            hit[c] = any(d.text.strip() == target for d in top)  # bench_hop's hit@5
+            new = [d for d in top if d.text.strip()[:200] not in evidence]
             messages.append(keep_messages(question, c, new[0].text) if new else None)
+        found.append(hit)
         live = [m for m in messages if m is not None]
         probs = iter(llm.label_probabilities(live, labels=LABELS, expert="hop") if live else [])
         keeps.append([float(next(probs)[LABELS[0]]) if m is not None else -1.0
                       for m in messages])
         cands.append(cs)
     seconds = time.perf_counter() - started
-    targets = [r["meta"]["second_text"].strip() for r in rows_]
     n = len(rows_)
-    base = hits(retriever, greedy, targets)
-    oracle = [any(hits(retriever, cs, [t] * len(cs))) for cs, t in
-              zip(cands, targets, strict=True)]
+    base = [h.get(q, False) for q, h in zip(greedy, found, strict=True)]
+    oracle = [any(h.values()) for h in found]
     print(f"{args.split}: {n} next-query rows, {seconds:.0f} s, "
           f"{sum(map(len, cands)) / n:.1f} candidates per row")
     print(f"greedy hit@5 {sum(base) / n:.3f}; oracle over the candidates {sum(oracle) / n:.3f}")
     for margin in sorted({*MARGINS, args.margin}):
-        picked = [choose(cs, ks, margin) for cs, ks in zip(cands, keeps, strict=True)]
-        hit = hits(retriever, picked, targets)
+        hit = [h.get(choose(cs, ks, margin), False)
+               for cs, ks, h in zip(cands, keeps, found, strict=True)]
         line = f"margin {margin:.1f}: hit@5 {sum(hit) / n:.3f}"
         if margin == args.margin:
             c = compare([float(h) for h in hit], [float(h) for h in base], binary=True)

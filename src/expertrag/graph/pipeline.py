@@ -11,7 +11,7 @@ from typing import Any
 
 from expertrag.errors import InputError
 from expertrag.experts import GROUNDED_QA
-from expertrag.graph.config import DEFAULT_MODE
+from expertrag.graph.config import DEFAULT_MODE, MODES
 from expertrag.types import Document
 
 
@@ -54,8 +54,6 @@ class GraphRetrieverAdapter:
     graph's search settings or ``config``'s (see :func:`open_graph`)."""
 
     def __init__(self, graph: Any, mode: str = DEFAULT_MODE, config: Any = None) -> None:
-        from expertrag.graph.config import MODES
-
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         self.graph, self.settings = open_graph(graph, config=config)
@@ -79,7 +77,7 @@ def graph_pipeline(llm: Any, graph: Any, mode: str = DEFAULT_MODE, k: int = 5,
 
 class _CaseGraph:
     """For evaluation: one graph over every passage of a round of cases; each question is
-    answered from its own case's passages, ranked by the graph (PPR)."""
+    answered from its own case's passages, ranked by the graph's ``mode`` search."""
 
     def __init__(self, retriever: Any, embedder: Any = None, mode: str = DEFAULT_MODE
                  ) -> None:
