@@ -11,6 +11,9 @@ over its 1,890-passage corpus). Systems, all answering with the shipped ``ground
   ``grounded-qa`` answers are the same answers);
 - ``crag``, ``self-rag``: shipped defaults, retrieving from the same retriever;
 - ``multihop``: :class:`~expertrag.chains.MultiHopRAG`, shipped defaults (or ``--config``);
+- with ``--candidate-config JSON``: ``multihop-candidate``, the chain with those settings
+  on top, compared with ``multihop`` as well as with naive RAG (e.g. the next-query
+  lookahead: ``'{"lookahead": 5}'``);
 - with ``--graph SET=DIR`` (a GraphRAG index of the set's corpus, built there from the
   set's corpus with spaCy entities when DIR does not exist): ``naive-graph`` and
   ``multihop-graph``, the same answerers over the graph's paragraphs (``--graph-mode``,
@@ -75,7 +78,11 @@ def multihop_key(config: Any) -> str:
 
     folders = shipped_experts()
     prints = "-".join(expert_fingerprint(folders[e]) for e in ("hop", "grounded-qa"))
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    settings = config.to_dict()
+    if not settings.get("lookahead"):  # settings that change nothing keep the old key
+        for name in ("lookahead", "lookahead_margin", "lookahead_names"):
+            settings.pop(name, None)
+    text = json.dumps(settings, sort_keys=True, default=str)
     return f"multihop-{prints}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
@@ -361,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
     parser.add_argument("--config", default=None,
                         help="MultiHopConfig settings as JSON (default: the shipped ones)")
+    parser.add_argument("--candidate-config", default=None,
+                        help="MultiHopConfig settings (JSON) on top of --config: adds the "
+                             "system multihop-candidate, compared with multihop")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8,
                         help="rows per answer generation, prompts of similar length together "
@@ -421,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     attach_shipped(llm)
     config = MultiHopConfig.from_dict({"k": args.k, "batch_size": args.batch,
                                        **json.loads(args.config or "{}")})
+    candidate = (None if args.candidate_config is None else MultiHopConfig.from_dict(
+        {**config.to_dict(), **json.loads(args.candidate_config)}))
     if args.tune:
         tune(args, config, llm, embedder)
         return
@@ -431,10 +443,14 @@ def main(argv: list[str] | None = None) -> None:
                                          for s in chains}
     if "multihop" in names:
         systems["multihop"] = None
+    if candidate is not None:
+        systems["multihop-candidate"] = None
     bounder: list[Any] = []  # the bound model's server, started at its first use
     command = f"`python benchmarks/bench_multihop.py {' '.join(argv or sys.argv[1:])}`"
     report = [f"Split: {args.split}; k={args.k}; {command}; multihop config "
               f"{json.dumps(config.to_dict())}", ""]
+    if candidate is not None:
+        report[-1:-1] = [f"multihop-candidate config {json.dumps(candidate.to_dict())}"]
     results: dict[str, Any] = {}
     for set_name in args.sets.split(","):
         aset = load_answer_set(set_name, args.split, args.data_dir, embedder=embedder,
@@ -466,8 +482,9 @@ def main(argv: list[str] | None = None) -> None:
                 runs["multihop-graph"] = (None, gset)
         for name, (system, xset) in runs.items():
             if system is None:
-                key = multihop_key(config) + (tag if name == "multihop-graph" else "")
-                records = run_multihop(config, xset, llm, AnswerCache(
+                chosen = candidate if name == "multihop-candidate" else config
+                key = multihop_key(chosen) + (tag if name == "multihop-graph" else "")
+                records = run_multihop(chosen, xset, llm, AnswerCache(
                     args.cache, System(name, key), set_name, args.split), args.per_call)
                 gate = None
                 contexts = [r["context"] for r in records]
@@ -502,12 +519,13 @@ def main(argv: list[str] | None = None) -> None:
                 compared[f"{n} vs naive"]["both_gold_recall"] = compare(
                     extra[n]["recall_per"], extra["naive"]["recall_per"],
                     binary=True).to_dict()
-        if "multihop-graph" in scored and "multihop" in scored:  # the graph as the source
-            label = "multihop-graph vs multihop"
-            compared[label] = comparisons(scored["multihop-graph"], scored["multihop"])
-            compared[label]["both_gold_recall"] = compare(
-                extra["multihop-graph"]["recall_per"], extra["multihop"]["recall_per"],
-                binary=True).to_dict()
+        for other in ("multihop-graph", "multihop-candidate"):  # against the shipped chain
+            if other in scored and "multihop" in scored:
+                label = f"{other} vs multihop"
+                compared[label] = comparisons(scored[other], scored["multihop"])
+                compared[label]["both_gold_recall"] = compare(
+                    extra[other]["recall_per"], extra["multihop"]["recall_per"],
+                    binary=True).to_dict()
         rows = []
         for name, s in scored.items():
             f, e = s["figures"], extra[name]

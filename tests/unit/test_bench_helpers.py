@@ -260,26 +260,20 @@ def test_open_graph_index_builds_beside_the_folder_and_renames_only_when_complet
     assert (target / "db").read_text() == "2" and opened[-1] == "g"
 
 
-def test_lookahead_candidates_start_with_greedy_and_skip_what_the_question_names():
-    probe = _load("probe_lookahead")
-    ents = [("Ada Lovelace", "PERSON"), ("1843", "DATE"), ("Charles Babbage", "PERSON"),
-            ("Analytical Engine", "PRODUCT"), ("Charles Babbage", "PERSON"), ("London", "GPE")]
-    got = probe.candidates("Babbage", "Who worked with Ada Lovelace?", ents, 3)
-    assert got == ["Babbage", "Charles Babbage", "Analytical Engine"]
-    assert probe.candidates("", "q?", [("X", "ORG")], 6) == ["X"]
-
-
-def test_lookahead_replaces_greedy_only_by_a_margin():
-    choose = _load("probe_lookahead").choose
-    assert choose(["g", "a", "b"], [0.5, 0.65, 0.4], 0.2) == "g"   # +0.15: not enough
-    assert choose(["g", "a", "b"], [0.5, 0.75, 0.4], 0.2) == "a"
-    assert choose(["g", "a"], [0.9, 0.1], 0.0) == "g"
-    assert choose([], [], 0.2) == ""
-
-
 def test_lookahead_reads_the_evidence_of_a_next_query_prompt():
     from expertrag.experts.hop import next_messages
 
     evidence_text = _load("probe_lookahead").evidence_text
     prompt = next_messages("Who?", ["First passage.", "Second one."])[0]["content"]
     assert evidence_text(prompt) == "First passage.\nSecond one."
+
+
+def test_multihop_cache_key_ignores_lookahead_settings_while_it_is_off():
+    from expertrag.chains.multihop import MultiHopConfig
+
+    key = _load("bench_multihop").multihop_key
+    base = key(MultiHopConfig())
+    assert key(MultiHopConfig(lookahead_margin=0.5, lookahead_names="spacy")) == base
+    assert key(MultiHopConfig(lookahead=5)) != base
+    assert key(MultiHopConfig(lookahead=5)) != key(MultiHopConfig(lookahead=5,
+                                                                  lookahead_margin=0.3))

@@ -17,8 +17,12 @@ from expertrag.experts.grounded_qa import REFUSAL
 from expertrag.experts.hop import (
     MAX_QUERY_CHARS,
     NEXT_QUERY_SCHEMA,
+    capitalized_names,
+    choose_query,
     format_evidence,
     keep_messages,
+    lookahead_candidates,
+    name_finder,
     next_messages,
     parse_query,
     render_query,
@@ -416,7 +420,9 @@ def test_a_failing_source_is_a_chain_error_naming_it():
 
 @pytest.mark.parametrize("bad", [{"max_hops": 0}, {"max_hops": 9}, {"k": True},
                                  {"keep_threshold": 1.5}, {"stop_threshold": float("nan")},
-                                 {"source_timeout": 0}, {"batch_size": 0}])
+                                 {"source_timeout": 0}, {"batch_size": 0},
+                                 {"lookahead": -1}, {"lookahead": 11}, {"lookahead": True},
+                                 {"lookahead_margin": 2.0}, {"lookahead_names": "regex"}])
 def test_bad_settings_are_input_errors(bad):
     with pytest.raises(InputError):
         MultiHopConfig(**bad).validate()
@@ -451,3 +457,81 @@ def test_on_a_tiny_model_queries_are_bounded_json_strings(tmp_path):
                 assert 0 < len(hop.next_query) <= MAX_QUERY_CHARS
         assert all(0.0 <= s <= 1.0 for h in r.hops for s in h.keep_scores)
         assert r.context.passages and isinstance(r.answer, str)
+
+
+# ------------------------------------------------------------------------------ lookahead
+
+def test_capitalized_names_are_whole_names_in_order_without_sentence_words():
+    text = ("Arthur's Magazine (1844-1846) was an American literary periodical published in "
+            "Philadelphia. It was edited by T.S. Arthur and Edgar A. Poe. Born in 1902, he "
+            "studied at the University of Oxford and moved to New York City in March 1950. "
+            "The 19th century ended.")
+    assert capitalized_names(text) == [
+        "Arthur's Magazine", "American", "Philadelphia", "T.S. Arthur", "Edgar A. Poe",
+        "University of Oxford", "New York City"]
+    assert capitalized_names("no names here, 1999.") == []
+
+
+def test_lookahead_candidates_start_with_greedy_and_skip_the_question_and_asked():
+    names = ["Ada Lovelace", "Charles Babbage", "Analytical Engine", "Charles  Babbage",
+             "London", "Paris"]
+    got = lookahead_candidates("Babbage", "Who worked with Ada Lovelace?", names, 4,
+                               asked=["london"])
+    assert got == ["Babbage", "Charles Babbage", "Analytical Engine", "Paris"]
+    assert lookahead_candidates("", "q?", ["X"], 6) == ["X"]
+
+
+def test_choose_query_replaces_greedy_only_by_a_margin():
+    assert choose_query(["g", "a", "b"], [0.5, 0.65, 0.4], 0.2) == "g"  # +0.15: not enough
+    assert choose_query(["g", "a", "b"], [0.5, 0.75, 0.4], 0.2) == "a"
+    assert choose_query(["g", "a"], [0.9, 0.1], 0.0) == "g"
+    assert choose_query(["g", "a"], [-1.0, 0.3], 0.2) == "a"  # greedy found nothing new
+    assert choose_query([], [], 0.2) == ""
+
+
+def test_name_finder_kinds():
+    assert name_finder("capitalized") is capitalized_names
+    with pytest.raises(InputError, match="names must be one of"):
+        name_finder("regex")
+
+
+def test_lookahead_replaces_a_query_that_leads_nowhere_and_reuses_its_search():
+    asked: list[str] = []
+    overlap = overlap_retriever()
+
+    def counted(query: str, k: int) -> list[Document]:
+        asked.append(query)
+        return overlap(query, k)
+
+    # the expert asks for "Drama season", which finds nothing about the director
+    plain, _ = chain(FakeHopLLM(next_query="Drama season"), retriever=counted)
+    assert plain.answer(QUESTION).refused
+    asked.clear()
+    rag, _ = chain(FakeHopLLM(next_query="Drama season"), retriever=counted, lookahead=3)
+    result = rag.answer(QUESTION)
+    first = result.hops[0]
+    # "Blue Film" is in the question: only "Jane Roe" is tried beside the generated query
+    assert [c for c, _ in first.lookahead] == ["Drama season", "Jane Roe"]
+    assert first.lookahead[1][1] == 0.9 and first.lookahead[0][1] == 0.1
+    assert first.next_query == "Jane Roe" and result.hops[1].query == "Jane Roe"
+    assert result.answer == "Lyon [3]." and result.context.stopped == "enough"
+    # hop 1, then one search per candidate; hop 2 reads the chosen search's passages
+    assert asked == [QUESTION, f"Drama season {QUESTION}", f"Jane Roe {QUESTION}"]
+    assert result.context.records()[0]["lookahead"] == [["Drama season", 0.1],
+                                                        ["Jane Roe", 0.9]]
+    assert result.calls["lookahead"] == 2
+
+
+def test_lookahead_keeps_the_generated_query_when_no_name_beats_it():
+    rag, _ = chain(lookahead=3, lookahead_margin=0.0)
+    result = rag.answer(QUESTION)  # the expert already asks for "Jane Roe"
+    assert result.hops[0].next_query == "Jane Roe"
+    assert [c for c, _ in result.hops[0].lookahead] == ["Jane Roe"]
+    assert result.answer == "Lyon [3]."
+
+
+def test_spacy_name_finder_drops_dates_and_numbers():
+    pytest.importorskip("spacy")
+    names = name_finder("spacy")("Jane Roe was born in Lyon on 3 May 1950 with two brothers.")
+    assert "Jane Roe" in names and "Lyon" in names
+    assert not any(any(c.isdigit() for c in n) for n in names) and "two" not in names

@@ -15,7 +15,13 @@ decisions of EfficientRAG as single forward passes of a small expert):
 3. stop when P(yes) of :func:`~expertrag.experts.hop.stop_messages` reaches
    ``stop_threshold`` or after ``max_hops`` hops (a hard bound), else generate the next
    query under a grammar (one JSON string of at most 80 characters, never free text) and go
-   on; a query asked before ends the loop too.
+   on; a query asked before ends the loop too;
+4. with ``lookahead`` > 0, check that query before using it: it and up to ``lookahead``
+   names the evidence mentions (not in the question, not asked before) each retrieve, and
+   the expert's keep judgement reads the first new passage each finds; a name replaces the
+   generated query only when its passage's P(yes) beats the query's by ``lookahead_margin``
+   (:func:`~expertrag.experts.hop.choose_query`). The chosen search's passages are the next
+   hop's, not retrieved again.
 
 Then ``grounded-qa`` answers from ``context_size`` passages in hop order, citing them
 (:func:`assemble`: by default the first hop's passages, where each later hop's kept passage
@@ -55,8 +61,12 @@ from expertrag.experts.grounded_qa import (
 )
 from expertrag.experts.hop import (
     LABELS,
+    NAME_FINDERS,
     NEXT_QUERY_SCHEMA,
+    choose_query,
     keep_messages,
+    lookahead_candidates,
+    name_finder,
     next_messages,
     parse_query,
     stop_messages,
@@ -89,6 +99,9 @@ class MultiHopConfig(ConfigMixin):
     search_with_question: bool = True  # later hops search "<next query> <question>"
     source_timeout: float | None = None
     batch_size: int = 8  # rows per generation (answers, next queries), similar lengths together
+    lookahead: int = 0  # names tried beside each generated next query (0: none)
+    lookahead_margin: float = 0.2  # how much better a name's passage must be rated
+    lookahead_names: str = "capitalized"  # how names are found: see experts.hop.name_finder
 
     def validate(self) -> MultiHopConfig:
         for name in ("k", "max_hops", "keep_per_hop", "context_size", "max_new_tokens",
@@ -96,9 +109,15 @@ class MultiHopConfig(ConfigMixin):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) \
+                or not 0 <= self.lookahead <= 10:
+            raise InputError(f"lookahead must be an integer in [0, 10], got {self.lookahead!r}")
+        if self.lookahead_names not in NAME_FINDERS:
+            raise InputError(f"lookahead_names must be one of {', '.join(NAME_FINDERS)}, got "
+                             f"{self.lookahead_names!r}")
         if self.max_hops > 8:
             raise InputError(f"max_hops must be at most 8, got {self.max_hops}")
-        for name in ("keep_threshold", "stop_threshold"):
+        for name in ("keep_threshold", "stop_threshold", "lookahead_margin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or not 0.0 <= value <= 1.0:
@@ -126,6 +145,9 @@ class Hop:
     stop_probability: float | None = None  # None where the bound or the last hop decided
     next_query: str | None = None
     seconds: float = 0.0
+    #: with ``lookahead``: each next query tried (the generated one first) and the keep
+    #: probability of the first new passage it retrieved (-1.0: none new)
+    lookahead: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -150,7 +172,8 @@ class MultiHopContext:
         return [{"hop": h.number, "query": h.query,
                  "retrieved": [d.id for d in h.retrieved], "keep_scores": list(h.keep_scores),
                  "kept": [d.id for d in h.kept], "stop_probability": h.stop_probability,
-                 "next_query": h.next_query, "seconds": h.seconds} for h in self.hops]
+                 "next_query": h.next_query, "lookahead": [list(c) for c in h.lookahead],
+                 "seconds": h.seconds} for h in self.hops]
 
 
 @dataclass
@@ -189,6 +212,7 @@ class _State:
     seen: set[str] = field(default_factory=set)
     asked: set[str] = field(default_factory=set)
     stopped: str | None = None
+    prefetched: dict[str, list[Document]] = field(default_factory=dict)  # lookahead searches
 
 
 ASSEMBLE_MODES = ("displace", "fill", "evidence")
@@ -235,6 +259,8 @@ class MultiHopRAG:
         for name in (self.config.hop_expert, self.config.expert):
             if name in (HOP, GROUNDED_QA):
                 ensure_attached(llm, name)
+        self._names = (name_finder(self.config.lookahead_names) if self.config.lookahead
+                       else None)
 
     # ------------------------------------------------------------------ the loop
     def _keep(self, states: list[_State], found: list[list[Document]], hop: int,
@@ -274,6 +300,58 @@ class MultiHopRAG:
                 queries.append(None)
         return queries
 
+    def _search(self, s: _State, query: str, number: int) -> str:
+        """What hop ``number`` sends to the source for ``query``."""
+        if number > 1 and self.config.search_with_question:
+            return f"{query} {s.question}"
+        return query
+
+    def _fetch(self, s: _State, search: str) -> list[Document]:
+        # ask for as many more as were seen, so the hop gets k new passages
+        return call_source(s.source, search, self.config.k + len(s.seen), "retriever",
+                           self.config.source_timeout)
+
+    def _look_ahead(self, states: list[_State], queries: list[str | None], number: int,
+                    trace: Trace) -> list[str | None]:
+        """Each generated query checked against the names of its evidence (module doc,
+        step 4): one retrieval per candidate, one keep pass across every question."""
+        cfg = self.config
+        assert self._names is not None
+        tried: list[list[str]] = []
+        pairs: list[Any] = []
+        where: list[tuple[int, int]] = []  # (state, candidate) of each pair
+        with trace.stage("lookahead"):
+            for i, (s, query) in enumerate(zip(states, queries, strict=True)):
+                if query is None or query.lower() in s.asked:
+                    tried.append([])  # nothing new to check: the loop ends as before
+                    continue
+                names = self._names("\n".join(d.text for d in s.evidence))
+                cands = lookahead_candidates(query, s.question, names, cfg.lookahead + 1,
+                                             sorted(s.asked))
+                tried.append(cands)
+                for j, c in enumerate(cands):
+                    search = self._search(s, c, number)
+                    docs = s.prefetched[search] = self._fetch(s, search)
+                    new = next((d for d in docs if _key(d) not in s.seen), None)
+                    if new is not None:
+                        pairs.append(keep_messages(s.question, c, new.text))
+                        where.append((i, j))
+            trace.count("retrieve", sum(map(len, tried)))
+            probs = (self.llm.label_probabilities(pairs, labels=LABELS,
+                                                  expert=cfg.hop_expert) if pairs else [])
+        trace.count("lookahead", len(pairs))
+        keeps = [[-1.0] * len(c) for c in tried]
+        for (i, j), p in zip(where, probs, strict=True):
+            keeps[i][j] = float(p[LABELS[0]])
+        out: list[str | None] = []
+        for s, query, cands, ks in zip(states, queries, tried, keeps, strict=True):
+            if not cands:
+                out.append(query)
+                continue
+            s.hops[-1].lookahead = list(zip(cands, ks, strict=True))
+            out.append(choose_query(cands, ks, cfg.lookahead_margin))
+        return out
+
     def _hop(self, states: list[_State], number: int, trace: Trace) -> None:
         """One hop for every question still going: retrieve, keep, then stop or ask."""
         cfg = self.config
@@ -281,12 +359,11 @@ class MultiHopRAG:
         found: list[list[Document]] = []
         with trace.stage("retrieve"):
             for s in states:
-                search = s.query
-                if number > 1 and cfg.search_with_question:
-                    search = f"{s.query} {s.question}"
-                # ask for as many more as were seen, so the hop gets k new passages
-                docs = call_source(s.source, search, cfg.k + len(s.seen), "retriever",
-                                   cfg.source_timeout)
+                search = self._search(s, s.query, number)
+                docs = s.prefetched.get(search)
+                if docs is None:
+                    docs = self._fetch(s, search)
+                s.prefetched.clear()
                 fresh = []
                 for d in docs:
                     if _key(d) not in s.seen and len(fresh) < cfg.k:
@@ -315,7 +392,10 @@ class MultiHopRAG:
                     s.stopped = "enough"
         going = [s for s in going if s.stopped is None]
         if going:
-            for s, query in zip(going, self._next(going, trace), strict=True):
+            queries = self._next(going, trace)
+            if cfg.lookahead:
+                queries = self._look_ahead(going, queries, number + 1, trace)
+            for s, query in zip(going, queries, strict=True):
                 s.hops[-1].next_query = query
                 if query is None or query.lower() in s.asked:
                     s.stopped = "repeated_query"

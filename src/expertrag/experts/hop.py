@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from expertrag.errors import InputError
 
@@ -127,3 +127,128 @@ def parse_query(text: str) -> str:
     if not isinstance(value, str):
         value = str(value)
     return _text(" ".join(value.split())[:MAX_QUERY_CHARS], "next query")
+
+
+# ---------------------------------------------------------------- next-query lookahead
+#: words that open a capitalised span without naming anything (sentence starts, pronouns,
+#: months and days, which name no page to look up)
+_NOT_NAMES = frozenset("""
+a an the this that these those he she it its they them their his her we our you your i my
+in on at of for from by with after before during since until when where while which who
+what how why there here also however although though but and or as if then thus so
+according born died despite following including january february march april may june july
+august september october november december monday tuesday wednesday thursday friday
+saturday sunday
+""".split())
+#: lower-case words a name may hold between two capitalised words ("University of Oxford")
+_JOINERS = frozenset({"of", "the", "de", "da", "del", "di", "du", "la", "le", "von", "van",
+                      "der", "den", "for", "y"})
+_WORD = re.compile(r"\w[\w'’.\-&]*")
+
+
+def _capital(word: str) -> bool:
+    return word[0].isupper() or (word[0].isdigit() and any(c.isalpha() for c in word))
+
+
+def _ends_sentence(word: str) -> bool:
+    """``word`` (as matched, trailing period included) closes its sentence: "Poe." does,
+    the initials "T.S." and "A." do not."""
+    core = word.rstrip(".")
+    return word.endswith(".") and len(core) > 1 and "." not in core
+
+
+def capitalized_names(text: str) -> list[str]:
+    """The names a passage mentions, in order of first mention, without a parser: runs of
+    capitalised words (with joiners such as "of" between two of them) within one clause,
+    leading and trailing sentence words, pronouns and months dropped, and runs with no
+    capital letter (numbers, "19th") dropped. What the next-query lookahead
+    (:func:`lookahead_candidates`) offers as pages to look up when spaCy is not installed."""
+    words = list(_WORD.finditer(text))
+    names: list[str] = []
+    run: list[re.Match[str]] = []
+
+    def close() -> None:
+        while run and (run[-1].group().rstrip(".").lower() in _JOINERS | _NOT_NAMES):
+            run.pop()
+        while run and run[0].group().rstrip(".").lower() in _NOT_NAMES:
+            run.pop(0)
+        if run:
+            name = text[run[0].start():run[-1].end()]
+            name = name.rstrip(".") if _ends_sentence(run[-1].group()) else name
+            if any(c.isupper() for c in name) and name not in names:
+                names.append(name)
+        run.clear()
+
+    for i, m in enumerate(words):
+        word = m.group()
+        if run and re.search(r"[,;:()\"\[\]!?]", text[words[i - 1].end():m.start()]):
+            close()
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if _capital(word):
+            run.append(m)
+        elif run and word.lower() in _JOINERS and nxt is not None and _capital(nxt.group()) \
+                and not re.search(r"[,;:()\"\[\]!?.]", text[m.end():nxt.start()]):
+            run.append(m)
+        elif run:
+            close()
+        if run and _ends_sentence(word):
+            close()
+    close()
+    return names
+
+
+def lookahead_candidates(greedy: str, question: str, names: Sequence[str], most: int,
+                         asked: Sequence[str] = ()) -> list[str]:
+    """The next queries the lookahead tries: the expert's greedy query first, then the
+    evidence's ``names`` that the question does not contain and that were not asked
+    before, without repeats, at most ``most`` in all."""
+    out = [greedy] if greedy else []
+    seen = {q.lower() for q in (*out, *asked)}
+    for name in names:
+        name = " ".join(name.split())
+        if len(out) >= most:
+            break
+        if name and name.lower() not in question.lower() and name.lower() not in seen:
+            out.append(name)
+            seen.add(name.lower())
+    return out
+
+
+def choose_query(candidates: Sequence[str], keeps: Sequence[float], margin: float) -> str:
+    """The candidate whose retrieval the expert rates highest (``keeps``: P(yes) of the
+    keep judgement on the first new passage each retrieves) when it beats the first
+    (greedy) candidate by at least ``margin``; the greedy one otherwise ("" when none)."""
+    if not candidates:
+        return ""
+    best = max(range(len(candidates)), key=lambda i: keeps[i])
+    return candidates[best] if keeps[best] >= keeps[0] + margin else candidates[0]
+
+
+#: how the lookahead finds the names its candidates come from (see :func:`name_finder`)
+NAME_FINDERS = ("capitalized", "spacy")
+#: spaCy entity labels that name no page to look up
+_SPACY_SKIP = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL",
+                         "CARDINAL"})
+
+
+def name_finder(kind: str) -> Callable[[str], list[str]]:
+    """The names of a text, in order: ``capitalized`` (:func:`capitalized_names`, no
+    dependency) or ``spacy`` (spaCy's named entities without dates and numbers; needs the
+    ``graph`` extra, else :class:`~expertrag.graph.extract.ExtractionError`)."""
+    if kind == "capitalized":
+        return capitalized_names
+    if kind != "spacy":
+        raise InputError(f"names must be one of {', '.join(NAME_FINDERS)}, got {kind!r}")
+    from expertrag.graph.extract import SpacyExtractor
+
+    nlp = SpacyExtractor(noun_phrases=False).nlp
+
+    def spacy_names(text: str) -> list[str]:
+        out: list[str] = []
+        for ent in nlp(text).ents:
+            name = ent.text.strip()
+            if ent.label_ not in _SPACY_SKIP and name and name not in out:
+                out.append(name)
+        return out
+
+    return spacy_names
