@@ -10,7 +10,9 @@ from them, or not at all. ``MultiHopRAG`` retrieves in a bounded loop with the s
    answer (P(yes), one forward pass per passage, batched);
 2. asks whether the evidence is enough (P(yes), one forward pass); if not, it names what to
    look up next (a title or short query, one JSON string under a grammar, so it always
-   parses and cannot run away) and retrieves again, at most ``max_hops`` times;
+   parses and cannot run away) and retrieves again, at most ``max_hops`` times; before
+   it does, a lookahead tries the names the evidence mentions beside that query and keeps
+   the query unless a name's first new passage is rated clearly higher;
 3. ``grounded-qa`` answers from the kept evidence in hop order and cites it.
 
 Then the same chain as a LangChain ``Runnable`` (and its context as a ``BaseRetriever``) and
@@ -57,6 +59,8 @@ def core(llm: ExpertLLM, retriever: HybridRetriever) -> None:
               f"(keep {[round(s, 2) for s in hop.keep_scores]}, stop "
               f"{'-' if hop.stop_probability is None else round(hop.stop_probability, 2)}, "
               f"next {hop.next_query!r})")
+        if hop.lookahead:
+            print("  lookahead: " + ", ".join(f"{q!r} {p:.2f}" for q, p in hop.lookahead))
     print(f"MultiHopRAG: {res.answer}  cited {[d.id for d in res.citations]}  "
           f"({res.context.stopped})")
 

@@ -301,8 +301,9 @@ def test_each_step_is_one_batched_call_across_questions():
     results = rag.answer_many([QUESTION, QUESTION.replace("Where", "In which city"),
                                "Who won a prize in 2000?"])
     assert len(results) == 3
-    # hop 1: one keep pass (3 x 2 pairs), one stop pass; hop 2: one of each for those going
-    assert llm.label_calls[0] == 6 and len(llm.label_calls) <= 4
+    # hop 1: one keep pass (3 x 2 pairs), one stop pass, one lookahead pass; hop 2: one keep
+    # and one stop pass for those going
+    assert llm.label_calls[0] == 6 and len(llm.label_calls) == 5
     answers = [c for c in llm.generate_calls if c[2] is None]
     assert answers == [("grounded-qa", 3, None)]
     assert results[0].answer == "Lyon [3]." and results[2].hops[0].query.startswith("Who")
@@ -504,7 +505,7 @@ def test_lookahead_replaces_a_query_that_leads_nowhere_and_reuses_its_search():
         return overlap(query, k)
 
     # the expert asks for "Drama season", which finds nothing about the director
-    plain, _ = chain(FakeHopLLM(next_query="Drama season"), retriever=counted)
+    plain, _ = chain(FakeHopLLM(next_query="Drama season"), retriever=counted, lookahead=0)
     assert plain.answer(QUESTION).refused
     asked.clear()
     rag, _ = chain(FakeHopLLM(next_query="Drama season"), retriever=counted, lookahead=3)
@@ -520,6 +521,10 @@ def test_lookahead_replaces_a_query_that_leads_nowhere_and_reuses_its_search():
     assert result.context.records()[0]["lookahead"] == [["Drama season", 0.1],
                                                         ["Jane Roe", 0.9]]
     assert result.calls["lookahead"] == 2
+    # hop 2's passage "roe" was judged by the lookahead for "Jane Roe": not judged again
+    assert result.hops[1].retrieved[0].id == "roe"
+    assert result.hops[1].keep_scores[0] == 0.9
+    assert result.calls["keep"] == 2 + len(result.hops[1].retrieved) - 1
 
 
 def test_lookahead_keeps_the_generated_query_when_no_name_beats_it():

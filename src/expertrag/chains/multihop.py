@@ -81,9 +81,11 @@ __all__ = ["ASSEMBLE_MODES", "Hop", "MultiHopConfig", "MultiHopContext", "MultiH
 class MultiHopConfig(ConfigMixin):
     """Settings of a :class:`MultiHopRAG` chain; saved and loaded as JSON.
 
-    ``stop_threshold``, ``assemble`` and ``search_with_question`` are chosen on the
-    multi-hop benchmark's calibration parts by the final context's both-gold recall
-    (``benchmarks/bench_multihop.py --tune``; figures in benchmarks/RESULTS.md)."""
+    ``stop_threshold``, ``assemble``, ``search_with_question`` and ``lookahead`` are chosen
+    on the multi-hop benchmark's calibration parts by the final context's both-gold recall
+    (``benchmarks/bench_multihop.py --tune`` / ``--candidate-config``; ``lookahead_margin``
+    on the hop benchmark's, ``benchmarks/probe_lookahead.py``; figures in
+    benchmarks/RESULTS.md)."""
 
     k: int = 5  # passages retrieved per hop
     max_hops: int = 3  # hard bound on retrieval steps per question
@@ -99,7 +101,7 @@ class MultiHopConfig(ConfigMixin):
     search_with_question: bool = True  # later hops search "<next query> <question>"
     source_timeout: float | None = None
     batch_size: int = 8  # rows per generation (answers, next queries), similar lengths together
-    lookahead: int = 0  # names tried beside each generated next query (0: none)
+    lookahead: int = 5  # names tried beside each generated next query (0: none)
     lookahead_margin: float = 0.2  # how much better a name's passage must be rated
     lookahead_names: str = "capitalized"  # how names are found: see experts.hop.name_finder
 
@@ -213,6 +215,7 @@ class _State:
     asked: set[str] = field(default_factory=set)
     stopped: str | None = None
     prefetched: dict[str, list[Document]] = field(default_factory=dict)  # lookahead searches
+    judged: dict[str, float] = field(default_factory=dict)  # the chosen query's keep scores
 
 
 ASSEMBLE_MODES = ("displace", "fill", "evidence")
@@ -265,16 +268,22 @@ class MultiHopRAG:
     # ------------------------------------------------------------------ the loop
     def _keep(self, states: list[_State], found: list[list[Document]], hop: int,
               trace: Trace) -> list[list[float]]:
+        # a passage the lookahead judged for this very query is not judged again
         pairs = [keep_messages(s.question, s.query, d.text)
-                 for s, docs in zip(states, found, strict=True) for d in docs]
-        if not pairs:
-            return [[] for _ in states]
-        with trace.stage("keep"):
-            probs = self.llm.label_probabilities(pairs, labels=LABELS,
-                                                 expert=self.config.hop_expert)
-        trace.count("keep", len(pairs))
+                 for s, docs in zip(states, found, strict=True) for d in docs
+                 if _key(d) not in s.judged]
+        probs: list[Any] = []
+        if pairs:
+            with trace.stage("keep"):
+                probs = self.llm.label_probabilities(pairs, labels=LABELS,
+                                                     expert=self.config.hop_expert)
+            trace.count("keep", len(pairs))
         flat = iter(float(p[LABELS[0]]) for p in probs)
-        return [[next(flat) for _ in docs] for docs in found]
+        scores = [[s.judged[_key(d)] if _key(d) in s.judged else next(flat) for d in docs]
+                  for s, docs in zip(states, found, strict=True)]
+        for s in states:
+            s.judged.clear()
+        return scores
 
     def _stop(self, states: list[_State], trace: Trace) -> list[float]:
         convs = [stop_messages(s.question, [d.text for d in s.evidence]) for s in states]
@@ -320,6 +329,7 @@ class MultiHopRAG:
         tried: list[list[str]] = []
         pairs: list[Any] = []
         where: list[tuple[int, int]] = []  # (state, candidate) of each pair
+        firsts: dict[tuple[int, int], str] = {}  # the passage each pair judged
         with trace.stage("lookahead"):
             for i, (s, query) in enumerate(zip(states, queries, strict=True)):
                 if query is None or query.lower() in s.asked:
@@ -336,6 +346,7 @@ class MultiHopRAG:
                     if new is not None:
                         pairs.append(keep_messages(s.question, c, new.text))
                         where.append((i, j))
+                        firsts[i, j] = _key(new)
             trace.count("retrieve", sum(map(len, tried)))
             probs = (self.llm.label_probabilities(pairs, labels=LABELS,
                                                   expert=cfg.hop_expert) if pairs else [])
@@ -344,12 +355,17 @@ class MultiHopRAG:
         for (i, j), p in zip(where, probs, strict=True):
             keeps[i][j] = float(p[LABELS[0]])
         out: list[str | None] = []
-        for s, query, cands, ks in zip(states, queries, tried, keeps, strict=True):
+        for i, (s, query, cands, ks) in enumerate(zip(states, queries, tried, keeps,
+                                                      strict=True)):
             if not cands:
                 out.append(query)
                 continue
             s.hops[-1].lookahead = list(zip(cands, ks, strict=True))
-            out.append(choose_query(cands, ks, cfg.lookahead_margin))
+            chosen = choose_query(cands, ks, cfg.lookahead_margin)
+            j = cands.index(chosen)
+            if (i, j) in firsts:
+                s.judged = {firsts[i, j]: ks[j]}
+            out.append(chosen)
         return out
 
     def _hop(self, states: list[_State], number: int, trace: Trace) -> None:
