@@ -328,8 +328,7 @@ class MultiHopRAG:
         assert self._names is not None
         tried: list[list[str]] = []
         pairs: list[Any] = []
-        where: list[tuple[int, int]] = []  # (state, candidate) of each pair
-        firsts: dict[tuple[int, int], str] = {}  # the passage each pair judged
+        where: list[tuple[int, int, str]] = []  # each pair's state, candidate and passage
         with trace.stage("lookahead"):
             for i, (s, query) in enumerate(zip(states, queries, strict=True)):
                 if query is None or query.lower() in s.asked:
@@ -345,15 +344,16 @@ class MultiHopRAG:
                     new = next((d for d in docs if _key(d) not in s.seen), None)
                     if new is not None:
                         pairs.append(keep_messages(s.question, c, new.text))
-                        where.append((i, j))
-                        firsts[i, j] = _key(new)
+                        where.append((i, j, _key(new)))
             trace.count("retrieve", sum(map(len, tried)))
             probs = (self.llm.label_probabilities(pairs, labels=LABELS,
                                                   expert=cfg.hop_expert) if pairs else [])
         trace.count("lookahead", len(pairs))
         keeps = [[-1.0] * len(c) for c in tried]
-        for (i, j), p in zip(where, probs, strict=True):
+        firsts: dict[tuple[int, int], str] = {}
+        for (i, j, key), p in zip(where, probs, strict=True):
             keeps[i][j] = float(p[LABELS[0]])
+            firsts[i, j] = key
         out: list[str | None] = []
         for i, (s, query, cands, ks) in enumerate(zip(states, queries, tried, keeps,
                                                       strict=True)):
