@@ -15,6 +15,10 @@ Given the question and the evidence kept so far, the ``hop`` expert answers:
   :data:`NEXT_QUERY_SCHEMA` (one JSON string of at most :data:`MAX_QUERY_CHARS` characters),
   so it always parses and can never run away; read with :func:`parse_query`.
 
+The lookahead's parts (:func:`capitalized_names`, :func:`name_finder`,
+:func:`lookahead_candidates`, :func:`choose_query`) let the chain check a generated query
+against the names its evidence mentions, judged by the keep probability.
+
 The prompts are the ones the expert is trained on (``expertrag.training.hop_data``) and the
 ones :class:`~expertrag.chains.multihop.MultiHopRAG` asks.
 """
@@ -161,8 +165,8 @@ def capitalized_names(text: str) -> list[str]:
     """The names a passage mentions, in order of first mention, without a parser: runs of
     capitalised words (with joiners such as "of" between two of them) within one clause,
     leading and trailing sentence words, pronouns and months dropped, and runs with no
-    capital letter (numbers, "19th") dropped. What the next-query lookahead
-    (:func:`lookahead_candidates`) offers as pages to look up when spaCy is not installed."""
+    capital letter (numbers, "19th") dropped. The next-query lookahead's default source of
+    pages to look up (:func:`lookahead_candidates`; no parser needed)."""
     words = list(_WORD.finditer(text))
     names: list[str] = []
     run: list[re.Match[str]] = []
