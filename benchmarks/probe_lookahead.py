@@ -6,7 +6,7 @@ prompt. This probe asks whether the expert can verify its own candidates:
 
 - candidates: the greedy query, then up to ``--candidates`` - 1 names the evidence mentions
   that are not in the question (:func:`~expertrag.experts.hop.lookahead_candidates`), found
-  by each ``--names`` finder (:func:`~expertrag.experts.hop.name_finder`: capitalised
+  by each ``--names`` finder (:func:`~expertrag.chains.multihop.name_finder`: capitalised
   spans, or spaCy's entities from the graph extra);
 - each candidate retrieves its top 5 from the open pool; the first passage not already in
   the evidence is read by the expert's keep judgement (:func:`~expertrag.experts.hop.
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from expertrag import ExpertLLM
+    from expertrag.chains.multihop import name_finder
     from expertrag.embeddings import Embedder, MemoEmbedder
     from expertrag.evaluation.stats import compare
     from expertrag.experts import attach_shipped
@@ -72,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
         choose_query,
         keep_messages,
         lookahead_candidates,
-        name_finder,
     )
     from expertrag.retrieval.hybrid import HybridRetriever
 

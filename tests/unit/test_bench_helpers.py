@@ -272,8 +272,8 @@ def test_multihop_cache_key_ignores_lookahead_settings_while_it_is_off():
     from expertrag.chains.multihop import MultiHopConfig
 
     key = _load("bench_multihop").multihop_key
-    base = key(MultiHopConfig())
-    assert key(MultiHopConfig(lookahead_margin=0.5, lookahead_names="spacy")) == base
+    base = key(MultiHopConfig(lookahead=0))
+    assert key(MultiHopConfig(lookahead=0, lookahead_margin=0.5, lookahead_names="spacy")) == base
     assert key(MultiHopConfig(lookahead=5)) != base
     assert key(MultiHopConfig(lookahead=5)) != key(MultiHopConfig(lookahead=5,
                                                                   lookahead_margin=0.3))

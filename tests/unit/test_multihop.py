@@ -11,7 +11,13 @@ from typing import ClassVar
 import pytest
 
 from expertrag.chains.base import ChainError
-from expertrag.chains.multihop import MultiHopConfig, MultiHopContext, MultiHopRAG, MultiHopResult
+from expertrag.chains.multihop import (
+    MultiHopConfig,
+    MultiHopContext,
+    MultiHopRAG,
+    MultiHopResult,
+    name_finder,
+)
 from expertrag.errors import ConfigKeyError, InputError
 from expertrag.experts.grounded_qa import REFUSAL
 from expertrag.experts.hop import (
@@ -22,7 +28,6 @@ from expertrag.experts.hop import (
     format_evidence,
     keep_messages,
     lookahead_candidates,
-    name_finder,
     next_messages,
     parse_query,
     render_query,

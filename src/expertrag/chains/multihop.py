@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,20 +61,50 @@ from expertrag.experts.grounded_qa import (
 )
 from expertrag.experts.hop import (
     LABELS,
-    NAME_FINDERS,
     NEXT_QUERY_SCHEMA,
+    capitalized_names,
     choose_query,
     keep_messages,
     lookahead_candidates,
-    name_finder,
     next_messages,
     parse_query,
     stop_messages,
 )
 from expertrag.types import Document
 
-__all__ = ["ASSEMBLE_MODES", "Hop", "MultiHopConfig", "MultiHopContext", "MultiHopRAG",
-           "MultiHopResult", "assemble"]
+__all__ = ["ASSEMBLE_MODES", "NAME_FINDERS", "Hop", "MultiHopConfig", "MultiHopContext",
+           "MultiHopRAG", "MultiHopResult", "assemble", "name_finder"]
+
+
+#: how the lookahead finds the names its candidates come from (see :func:`name_finder`)
+NAME_FINDERS = ("capitalized", "spacy")
+#: spaCy entity labels that name no page to look up
+_SPACY_SKIP = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL",
+                         "CARDINAL"})
+
+
+def name_finder(kind: str) -> Callable[[str], list[str]]:
+    """The lookahead's names of a text, in order: ``capitalized``
+    (:func:`~expertrag.experts.hop.capitalized_names`, no dependency) or ``spacy`` (spaCy's
+    named entities without dates and numbers; needs the ``graph`` extra, else
+    :class:`~expertrag.graph.extract.ExtractionError`)."""
+    if kind == "capitalized":
+        return capitalized_names
+    if kind != "spacy":
+        raise InputError(f"names must be one of {', '.join(NAME_FINDERS)}, got {kind!r}")
+    from expertrag.graph.extract import SpacyExtractor
+
+    nlp = SpacyExtractor(noun_phrases=False).nlp
+
+    def spacy_names(text: str) -> list[str]:
+        out: list[str] = []
+        for ent in nlp(text).ents:
+            name = ent.text.strip()
+            if ent.label_ not in _SPACY_SKIP and name and name not in out:
+                out.append(name)
+        return out
+
+    return spacy_names
 
 
 @dataclass

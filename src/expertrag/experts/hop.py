@@ -15,8 +15,8 @@ Given the question and the evidence kept so far, the ``hop`` expert answers:
   :data:`NEXT_QUERY_SCHEMA` (one JSON string of at most :data:`MAX_QUERY_CHARS` characters),
   so it always parses and can never run away; read with :func:`parse_query`.
 
-The lookahead's parts (:func:`capitalized_names`, :func:`name_finder`,
-:func:`lookahead_candidates`, :func:`choose_query`) let the chain check a generated query
+The lookahead's parts (:func:`capitalized_names`, :func:`lookahead_candidates`,
+:func:`choose_query`; the chain's ``name_finder``) let the chain check a generated query
 against the names its evidence mentions, judged by the keep probability.
 
 The prompts are the ones the expert is trained on (``expertrag.training.hop_data``) and the
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from expertrag.errors import InputError
 
@@ -227,32 +227,3 @@ def choose_query(candidates: Sequence[str], keeps: Sequence[float], margin: floa
     best = max(range(len(candidates)), key=lambda i: keeps[i])
     return candidates[best] if keeps[best] >= keeps[0] + margin else candidates[0]
 
-
-#: how the lookahead finds the names its candidates come from (see :func:`name_finder`)
-NAME_FINDERS = ("capitalized", "spacy")
-#: spaCy entity labels that name no page to look up
-_SPACY_SKIP = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL",
-                         "CARDINAL"})
-
-
-def name_finder(kind: str) -> Callable[[str], list[str]]:
-    """The names of a text, in order: ``capitalized`` (:func:`capitalized_names`, no
-    dependency) or ``spacy`` (spaCy's named entities without dates and numbers; needs the
-    ``graph`` extra, else :class:`~expertrag.graph.extract.ExtractionError`)."""
-    if kind == "capitalized":
-        return capitalized_names
-    if kind != "spacy":
-        raise InputError(f"names must be one of {', '.join(NAME_FINDERS)}, got {kind!r}")
-    from expertrag.graph.extract import SpacyExtractor
-
-    nlp = SpacyExtractor(noun_phrases=False).nlp
-
-    def spacy_names(text: str) -> list[str]:
-        out: list[str] = []
-        for ent in nlp(text).ents:
-            name = ent.text.strip()
-            if ent.label_ not in _SPACY_SKIP and name and name not in out:
-                out.append(name)
-        return out
-
-    return spacy_names
