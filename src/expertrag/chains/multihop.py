@@ -133,7 +133,7 @@ class MultiHopConfig(ConfigMixin):
     batch_size: int = 8  # rows per generation (answers, next queries), similar lengths together
     lookahead: int = 5  # names tried beside each generated next query (0: none)
     lookahead_margin: float = 0.2  # how much better a name's passage must be rated
-    lookahead_names: str = "capitalized"  # how names are found: see experts.hop.name_finder
+    lookahead_names: str = "capitalized"  # how names are found: see name_finder()
 
     def validate(self) -> MultiHopConfig:
         for name in ("k", "max_hops", "keep_per_hop", "context_size", "max_new_tokens",
