@@ -78,15 +78,15 @@ __all__ = ["ASSEMBLE_MODES", "NAME_FINDERS", "Hop", "MultiHopConfig", "MultiHopC
 
 #: how the lookahead finds the names its candidates come from (see :func:`name_finder`)
 NAME_FINDERS = ("capitalized", "spacy")
-#: spaCy entity labels that name no page to look up
-_SPACY_SKIP = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL",
-                         "CARDINAL"})
+#: spaCy labels that the graph's extractor keeps but that name no page to look up
+_WHEN = frozenset({"DATE", "TIME"})
 
 
 def name_finder(kind: str) -> Callable[[str], list[str]]:
     """The lookahead's names of a text, in order: ``capitalized``
-    (:func:`~expertrag.experts.hop.capitalized_names`, no dependency) or ``spacy`` (spaCy's
-    named entities without dates and numbers; needs the ``graph`` extra, else
+    (:func:`~expertrag.experts.hop.capitalized_names`, no dependency) or ``spacy`` (the
+    graph extractor's named entities, :meth:`~expertrag.graph.extract.SpacyExtractor.
+    entities_of`, without dates and times; needs the ``graph`` extra, else
     :class:`~expertrag.graph.extract.ExtractionError`)."""
     if kind == "capitalized":
         return capitalized_names
@@ -94,15 +94,11 @@ def name_finder(kind: str) -> Callable[[str], list[str]]:
         raise InputError(f"names must be one of {', '.join(NAME_FINDERS)}, got {kind!r}")
     from expertrag.graph.extract import SpacyExtractor
 
-    nlp = SpacyExtractor(noun_phrases=False).nlp
+    extractor = SpacyExtractor(noun_phrases=False)
+    extractor.nlp  # noqa: B018 - loaded here, so a missing pipeline fails at construction
 
     def spacy_names(text: str) -> list[str]:
-        out: list[str] = []
-        for ent in nlp(text).ents:
-            name = ent.text.strip()
-            if ent.label_ not in _SPACY_SKIP and name and name not in out:
-                out.append(name)
-        return out
+        return [e.name for e in extractor.entities_of(text) if e.label not in _WHEN]
 
     return spacy_names
 

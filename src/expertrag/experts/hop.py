@@ -226,4 +226,3 @@ def choose_query(candidates: Sequence[str], keeps: Sequence[float], margin: floa
         return ""
     best = max(range(len(candidates)), key=lambda i: keeps[i])
     return candidates[best] if keeps[best] >= keeps[0] + margin else candidates[0]
-
