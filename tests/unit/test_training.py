@@ -278,3 +278,27 @@ def test_train_cli_parses_and_reports_missing_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--recipe", "nope"])
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _card_metadata(init_adapter: str | None) -> dict:
+    return {"name": "toy", "base": {"name": "tiny", "fingerprint": "f"},
+            "recipe": {"description": "A toy.", "sizes": {"train": 4, "eval": 2}},
+            "hyperparameters": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
+                                "target_modules": ["q_proj"], "learning_rate": 1e-3,
+                                "batch_size": 2, "grad_accum": 1, "seed": 1,
+                                "init_adapter": init_adapter},
+            "training": {"steps": 2, "seconds": 1.0, "device": "cpu", "seconds_per_step": 0.5,
+                         "trained_tokens": 10},
+            "evaluation": {"eval_loss_before": 0.6, "eval_loss": 0.5,
+                           "metrics": {"f1": 0.3}, "metrics_before": {"f1": 0.2}}}
+
+
+def test_the_card_names_a_warm_starts_before_column():
+    from expertrag.training.trainer import model_card
+
+    cold = model_card(_card_metadata(None))
+    assert "| figure | base | expert |" in cold and "warm start" not in cold
+    warm = model_card(_card_metadata("/cache/git-adapters/a64f9d229d97-grounded-qa"))
+    assert "| figure | before (warm start) | expert |" in warm
+    assert "`a64f9d229d97-grounded-qa`" in warm
+    assert "| f1 | 0.2000 | 0.3000 |" in warm
