@@ -77,7 +77,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         # from relevance, 283 steps) answered well in domain but was never shown what a
         # retriever returns: near-misses sharing the question's words, the answer-holding
         # passage anywhere in the list or not there. v4 continues v3 on such prompts; the
-        # longest annotator answer within 8 words keeps whole phrases as targets.
+        # longest annotator answer within 8 words keeps whole phrases as targets. Cost: 195
+        # steps; 31 s/step on 2 AVX2 cores in fp32 (1 h 45 min). A 72-step CPU run tied v3
+        # and refused less (benchmarks/RESULTS.md, 2026-12-07): it waits for a whole run.
         "builders": [
             {"builder": "squad_retrieved", "source": "squad2-15",
              "params": {"k": [3, 5], "max_answerable": 450, "max_impossible": 110,
