@@ -58,6 +58,15 @@ def test_retrieved_row_cites_gold_holders_refuses_absent_and_skips_coincidences(
     assert refused["answer"] == REFUSAL and not refused["meta"]["has_oracle"]
     # the answer only in a passage that is not gold: no row rather than a wrong lesson
     assert retrieved_row("Where was Ada born?", ["Paris"], [other], {gold.text}, meta) is None
+    # a bridge: the gold passage without the answer string is cited beside the one with it
+    bridge = Document(text="Ada's teacher was Carl.")
+    row = retrieved_row("Where was Carl's pupil born?", ["Paris"], [gold, other, bridge],
+                        {gold.text, bridge.text}, meta)
+    assert row["answer"] == "Paris [1][3]." and row["meta"]["oracle_passages"] == [1, 3]
+    # the bridge alone does not hold the answer: refusal
+    alone = retrieved_row("Where was Carl's pupil born?", ["Paris"], [bridge],
+                          {gold.text, bridge.text}, meta)
+    assert alone["answer"] == REFUSAL
     # yes/no: present only when every gold passage is retrieved
     g2 = Document(text="Bob was born in Rome.")
     both = retrieved_row("Same city?", ["no"], [g2, gold], {gold.text, g2.text}, meta)

@@ -45,8 +45,9 @@ from expertrag.types import Document
 
 def retrieved_row(question: str, answers: Sequence[str], passages: Sequence[Document],
                   gold: set[str], meta: dict[str, Any]) -> Row | None:
-    """One row over ``passages`` (in the order given): the first of ``answers`` citing the
-    gold passages that hold it, the refusal when no passage holds any answer, or None when
+    """One row over ``passages`` (in the order given): the first of ``answers`` citing every
+    retrieved gold passage once one of them holds it (a bridge paragraph supports the answer
+    too, as in the RAFT rows), the refusal when no passage holds any answer, or None when
     only non-gold passages hold it. ``gold``: the gold passages' texts (stripped)."""
     texts = [p.text.strip() for p in passages]
     if answers and is_yes_no(answers):
@@ -55,9 +56,9 @@ def retrieved_row(question: str, answers: Sequence[str], passages: Sequence[Docu
         ambiguous = False
     else:
         holding = [n for n, t in enumerate(texts, 1) if answers and holds_answer(t, answers)]
-        cited = [n for n in holding if texts[n - 1] in gold]
-        present = bool(cited)
-        ambiguous = bool(holding) and not cited
+        present = any(texts[n - 1] in gold for n in holding)
+        cited = [n for n, t in enumerate(texts, 1) if t in gold] if present else []
+        ambiguous = bool(holding) and not present
     if ambiguous:
         return None
     return {"messages": build_messages(question, passages),
