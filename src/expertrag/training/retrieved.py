@@ -50,14 +50,13 @@ def retrieved_row(question: str, answers: Sequence[str], passages: Sequence[Docu
     too, as in the RAFT rows), the refusal when no passage holds any answer, or None when
     only non-gold passages hold it. ``gold``: the gold passages' texts (stripped)."""
     texts = [p.text.strip() for p in passages]
+    cited = [n for n, t in enumerate(texts, 1) if t in gold]
     if answers and is_yes_no(answers):
-        cited = [n for n, t in enumerate(texts, 1) if t in gold]
         present = bool(gold) and gold <= set(texts)
         ambiguous = False
     else:
         holding = [n for n, t in enumerate(texts, 1) if answers and holds_answer(t, answers)]
-        present = any(texts[n - 1] in gold for n in holding)
-        cited = [n for n, t in enumerate(texts, 1) if t in gold] if present else []
+        present = any(n in cited for n in holding)
         ambiguous = bool(holding) and not present
     if ambiguous:
         return None

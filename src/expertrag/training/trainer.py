@@ -748,11 +748,11 @@ def model_card(metadata: dict[str, Any]) -> str:
     lines += ["", f"Rows: {sizes.get('train')} train, {sizes.get('eval')} held-out eval "
               "(split by question). HotpotQA test.jsonl was never used.", "",
               "## Evaluation (held-out split of the training data)", ""]
-    if hp.get("init_adapter"):
-        # a warm start's "before" is the adapter it continued, not the bare base
+    before = "base"
+    if hp.get("init_adapter"):  # a warm start's "before" is the adapter it continued
+        before = "before (warm start)"
         lines += ["Before: the base with the warm-start adapter this run continued "
                   f"(`{Path(str(hp['init_adapter'])).name}`).", ""]
-    before = "before (warm start)" if hp.get("init_adapter") else "base"
     lines += [f"| figure | {before} | expert |", "|---|---|---|",
               f"| eval loss (answer tokens) | {_fmt(ev['eval_loss_before'])} | "
               f"{_fmt(ev['eval_loss'])} |"]
