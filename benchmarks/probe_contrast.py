@@ -39,6 +39,7 @@ from typing import Any
 
 from _common import table
 from bench_answers import _own_gate, expert_fingerprint
+from probe_refusal import at_threshold, cached
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,32 +92,6 @@ def probabilities(llm: Any, rows: list[tuple[str, str, list[Any], bool]],
     return {"p_with": scored([build_messages(q, ps) for _, q, ps, _ in rows]),
             "p_alone": scored([build_messages(q, []) for _, q, _, _ in rows]),
             "refuse": np.array([r[3] for r in rows]), "group": np.array([r[0] for r in rows])}
-
-
-def cached(path: Path, make: Any) -> dict[str, Any]:
-    """``make()``'s arrays, kept in ``path`` (written atomically) for the next run."""
-    import numpy as np
-
-    if path.is_file():
-        with np.load(path) as f:
-            return dict(f)
-    data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **data)
-    os.replace(tmp, path)
-    return data
-
-
-def refusals(score: Any, data: dict[str, Any], threshold: float) -> dict[str, dict[str, list]]:
-    """Per set: refused or not, where the answer is absent and where it is present."""
-    out = {}
-    for g in sorted(set(data["group"].tolist())):
-        m = data["group"] == g
-        refused = score[m] >= threshold
-        out[g] = {"absent": refused[data["refuse"][m]].tolist(),
-                  "present": refused[~data["refuse"][m]].tolist()}
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
           f"gate's threshold {shipped_t:.4f})")
 
     # ---------------------------------------------------------------------- test: report
-    new = refusals(contrast(test["p_with"], test["p_alone"], alpha), test, pick["threshold"])
-    old = refusals(test["p_with"], test, shipped_t)
+    new = at_threshold(contrast(test["p_with"], test["p_alone"], alpha), test, pick["threshold"])
+    old = at_threshold(test["p_with"], test, shipped_t)
     for gates in (new, old):  # every set together
         gates["pooled"] = {w: [x for g in sets for x in gates[g][w]]
                            for w in ("absent", "present")}

@@ -189,6 +189,19 @@ def test_probe_refusal_cache_is_written_once_and_reused(tmp_path):
     np.testing.assert_array_equal(first["p_token"], again["p_token"])
 
 
+def test_probe_contrast_scores_how_far_the_passages_raise_the_refusal():
+    import numpy as np
+
+    contrast = _load("probe_contrast").contrast
+    # alpha 1: p_with / (p_with + p_alone), the sigmoid of the log-ratio
+    out = contrast(np.array([0.3, 0.3, 0.2]), np.array([0.9, 0.05, 0.2]), 1.0)
+    np.testing.assert_allclose(out, [0.25, 0.3 / 0.35, 0.5])
+    # a larger alpha shrinks p_alone's weight (p_alone < 1): the score rises
+    assert contrast([0.3], [0.5], 2.0)[0] > contrast([0.3], [0.5], 1.0)[0]
+    # zero probabilities are clipped, never a division by zero
+    assert np.isfinite(contrast([0.0], [0.0], 1.0)).all()
+
+
 def test_gold_recall_is_the_share_of_supporting_paragraphs_found():
     from types import SimpleNamespace
 
