@@ -77,20 +77,23 @@ def probabilities(llm: Any, rows: list[tuple[str, str, list[Any], bool]],
                   batch: int) -> dict[str, Any]:
     """P(refusal) at the first step with the passages and with the question alone."""
     import numpy as np
+    from tqdm import tqdm
 
     from expertrag.experts.grounded_qa import build_messages
     from expertrag.training.gate import refusal_probabilities
 
-    def scored(messages: list[Any]) -> Any:
-        order = sorted(range(len(messages)), key=lambda i: len(str(messages[i])))
+    def scored(messages: list[Any], what: str) -> Any:
+        order = sorted(range(len(messages)), key=lambda i: len(str(messages[i])))  # less padding
         out = np.zeros(len(messages), "float64")
-        probs = refusal_probabilities(llm, [{"messages": messages[i]} for i in order], EXPERT,
-                                      batch_size=batch)
-        out[order] = probs
+        step = 8 * batch  # progress in chunks of a few batches
+        for s in tqdm(range(0, len(order), step), desc=what, unit="chunk"):
+            idx = order[s:s + step]
+            out[idx] = refusal_probabilities(llm, [{"messages": messages[i]} for i in idx],
+                                             EXPERT, batch_size=batch)
         return out
 
-    return {"p_with": scored([build_messages(q, ps) for _, q, ps, _ in rows]),
-            "p_alone": scored([build_messages(q, []) for _, q, _, _ in rows]),
+    return {"p_with": scored([build_messages(q, ps) for _, q, ps, _ in rows], "with passages"),
+            "p_alone": scored([build_messages(q, []) for _, q, _, _ in rows], "question alone"),
             "refuse": np.array([r[3] for r in rows]), "group": np.array([r[0] for r in rows])}
 
 

@@ -202,6 +202,38 @@ def test_probe_contrast_scores_how_far_the_passages_raise_the_refusal():
     assert np.isfinite(contrast([0.0], [0.0], 1.0)).all()
 
 
+def test_probe_contrast_keeps_each_probability_with_its_row():
+    from expertrag.types import Document
+
+    class Tokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [7]}
+
+        def decode(self, ids):
+            return "I"
+
+    class FakeLLM:  # P(refusal): the question's number, + 0.5 when the passage is there
+        tokenizer = Tokenizer()
+
+        def label_probabilities(self, batch, labels, expert, batch_size, normalize):
+            assert expert == "grounded-qa" and labels == ("I",) and normalize is False
+            out = []
+            for messages in batch:
+                text = messages[0]["content"]
+                number = float(text.split("Question: q")[1].split()[0])
+                out.append({"I": number / 100 + (0.5 if "MARK" in text else 0.0)})
+            return out
+
+    probabilities = _load("probe_contrast").probabilities
+    # rows of different lengths, so that the scoring order differs from the row order
+    rows = [("a", f"q{n} " + "x " * 3 * (20 - n), [Document(text="MARK " + "y " * n, id=str(n))],
+             n % 2 == 0) for n in range(20)]
+    out = probabilities(FakeLLM(), rows, batch=2)
+    assert out["p_alone"].tolist() == [n / 100 for n in range(20)]
+    assert out["p_with"].tolist() == [n / 100 + 0.5 for n in range(20)]
+    assert out["refuse"].tolist() == [n % 2 == 0 for n in range(20)]
+
+
 def test_gold_recall_is_the_share_of_supporting_paragraphs_found():
     from types import SimpleNamespace
 
