@@ -29,7 +29,6 @@ the sample), so a rerun only scores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, help="questions per set and split (default all)")
     parser.add_argument("--cache", type=Path,
                         default=ROOT / "benchmarks" / ".cache" / "contrast")
-    parser.add_argument("--out", type=Path, help="folder for the plot and results.json")
+    parser.add_argument("--out", type=Path, help="folder for the plot")
     parser.add_argument("--cap", type=float, default=0.05,
                         help="largest false-refusal share allowed on any calibration set")
     parser.add_argument("--batch", type=int, default=8)
@@ -115,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from expertrag import ExpertLLM
     from expertrag.embeddings import Embedder, MemoEmbedder
+    from expertrag.errors import InputError
     from expertrag.evaluation.stats import compare
     from expertrag.experts import attach_shipped, shipped_experts
     from expertrag.training.gate import pick_threshold
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (alpha, score) in scores.items():
         try:
             pick = pick_threshold(score, cal["refuse"], args.cap, groups=groups)
-        except Exception as exc:  # a score no threshold keeps within the cap
+        except InputError as exc:  # a score no threshold keeps within the cap
             pick = {"error": str(exc)}
         picks[name] = (alpha, pick)
         at = pick.get("at_threshold", {})
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     for gates in (new, old):  # every set together
         gates["pooled"] = {w: [x for g in sets for x in gates[g][w]]
                            for w in ("absent", "present")}
-    out, report = [], []
+    out = []
     for g in [*sets, "pooled"]:
         for what, label in (("absent", "refusal acc (absent)"),
                             ("present", "false refusals (present)")):
@@ -191,8 +191,6 @@ def main(argv: list[str] | None = None) -> None:
                                                                else "lower")
             out.append([g, label, str(len(a)), f"{np.mean(b):.3f}", f"{np.mean(a):.3f}",
                         f"{cmp.diff:+.3f} [{cmp.low:+.3f}, {cmp.high:+.3f}] {verdict}"])
-            report.append({"set": g, "measure": what, "n": len(a), "shipped": float(np.mean(b)),
-                           "contrast": float(np.mean(a)), "difference": cmp.to_dict()})
     test_auc = {"refusal token": aucs(test["p_with"], test),
                 chosen: aucs(contrast(test["p_with"], test["p_alone"], alpha), test)}
     print(f"\nTest split ({len(test['group'])} questions): the contrast at its threshold "
@@ -211,10 +209,6 @@ def main(argv: list[str] | None = None) -> None:
 
         args.out.mkdir(parents=True, exist_ok=True)
         day = time.strftime("%Y-%m-%d")
-        (args.out / f"contrast-{day}.json").write_text(json.dumps(
-            {"calibration": figures, "chosen": chosen, "alpha": alpha,
-             "threshold": pick["threshold"], "shipped_threshold": shipped_t,
-             "test": report, "test_auc": test_auc}, indent=1, default=str), encoding="utf-8")
         fig, ax = plt.subplots(figsize=(7, 3.6))
         labels = ["pooled", *sets]
         width = 0.8 / len(scores)
