@@ -38,7 +38,7 @@ from typing import Any
 
 from _common import table
 from bench_answers import _own_gate, expert_fingerprint
-from probe_refusal import at_threshold, cached
+from probe_refusal import at_threshold, cached, refusal_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -110,12 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data_dir.is_dir():
         sys.exit(f"error: no data folder at {args.data_dir} (see ../shared/data/README.md)")
 
-    import numpy as np
 
     from expertrag import ExpertLLM
     from expertrag.embeddings import Embedder, MemoEmbedder
     from expertrag.errors import InputError
-    from expertrag.evaluation.stats import compare
     from expertrag.experts import attach_shipped, shipped_experts
     from expertrag.training.gate import pick_threshold
     from expertrag.training.trainer import roc_auc
@@ -179,18 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     for gates in (new, old):  # every set together
         gates["pooled"] = {w: [x for g in sets for x in gates[g][w]]
                            for w in ("absent", "present")}
-    out = []
-    for g in [*sets, "pooled"]:
-        for what, label in (("absent", "refusal acc (absent)"),
-                            ("present", "false refusals (present)")):
-            a, b = new[g][what], old[g][what]
-            if not a:
-                continue
-            cmp = compare([float(x) for x in a], [float(x) for x in b], binary=True)
-            verdict = "tie" if cmp.low <= 0 <= cmp.high else ("higher" if cmp.diff > 0
-                                                               else "lower")
-            out.append([g, label, str(len(a)), f"{np.mean(b):.3f}", f"{np.mean(a):.3f}",
-                        f"{cmp.diff:+.3f} [{cmp.low:+.3f}, {cmp.high:+.3f}] {verdict}"])
+    out = refusal_rows(new, old, [*sets, "pooled"])
     test_auc = {"refusal token": aucs(test["p_with"], test),
                 chosen: aucs(contrast(test["p_with"], test["p_alone"], alpha), test)}
     print(f"\nTest split ({len(test['group'])} questions): the contrast at its threshold "

@@ -162,6 +162,30 @@ def at_threshold(p: Any, data: dict[str, Any], threshold: float) -> dict[str, di
     return out
 
 
+def refusal_rows(new: dict[str, dict[str, list]], old: dict[str, dict[str, list]],
+                 groups: list[str]) -> list[list[str]]:
+    """Table rows, per group: ``old``'s and ``new``'s refusal accuracy (answer absent) and
+    false refusals (present) on the same questions, with the paired 95% interval of the
+    difference (``at_threshold``'s output for each score)."""
+    import numpy as np
+
+    from expertrag.evaluation.stats import compare
+
+    out = []
+    for g in groups:
+        for what, label in (("absent", "refusal acc (absent)"),
+                            ("present", "false refusals (present)")):
+            a, b = new[g][what], old[g][what]
+            if not a:
+                continue
+            cmp = compare([float(x) for x in a], [float(x) for x in b], binary=True)
+            verdict = "tie" if cmp.low <= 0 <= cmp.high else ("higher" if cmp.diff > 0
+                                                               else "lower")
+            out.append([g, label, str(len(a)), f"{np.mean(b):.3f}", f"{np.mean(a):.3f}",
+                        f"{cmp.diff:+.3f} [{cmp.low:+.3f}, {cmp.high:+.3f}] {verdict}"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -174,11 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data_dir.is_dir():
         sys.exit(f"error: no data folder at {args.data_dir} (see ../shared/data/README.md)")
 
-    import numpy as np
 
     from expertrag import ExpertLLM
     from expertrag.embeddings import Embedder, MemoEmbedder
-    from expertrag.evaluation.stats import compare
     from expertrag.experts import attach_shipped, shipped_experts
     from expertrag.training.gate import pick_threshold
     from expertrag.training.trainer import roc_auc
@@ -232,18 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     # ---------------------------------------------------------------------- test: report
     probe = at_threshold(model.predict_proba(test["hidden"][:, k])[:, 1], test, threshold)
     token = at_threshold(test["p_token"], test, shipped_t)
-    out = []
-    for g in sorted(probe):
-        for what, label in (("absent", "refusal acc (absent)"),
-                            ("present", "false refusals (present)")):
-            a, b = probe[g][what], token[g][what]
-            if not a:
-                continue
-            cmp = compare(a, b)
-            verdict = "tie" if cmp.low <= 0 <= cmp.high else ("higher" if cmp.diff > 0
-                                                               else "lower")
-            out.append([g, label, str(len(a)), f"{np.mean(b):.3f}", f"{np.mean(a):.3f}",
-                        f"{cmp.diff:+.3f} [{cmp.low:+.3f}, {cmp.high:+.3f}] {verdict}"])
+    out = refusal_rows(probe, token, sorted(probe))
     print("\nTest split: the chosen probe against the shipped token gate, same questions\n")
     print(table(["set", "measure", "n", "token gate", "probe", "difference (95% CI)"], out))
     print(f"\n{time.perf_counter() - started:.0f} s")

@@ -171,6 +171,21 @@ def test_probe_refusal_splits_refusals_by_whether_the_answer_is_absent():
                    "b": {"absent": [True], "present": [False]}}
 
 
+def test_probe_refusal_rows_compare_two_scores_on_the_same_questions():
+    refusal_rows = _load("probe_refusal").refusal_rows
+    new = {"a": {"absent": [True, True, False, True], "present": [False, False]},
+           "b": {"absent": [], "present": [True]}}
+    old = {"a": {"absent": [False, False, False, True], "present": [False, True]},
+           "b": {"absent": [], "present": [False]}}
+    rows = refusal_rows(new, old, ["a", "b"])
+    # a group with no answer-absent question has no refusal-accuracy row
+    assert [r[:3] for r in rows] == [["a", "refusal acc (absent)", "4"],
+                                     ["a", "false refusals (present)", "2"],
+                                     ["b", "false refusals (present)", "1"]]
+    assert rows[0][3:5] == ["0.250", "0.750"] and rows[0][5].startswith("+0.500")
+    assert rows[1][3:5] == ["0.500", "0.000"] and rows[1][5].startswith("-0.500")
+
+
 def test_probe_refusal_cache_is_written_once_and_reused(tmp_path):
     import numpy as np
 
