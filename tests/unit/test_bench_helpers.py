@@ -337,3 +337,16 @@ def test_multihop_cache_key_ignores_lookahead_settings_while_it_is_off():
     assert key(MultiHopConfig(lookahead=5)) != base
     assert key(MultiHopConfig(lookahead=5)) != key(MultiHopConfig(lookahead=5,
                                                                   lookahead_margin=0.3))
+
+
+def test_answerability_labels_only_gold_passages_that_hold_the_answer():
+    labels = _load("probe_answerability").passage_labels
+    meta = {"has_oracle": True, "gold_answer": "Ann Lee", "oracle_passages": [1, 3],
+            "passages": ["Written by Ann Lee.", "Ann Lee is also a painter.", "Bridge page.",
+                         "Nothing here."]}
+    # passage 2 holds the name but is not gold; passage 3 is gold (a bridge) without it
+    assert labels(meta) == [1, 0, 0, 0]
+    # a yes/no answer: every cited gold passage counts
+    assert labels({**meta, "gold_answer": "yes"}) == [1, 0, 1, 0]
+    # a refusal row: nothing holds the answer
+    assert labels({**meta, "has_oracle": False}) == [0, 0, 0, 0]
