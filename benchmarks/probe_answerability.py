@@ -36,8 +36,8 @@ from typing import Any
 
 from _common import table
 from bench_answers import _own_gate, expert_fingerprint
-from probe_contrast import split_rows
-from probe_refusal import at_threshold, refusal_rows
+from probe_contrast import auc_plot, split_rows
+from probe_refusal import at_threshold, refusal_rows, retrieved_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -58,34 +58,11 @@ def passage_labels(meta: dict[str, Any]) -> list[int]:
             for n, text in enumerate(meta["passages"], 1)]
 
 
-def training_pairs(data_dir: Path, embedder: Any, seed: int = 7
-                   ) -> list[tuple[str, str, int]]:
-    """(question, passage, holds the answer) over retrieved rows, none from an evaluation
-    set (the grounded-qa v4 builders, another seed than the recipe's)."""
-    from expertrag.datasets import (
-        HALUEVAL_QA,
-        HOTPOT_TRAIN,
-        SQUAD_ARTICLES,
-        load_halueval,
-        load_hotpot,
-        load_squad,
-    )
-    from expertrag.training.retrieved import (
-        build_halueval_retrieved,
-        build_hotpot_retrieved,
-        build_squad_retrieved,
-    )
-
-    hotpot = load_hotpot(data_dir / HOTPOT_TRAIN)
-    rows = [
-        *build_squad_retrieved(load_squad(data_dir / SQUAD_ARTICLES), embedder,
-                               max_answerable=600, max_impossible=600, seed=seed),
-        *build_hotpot_retrieved(hotpot, embedder, seed=seed),
-        *build_hotpot_retrieved(hotpot, embedder, seed=seed, open_pool=True),
-        *build_halueval_retrieved(load_halueval(data_dir / HALUEVAL_QA), embedder, seed=seed,
-                                  p_withheld=0.4),
-    ]
-    return [(r["meta"]["question"], text, label) for r in rows
+def training_pairs(data_dir: Path, embedder: Any) -> list[tuple[str, str, int]]:
+    """(question, passage, holds the answer) over the v4 builders' retrieved rows (as
+    ``probe_refusal.py`` builds them; none from an evaluation set)."""
+    return [(r["meta"]["question"], text, label)
+            for rows in retrieved_rows(data_dir, embedder).values() for r in rows
             for text, label in zip(r["meta"]["passages"], passage_labels(r["meta"]),
                                    strict=True)]
 
@@ -279,29 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if args.out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        labels = ["pooled", *sets]
-        width = 0.8 / len(names)
-        for j, name in enumerate(names):
-            ax.bar([i + j * width for i in range(len(labels))], figures[name], width,
-                   label=name)
-        ax.axhline(0.5, color="black", linewidth=0.8)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize=8,
-                      rotation=15)
-        ax.set_ylabel("ROC AUC, calibration split")
-        ax.set_title("Refusal score: gate token against a trained answerability judge")
-        ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7)
-        fig.tight_layout()
-        path = args.out / f"answerability-{time.strftime('%Y-%m-%d')}.png"
-        fig.savefig(path, dpi=120)
-        print(f"plot: {path}")
-
+        auc_plot(args.out / f"answerability-{time.strftime('%Y-%m-%d')}.png", sets, figures,
+                 "Refusal score: gate token against a trained answerability judge")
 
 if __name__ == "__main__":
     main()

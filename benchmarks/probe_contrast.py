@@ -96,6 +96,32 @@ def probabilities(llm: Any, rows: list[tuple[str, str, list[Any], bool]],
             "refuse": np.array([r[3] for r in rows]), "group": np.array([r[0] for r in rows])}
 
 
+def auc_plot(path: Path, sets: list[str], aucs: dict[str, list[float]], title: str) -> None:
+    """Bars of each score's calibration AUC, pooled then per set (``aucs``: name -> list in
+    that order), with chance marked; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    labels = ["pooled", *sets]
+    width = 0.8 / len(aucs)
+    for j, (name, values) in enumerate(aucs.items()):
+        ax.bar([i + j * width for i in range(len(labels))], values, width, label=name)
+    ax.axhline(0.5, color="black", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize=8,
+                  rotation=15)
+    ax.set_ylabel("ROC AUC, calibration split")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -189,30 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if args.out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        day = time.strftime("%Y-%m-%d")
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        labels = ["pooled", *sets]
-        width = 0.8 / len(scores)
-        for j, name in enumerate(scores):
-            ax.bar([i + j * width for i in range(len(labels))], figures[name]["auc"], width,
-                   label=name)
-        ax.axhline(0.5, color="black", linewidth=0.8)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize=8,
-                      rotation=15)
-        ax.set_ylabel("ROC AUC, calibration split")
-        ax.set_title("Refusal score: the token alone, the question alone, the contrast")
-        ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7)
-        fig.tight_layout()
-        path = args.out / f"contrast-{day}.png"
-        fig.savefig(path, dpi=120)
-        print(f"plot: {path}")
-
+        auc_plot(args.out / f"contrast-{time.strftime('%Y-%m-%d')}.png", sets,
+                 {name: f["auc"] for name, f in figures.items()},
+                 "Refusal score: the token alone, the question alone, the contrast")
 
 if __name__ == "__main__":
     main()

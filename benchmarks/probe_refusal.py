@@ -43,8 +43,9 @@ LAYERS = (6, 10, 14, 18, 22, 26, 30)
 REGULARISERS = (0.001, 0.003, 0.01, 0.1)
 
 
-def training_rows(data_dir: Path, embedder: Any) -> list[tuple[str, Any, bool]]:
-    """(source, messages, refuse) rows over retrieved passages, none from an evaluation set."""
+def retrieved_rows(data_dir: Path, embedder: Any, seed: int = 7) -> dict[str, list[Any]]:
+    """The grounded-qa v4 builders' rows over retrieved passages, per source (another seed
+    than the recipe's; none from an evaluation set)."""
     from expertrag.datasets import (
         HALUEVAL_QA,
         HOTPOT_TRAIN,
@@ -53,7 +54,6 @@ def training_rows(data_dir: Path, embedder: Any) -> list[tuple[str, Any, bool]]:
         load_hotpot,
         load_squad,
     )
-    from expertrag.experts.grounded_qa import REFUSAL
     from expertrag.training.retrieved import (
         build_halueval_retrieved,
         build_hotpot_retrieved,
@@ -61,16 +61,22 @@ def training_rows(data_dir: Path, embedder: Any) -> list[tuple[str, Any, bool]]:
     )
 
     hotpot = load_hotpot(data_dir / HOTPOT_TRAIN)
-    built = {
+    return {
         "squad2-15": build_squad_retrieved(load_squad(data_dir / SQUAD_ARTICLES), embedder,
-                                           max_answerable=600, max_impossible=600, seed=7),
-        "hotpotqa": build_hotpot_retrieved(hotpot, embedder, seed=7),
-        "hotpotqa-open": build_hotpot_retrieved(hotpot, embedder, seed=7, open_pool=True),
+                                           max_answerable=600, max_impossible=600, seed=seed),
+        "hotpotqa": build_hotpot_retrieved(hotpot, embedder, seed=seed),
+        "hotpotqa-open": build_hotpot_retrieved(hotpot, embedder, seed=seed, open_pool=True),
         "halueval": build_halueval_retrieved(load_halueval(data_dir / HALUEVAL_QA), embedder,
-                                             seed=7, p_withheld=0.4),
+                                             seed=seed, p_withheld=0.4),
     }
-    return [(src, r["messages"], r["answer"] == REFUSAL) for src, rows in built.items()
-            for r in rows]
+
+
+def training_rows(data_dir: Path, embedder: Any) -> list[tuple[str, Any, bool]]:
+    """(source, messages, refuse) rows over retrieved passages, none from an evaluation set."""
+    from expertrag.experts.grounded_qa import REFUSAL
+
+    return [(src, r["messages"], r["answer"] == REFUSAL)
+            for src, rows in retrieved_rows(data_dir, embedder).items() for r in rows]
 
 
 def benchmark_rows(data_dir: Path, split: str, embedder: Any) -> list[tuple[str, Any, bool]]:
