@@ -37,7 +37,7 @@ from typing import Any
 from _common import table
 from bench_answers import _own_gate, expert_fingerprint
 from probe_contrast import auc_plot, split_rows
-from probe_refusal import at_threshold, refusal_rows, retrieved_rows
+from probe_refusal import at_threshold, refusal_rows, retrieved_rows, set_aucs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     from expertrag.errors import InputError
     from expertrag.experts import shipped_experts
     from expertrag.training.gate import pick_threshold
-    from expertrag.training.trainer import roc_auc
 
     started = time.perf_counter()
     digest = expert_fingerprint(shipped_experts()[EXPERT])
@@ -199,20 +198,14 @@ def main(argv: list[str] | None = None) -> None:
     cal, test = parts["calibration"], parts["test"]
     sets = sorted(set(cal["group"].tolist()))
 
-    def feats(d: dict[str, Any]) -> Any:
-        clip = np.clip
-        return np.column_stack([np.log(clip(d["token"], 1e-9, 1)),
-                                np.log(clip(1 - d["judge"], 1e-9, 1))])
+    def feats(d: dict[str, Any]) -> Any:  # log P(refusal), log P(no passage holds it)
+        return np.log(np.clip(np.column_stack([d["token"], 1 - d["judge"]]), 1e-9, 1))
 
     blend = LogisticRegression(max_iter=1000).fit(feats(cal), cal["refuse"])
     for d in (cal, test):
         d["refuse-judge"] = 1 - d["judge"]  # high = refuse
         d["blend"] = blend.predict_proba(feats(d))[:, 1]
 
-    def aucs(score: Any, d: dict[str, Any]) -> list[float]:
-        return [roc_auc(score.tolist(), d["refuse"].tolist())] + [
-            roc_auc(score[d["group"] == g].tolist(), d["refuse"][d["group"] == g].tolist())
-            for g in sets]
 
     names = {"refusal token (shipped gate)": "token", "cross-encoder judge": "refuse-judge",
              "blend (logistic, fitted on calibration)": "blend"}
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             pick = {"error": str(exc)}
         picks[name] = pick
         at = pick.get("at_threshold", {})
-        figures[name] = aucs(cal[key], cal)
+        figures[name] = set_aucs(cal[key], cal)
         rows.append([name, *[f"{a:.3f}" for a in figures[name]],
                      f"{pick['threshold']:.4f}" if "threshold" in pick else "-",
                      f"{at.get('refusal_accuracy', float('nan')):.3f}",
@@ -242,22 +235,21 @@ def main(argv: list[str] | None = None) -> None:
     key = names[chosen]
     print(f"\nchosen on calibration: {chosen}, threshold {usable[chosen]['threshold']:.4f}")
 
-    new = at_threshold(test[key], test, usable[chosen]["threshold"])
-    old = at_threshold(test["token"], test, shipped_t)
-    for g in (new, old):
-        g["pooled"] = {w: [x for s in sets for x in g[s][w]] for w in ("absent", "present")}
+    new = at_threshold(test[key], test, usable[chosen]["threshold"], pooled=True)
+    old = at_threshold(test["token"], test, shipped_t, pooled=True)
     print(f"\nTest split ({len(test['group'])} questions): {chosen} at its threshold against "
           "the shipped gate at its own, same questions\n")
     print(table(["set", "measure", "n", "shipped gate", "new", "difference (95% CI)"],
                 refusal_rows(new, old, [*sets, "pooled"])))
     print("\nTest AUC, pooled and per set (" + ", ".join(sets) + "): " + "; ".join(
-        f"{n} " + " / ".join(f"{a:.3f}" for a in aucs(test[k], test))
+        f"{n} " + " / ".join(f"{a:.3f}" for a in set_aucs(test[k], test))
         for n, k in names.items()))
     print(f"\n{time.perf_counter() - started:.0f} s")
 
     if args.out is not None:
         auc_plot(args.out / f"answerability-{time.strftime('%Y-%m-%d')}.png", sets, figures,
                  "Refusal score: gate token against a trained answerability judge")
+
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,7 @@ from typing import Any
 
 from _common import table
 from bench_answers import _own_gate, expert_fingerprint
-from probe_refusal import at_threshold, cached, refusal_rows
+from probe_refusal import at_threshold, cached, refusal_rows, set_aucs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -136,13 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data_dir.is_dir():
         sys.exit(f"error: no data folder at {args.data_dir} (see ../shared/data/README.md)")
 
-
     from expertrag import ExpertLLM
     from expertrag.embeddings import Embedder, MemoEmbedder
     from expertrag.errors import InputError
     from expertrag.experts import attach_shipped, shipped_experts
     from expertrag.training.gate import pick_threshold
-    from expertrag.training.trainer import roc_auc
 
     started = time.perf_counter()
     llm = ExpertLLM().load()
@@ -163,10 +161,6 @@ def main(argv: list[str] | None = None) -> None:
     sets = sorted(set(cal["group"].tolist()))
     groups = cal["group"].tolist()
 
-    def aucs(score: Any, data: dict[str, Any]) -> list[float]:
-        masks = [data["group"] == g for g in sets]
-        return [roc_auc(score.tolist(), data["refuse"].tolist())] + [
-            roc_auc(score[m].tolist(), data["refuse"][m].tolist()) for m in masks]
 
     # ------------------------------------------------------------- calibration: choose
     scores = {"refusal token (shipped gate)": (None, cal["p_with"]),
@@ -181,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             pick = {"error": str(exc)}
         picks[name] = (alpha, pick)
         at = pick.get("at_threshold", {})
-        figures[name] = {"auc": aucs(score, cal), "pick": pick}
-        rows.append([name, *[f"{a:.3f}" for a in aucs(score, cal)],
+        figures[name] = {"auc": set_aucs(score, cal), "pick": pick}
+        rows.append([name, *[f"{a:.3f}" for a in set_aucs(score, cal)],
                      f"{pick['threshold']:.4f}" if "threshold" in pick else "-",
                      f"{at.get('refusal_accuracy', float('nan')):.3f}",
                      f"{at.get('balanced_accuracy', float('nan')):.3f}"])
@@ -198,14 +192,12 @@ def main(argv: list[str] | None = None) -> None:
           f"gate's threshold {shipped_t:.4f})")
 
     # ---------------------------------------------------------------------- test: report
-    new = at_threshold(contrast(test["p_with"], test["p_alone"], alpha), test, pick["threshold"])
-    old = at_threshold(test["p_with"], test, shipped_t)
-    for gates in (new, old):  # every set together
-        gates["pooled"] = {w: [x for g in sets for x in gates[g][w]]
-                           for w in ("absent", "present")}
+    new = at_threshold(contrast(test["p_with"], test["p_alone"], alpha), test, pick["threshold"],
+                       pooled=True)
+    old = at_threshold(test["p_with"], test, shipped_t, pooled=True)
     out = refusal_rows(new, old, [*sets, "pooled"])
-    test_auc = {"refusal token": aucs(test["p_with"], test),
-                chosen: aucs(contrast(test["p_with"], test["p_alone"], alpha), test)}
+    test_auc = {"refusal token": set_aucs(test["p_with"], test),
+                chosen: set_aucs(contrast(test["p_with"], test["p_alone"], alpha), test)}
     print(f"\nTest split ({len(test['group'])} questions): the contrast at its threshold "
           f"against the shipped gate at its own, same questions\n")
     print(table(["set", "measure", "n", "shipped gate", "contrast", "difference (95% CI)"],

@@ -157,15 +157,30 @@ def fit(train: dict[str, Any], k: int, c: float) -> Any:
     return model.fit(train["hidden"][:, k], train["refuse"])
 
 
-def at_threshold(p: Any, data: dict[str, Any], threshold: float) -> dict[str, dict[str, Any]]:
-    """Per set: who refuses right (answer absent) and who refuses wrongly (present)."""
+def at_threshold(p: Any, data: dict[str, Any], threshold: float,
+                 pooled: bool = False) -> dict[str, dict[str, Any]]:
+    """Per set: who refuses right (answer absent) and who refuses wrongly (present); with
+    ``pooled``, also every set together under "pooled"."""
     out = {}
     for g in sorted(set(data["group"].tolist())):
         m = data["group"] == g
         refused = p[m] >= threshold
         out[g] = {"absent": refused[data["refuse"][m]].tolist(),
                   "present": refused[~data["refuse"][m]].tolist()}
+    if pooled:
+        out["pooled"] = {w: [x for g in list(out) for x in out[g][w]]
+                         for w in ("absent", "present")}
     return out
+
+
+def set_aucs(score: Any, data: dict[str, Any]) -> list[float]:
+    """ROC AUC of ``score`` against "the passages lack the answer": pooled, then each set
+    in sorted order (numpy arrays ``data["refuse"]`` and ``data["group"]``)."""
+    from expertrag.training.trainer import roc_auc
+
+    masks = [data["group"] == g for g in sorted(set(data["group"].tolist()))]
+    return [roc_auc(score.tolist(), data["refuse"].tolist())] + [
+        roc_auc(score[m].tolist(), data["refuse"][m].tolist()) for m in masks]
 
 
 def refusal_rows(new: dict[str, dict[str, list]], old: dict[str, dict[str, list]],
@@ -209,7 +224,6 @@ def main(argv: list[str] | None = None) -> None:
     from expertrag.embeddings import Embedder, MemoEmbedder
     from expertrag.experts import attach_shipped, shipped_experts
     from expertrag.training.gate import pick_threshold
-    from expertrag.training.trainer import roc_auc
 
     started = time.perf_counter()
     llm = ExpertLLM().load()
@@ -229,9 +243,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- calibration: choose
     def auc_row(p: Any, data: dict[str, Any]) -> list[str]:
-        masks = [data["group"] == g for g in sorted(set(data["group"].tolist()))]
-        return [f"{roc_auc(p.tolist(), data['refuse'].tolist()):.3f}"] + [
-            f"{roc_auc(p[m].tolist(), data['refuse'][m].tolist()):.3f}" for m in masks]
+        return [f"{a:.3f}" for a in set_aucs(p, data)]
 
     sets = sorted(set(groups))
     rows, choices, aucs = [], [], {}

@@ -350,3 +350,17 @@ def test_answerability_labels_only_gold_passages_that_hold_the_answer():
     assert labels({**meta, "gold_answer": "yes"}) == [1, 0, 1, 0]
     # a refusal row: nothing holds the answer
     assert labels({**meta, "has_oracle": False}) == [0, 0, 0, 0]
+
+
+def test_probe_refusal_pools_every_set_and_scores_auc_per_set():
+    import numpy as np
+    import pytest
+
+    module = _load("probe_refusal")
+    data = {"group": np.array(["a", "a", "a", "b", "b"]),
+            "refuse": np.array([True, False, True, False, True])}
+    score = np.array([0.9, 0.7, 0.1, 0.4, 0.5])
+    out = module.at_threshold(score, data, 0.5, pooled=True)
+    assert out["pooled"] == {"absent": [True, False, True], "present": [True, False]}
+    # pooled first (3 of 6 absent/present pairs ranked right), then each set in sorted order
+    assert module.set_aucs(score, data) == pytest.approx([3 / 6, 1 / 2, 1.0])
